@@ -1,0 +1,153 @@
+"""The baseline as a first-class object: the classic Keras MNIST CNN, trained and recorded.
+
+One MLflow run tagged role=baseline holds two trainings of the default `CnnConfig()`:
+
+1. validation stage: trained on the training split (50,000 images by default) and validated on
+   the held-out validation split after every epoch; its per-epoch `val_accuracy` is the bar that
+   trials are measured against on validation (trials never see the test set).
+2. test stage: trained exactly as the classic example, on all 60,000 training images, then
+   evaluated once on the 10,000 test images; `test_accuracy` is compared with the published 99.25 %.
+
+The run also stores the test-set predictions per image (for McNemar's test against later models),
+the confusion matrix, learning curves and the test-stage model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.callbacks import EpochSink, EpochSinkCallback
+from tunelab.cnn import CnnConfig
+from tunelab.data import Splits
+from tunelab.tracking import MetricName, Role, RunHandle, TagKey, Tracker
+from tunelab.training import TestEvaluation, TrialResult, evaluate_test, train_and_validate
+
+PUBLISHED_TEST_ACCURACY = 0.9925
+FULL_TRAIN_SIZE = 60_000
+TEST_PREDICTIONS_ARTIFACT = "predictions/test_predictions.npy"
+# per-epoch metrics of the test stage, prefixed so they do not mix with the validation stage's
+FULL_TRAIN_PREFIX = "full_train_"
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[EpochSink]]
+
+
+def baseline_experiment(dataset: str) -> str:
+    """The MLflow experiment that holds a dataset's baseline runs."""
+    return f"{dataset}-baseline"
+
+
+@dataclass(frozen=True)
+class BaselineOutcome:
+    run_id: str
+    validation: TrialResult
+    full_train: TrialResult
+    test: TestEvaluation | None
+    reference: bool
+
+    @property
+    def test_accuracy_minus_published(self) -> float | None:
+        return None if self.test is None else self.test.accuracy - PUBLISHED_TEST_ACCURACY
+
+
+def is_reference(cfg: CnnConfig, splits: Splits) -> bool:
+    """True when this is the real baseline: default config, all 60,000 training images."""
+    return cfg == CnnConfig() and len(splits.train) + len(splits.val) == FULL_TRAIN_SIZE
+
+
+def run_baseline(
+    splits: Splits,
+    tracker: Tracker,
+    *,
+    cfg: CnnConfig | None = None,
+    seed: int = 0,
+    progress: ProgressFactory | None = None,
+    log_model: bool = True,
+) -> BaselineOutcome:
+    """Train and record the baseline (both stages) in one MLflow run tagged role=baseline.
+
+    Args:
+        splits: the data; the test split is evaluated once, by the test stage.
+        tracker: where the run is recorded.
+        cfg: the config to train; default the baseline. Anything else (fewer epochs, a training
+            subset) is recorded as role=baseline but not as the reference baseline.
+        seed: training seed of both stages.
+        progress: makes a per-epoch progress display for a (title, epochs) pair.
+        log_model: log the test-stage model in MLflow's Keras flavor.
+    """
+    cfg = cfg or CnnConfig()
+    reference = is_reference(cfg, splits)
+    make_progress = progress or (lambda title, epochs: nullcontext(lambda epoch, logs: None))
+    tags = {
+        TagKey.ROLE: Role.BASELINE,
+        TagKey.REFERENCE: str(reference).lower(),
+        TagKey.SEED: str(seed),
+    }
+    run_name = f"baseline-{splits.dataset}-{cfg.epochs}ep" + ("" if reference else "-partial")
+    with tracker.run(baseline_experiment(splits.dataset), run_name, tags=tags) as run:
+        run.log_params({**cfg.as_params(), **_split_params(splits)})
+        run.log_dataset(splits)
+        with make_progress("baseline: validation stage", cfg.epochs) as show:
+            validation = _train(cfg, splits, seed, run, show, prefix="")
+        run.log_training(validation, title="baseline, validation stage")
+        refit = splits.for_refit()
+        with make_progress("baseline: all training images", cfg.epochs) as show:
+            full = _train(cfg, refit, seed, run, show, prefix=FULL_TRAIN_PREFIX)
+        test = None
+        if full.ok:
+            test = evaluate_test(full.model, splits)
+            _log_test(run, test, splits, full, log_model=log_model)
+        return BaselineOutcome(run.run_id, validation, full, test, reference)
+
+
+def _train(
+    cfg: CnnConfig, splits: Splits, seed: int, run: RunHandle, show: EpochSink, *, prefix: str
+) -> TrialResult:
+    def log(epoch: int, logs: dict[str, float]) -> None:
+        run.log_metrics({prefix + k: v for k, v in logs.items()}, step=epoch)
+        show(epoch, logs)
+
+    return train_and_validate(cfg, splits, callbacks=[EpochSinkCallback(log)], seed=seed)
+
+
+def _log_test(
+    run: RunHandle, test: TestEvaluation, splits: Splits, full: TrialResult, *, log_model: bool
+) -> None:
+    run.log_metrics({
+        MetricName.TEST_ACCURACY: test.accuracy,
+        MetricName.TEST_LOSS: test.loss,
+        MetricName.TEST_ERRORS: float((test.predictions != test.labels).sum()),
+        MetricName.TEST_ACCURACY_VS_PUBLISHED: test.accuracy - PUBLISHED_TEST_ACCURACY,
+        FULL_TRAIN_PREFIX + MetricName.WALL_SECONDS: full.wall_seconds,
+    })
+    run.log_array(test.predictions, TEST_PREDICTIONS_ARTIFACT)
+    run.log_confusion(
+        test.labels, test.predictions, splits.class_names, title="baseline on the test set"
+    )
+    if log_model:
+        run.log_keras_model(full.model, _example(splits))
+
+
+def _example(splits: Splits) -> Any:
+    return splits.test.x[:2, ..., None].astype("float32")
+
+
+def _split_params(splits: Splits) -> dict[str, Any]:
+    return {f"data_{k}": v for k, v in splits.description.items()} | {"dataset": splits.dataset}
+
+
+def iter_metric_keys() -> Iterator[str]:
+    """Every metric key a baseline run carries (documented in tracking/README.md)."""
+    per_epoch = (
+        MetricName.LOSS, MetricName.ACCURACY, MetricName.VAL_LOSS, MetricName.VAL_ACCURACY,
+        MetricName.EPOCH_SECONDS, MetricName.LEARNING_RATE,
+    )
+    yield from per_epoch
+    yield from (FULL_TRAIN_PREFIX + k for k in per_epoch if not k.startswith("val_"))
+    yield from (
+        MetricName.BEST_VAL_ACCURACY, MetricName.BEST_EPOCH, MetricName.EPOCHS_TRAINED,
+        MetricName.PARAM_COUNT, MetricName.WALL_SECONDS, MetricName.TEST_ACCURACY,
+        MetricName.TEST_LOSS, MetricName.TEST_ERRORS, MetricName.TEST_ACCURACY_VS_PUBLISHED,
+    )

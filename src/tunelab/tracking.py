@@ -1,0 +1,334 @@
+"""The one place that talks to MLflow: stores, experiments, runs, names, tags and artifacts.
+
+Metric names and tag keys are constants here and nowhere else (documented in tracking/README.md).
+Runs are opened with `Tracker.run(...)`, a context manager that always closes the run: FINISHED
+when the block completes, FAILED on an exception, KILLED on Ctrl-C, so no run stays RUNNING.
+Everything is logged explicitly (no autolog), with step = epoch (1-based) for per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import numpy.typing as npt
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from tunelab.callbacks import EpochSink
+from tunelab.data import Splits
+from tunelab.plots import confusion_counts, confusion_matrix, learning_curves
+from tunelab.training import TrialResult
+
+DEFAULT_TRACKING_URI = "sqlite:///tracking/mlflow.db"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+MODEL_ARTIFACT = "model"
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+
+
+class MetricName:
+    """Metric keys. Per-epoch ones are logged with step = epoch (1-based)."""
+
+    LOSS = "loss"
+    ACCURACY = "accuracy"
+    VAL_LOSS = "val_loss"
+    VAL_ACCURACY = "val_accuracy"
+    EPOCH_SECONDS = "epoch_seconds"
+    LEARNING_RATE = "learning_rate"
+    BEST_VAL_ACCURACY = "best_val_accuracy"
+    BEST_EPOCH = "best_epoch"
+    EPOCHS_TRAINED = "epochs_trained"
+    PARAM_COUNT = "param_count"
+    WALL_SECONDS = "wall_seconds"
+    TEST_ACCURACY = "test_accuracy"
+    TEST_LOSS = "test_loss"
+    TEST_ERRORS = "test_errors"
+    TEST_ACCURACY_VS_PUBLISHED = "test_accuracy_minus_published"
+
+
+class TagKey:
+    """Tag keys, all under the `tunelab.` prefix so they group together in the UI."""
+
+    ROLE = "tunelab.role"
+    DATASET = "tunelab.dataset"
+    DATASET_DIGEST = "tunelab.dataset_digest"
+    DATA_SOURCE = "tunelab.data_source"
+    GIT_COMMIT = "tunelab.git_commit"
+    GIT_DIRTY = "tunelab.git_dirty"
+    VERSION_PREFIX = "tunelab.version."
+    REFERENCE = "tunelab.reference"
+    STATUS = "tunelab.status"
+    FAILURE_REASON = "tunelab.failure_reason"
+    SEED = "tunelab.seed"
+
+
+class Role:
+    BASELINE = "baseline"
+    SWEEP = "sweep"
+    TRIAL = "trial"
+
+
+VERSIONED_PACKAGES = (
+    "tunelab", "tensorflow", "keras", "numpy", "mlflow", "optuna", "keras-tuner", "pandas",
+)
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    return explicit or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+
+
+def local_store_dir(tracking_uri: str) -> Path | None:
+    """The folder of a SQLite or file store (artifacts go beside it); None for a server."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative/path.db has path "/relative/path.db"; four slashes mean absolute
+        path = tracking_uri.removeprefix("sqlite:///")
+        return Path(path).parent
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or tracking_uri)
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def git_state(cwd: Path | None = None) -> tuple[str, bool | None]:
+    """(commit, dirty) of the checkout the command runs in; ("unknown", None) outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+
+
+def provenance_tags() -> dict[str, str]:
+    commit, dirty = git_state()
+    tags = {TagKey.GIT_COMMIT: commit, TagKey.GIT_DIRTY: str(dirty).lower()}
+    tags.update({TagKey.VERSION_PREFIX + k: v for k, v in package_versions().items()})
+    return tags
+
+
+@dataclass
+class RunHandle:
+    """One open MLflow run; every method logs to it by id (safe beside other open runs)."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        batch = [RunTag(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=batch, synchronous=True)
+
+    def epoch_sink(self) -> EpochSink:
+        """A function for EpochSinkCallback: logs each epoch's metrics with step = epoch."""
+        return lambda epoch, logs: self.log_metrics(logs, step=epoch)
+
+    def log_dataset(self, splits: Splits, context: str = "training") -> None:
+        """Record the data as an MLflow input, named and digested, plus tags for filtering."""
+        dataset = mlflow.data.from_numpy(
+            splits.train.x[:1], targets=splits.train.y[:1], name=splits.dataset,
+            digest=splits.digest,
+        )
+        entity = mlflow.entities.DatasetInput(
+            dataset._to_mlflow_entity(),
+            tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+        )
+        self.client.log_inputs(self.run_id, datasets=[entity])
+        self.set_tags({
+            TagKey.DATASET: splits.dataset,
+            TagKey.DATASET_DIGEST: splits.digest,
+            TagKey.DATA_SOURCE: splits.source,
+        })
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 110})
+
+    def log_array(self, array: npt.NDArray[Any], artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            np.save(path, array)
+            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
+
+    def log_training(self, result: TrialResult, *, title: str, reference: float | None = None) -> None:
+        """Summary metrics, history CSV and learning curves of one training."""
+        summary = {
+            MetricName.EPOCHS_TRAINED: result.epochs_trained,
+            MetricName.PARAM_COUNT: result.param_count,
+            MetricName.WALL_SECONDS: result.wall_seconds,
+        }
+        if result.best_val_accuracy is not None and result.best_epoch is not None:
+            summary[MetricName.BEST_VAL_ACCURACY] = result.best_val_accuracy
+            summary[MetricName.BEST_EPOCH] = result.best_epoch
+        self.log_metrics(summary)
+        self.set_tags({TagKey.STATUS: result.status, TagKey.SEED: result.seed})
+        if result.failure_reason:
+            self.set_tags({TagKey.FAILURE_REASON: result.failure_reason})
+        if result.history:
+            self.log_text(history_csv(result.history), "history.csv")
+            figure = learning_curves(result.history, title=title, reference_accuracy=reference)
+            self.log_figure(figure, "learning_curves.png")
+
+    def log_confusion(
+        self, labels: npt.NDArray[Any], predictions: npt.NDArray[Any], class_names: tuple[str, ...],
+        *, title: str, artifact_file: str = "confusion_matrix.png",
+    ) -> None:
+        matrix = confusion_counts(labels, predictions, len(class_names))
+        self.log_figure(confusion_matrix(matrix, class_names, title=title), artifact_file)
+
+    def log_keras_model(self, model: Any, example: npt.NDArray[Any]) -> None:
+        """The model in MLflow's Keras flavor, with a signature and an input example.
+
+        Saved locally, then logged as the run's `model` artifact (`runs:/<id>/model` loads,
+        registers and serves it). Not through `mlflow.keras.log_model`: in MLflow 3.17 it writes
+        the input example before creating the model folder and fails. pip requirements are
+        given explicitly: inferring them reloads the model in a subprocess, slower than a trial.
+        """
+        import mlflow.keras
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        versions = package_versions()
+        requirements = [f"{p}=={versions[p]}" for p in ("tensorflow", "keras", "numpy")]
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / MODEL_ARTIFACT
+            folder.mkdir()
+            mlflow.keras.save_model(
+                model, str(folder), signature=signature, input_example=example,
+                pip_requirements=requirements,
+            )
+            self.client.log_artifacts(self.run_id, str(folder), MODEL_ARTIFACT)
+
+
+def history_csv(history: Mapping[str, list[float]]) -> str:
+    """Per-epoch history as CSV: one row per epoch, one column per metric."""
+    keys = sorted(history)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["epoch", *keys])
+    for index in range(max((len(v) for v in history.values()), default=0)):
+        row = [history[k][index] if index < len(history[k]) else "" for k in keys]
+        writer.writerow([index + 1, *row])
+    return out.getvalue()
+
+
+class Tracker:
+    """A tracking store: finds or creates experiments, opens runs, finds the baseline."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.store_dir = local_store_dir(self.tracking_uri)
+        if self.store_dir is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of the named MLflow experiment, created (artifacts beside a local store)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None
+        if self.store_dir is not None:
+            location = (self.store_dir / "artifacts" / name).resolve().as_uri()
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except mlflow.exceptions.MlflowException:
+            # another process created it between our lookup and create
+            again = self.client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return str(again.experiment_id)
+
+    @contextmanager
+    def run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+    ) -> Iterator[RunHandle]:
+        """Open a run; on leaving, close it FINISHED, FAILED (exception) or KILLED (Ctrl-C)."""
+        all_tags = {**provenance_tags(), **tags}
+        if parent_run_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        created = self.client.create_run(
+            self.experiment_id(experiment), run_name=run_name, tags=all_tags
+        )
+        handle = RunHandle(self.client, created.info.run_id)
+        status = RunStatus.to_string(RunStatus.FINISHED)
+        try:
+            yield handle
+        except KeyboardInterrupt:
+            status = RunStatus.to_string(RunStatus.KILLED)
+            raise
+        except BaseException:
+            status = RunStatus.to_string(RunStatus.FAILED)
+            raise
+        finally:
+            self.client.set_terminated(handle.run_id, status=status)
+
+    def find_baseline(self, dataset: str) -> Any | None:
+        """The newest finished reference baseline run of a dataset, across experiments."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return None
+        runs = self.client.search_runs(
+            experiments,
+            filter_string=(
+                f"tags.`{TagKey.ROLE}` = '{Role.BASELINE}' "
+                f"and tags.`{TagKey.DATASET}` = '{dataset}' "
+                f"and tags.`{TagKey.REFERENCE}` = 'true' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
