@@ -33,8 +33,10 @@ def main() -> None:
     train = np.sort(rng.choice(len(full.y_train), args.train, replace=False))
     test = np.sort(rng.choice(len(full.y_test), args.test, replace=False))
     arrays = {
-        "x_train": full.x_train[train], "y_train": full.y_train[train],
-        "x_test": full.x_test[test], "y_test": full.y_test[test],
+        "x_train": full.x_train[train],
+        "y_train": full.y_train[train],
+        "x_test": full.x_test[test],
+        "y_test": full.y_test[test],
     }
     FIXTURES.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(FIXTURES / "mnist_tiny.npz", **arrays)

@@ -115,13 +115,15 @@ def _train(
 def _log_test(
     run: RunHandle, test: TestEvaluation, splits: Splits, full: TrialResult, *, log_model: bool
 ) -> None:
-    run.log_metrics({
-        MetricName.TEST_ACCURACY: test.accuracy,
-        MetricName.TEST_LOSS: test.loss,
-        MetricName.TEST_ERRORS: float((test.predictions != test.labels).sum()),
-        MetricName.TEST_ACCURACY_VS_PUBLISHED: test.accuracy - PUBLISHED_TEST_ACCURACY,
-        FULL_TRAIN_PREFIX + MetricName.WALL_SECONDS: full.wall_seconds,
-    })
+    run.log_metrics(
+        {
+            MetricName.TEST_ACCURACY: test.accuracy,
+            MetricName.TEST_LOSS: test.loss,
+            MetricName.TEST_ERRORS: float((test.predictions != test.labels).sum()),
+            MetricName.TEST_ACCURACY_VS_PUBLISHED: test.accuracy - PUBLISHED_TEST_ACCURACY,
+            FULL_TRAIN_PREFIX + MetricName.WALL_SECONDS: full.wall_seconds,
+        }
+    )
     run.log_array(test.predictions, TEST_PREDICTIONS_ARTIFACT)
     run.log_confusion(
         test.labels, test.predictions, splits.class_names, title="baseline on the test set"
@@ -141,13 +143,23 @@ def _split_params(splits: Splits) -> dict[str, Any]:
 def iter_metric_keys() -> Iterator[str]:
     """Every metric key a baseline run carries (documented in tracking/README.md)."""
     per_epoch = (
-        MetricName.LOSS, MetricName.ACCURACY, MetricName.VAL_LOSS, MetricName.VAL_ACCURACY,
-        MetricName.EPOCH_SECONDS, MetricName.LEARNING_RATE,
+        MetricName.LOSS,
+        MetricName.ACCURACY,
+        MetricName.VAL_LOSS,
+        MetricName.VAL_ACCURACY,
+        MetricName.EPOCH_SECONDS,
+        MetricName.LEARNING_RATE,
     )
     yield from per_epoch
     yield from (FULL_TRAIN_PREFIX + k for k in per_epoch if not k.startswith("val_"))
     yield from (
-        MetricName.BEST_VAL_ACCURACY, MetricName.BEST_EPOCH, MetricName.EPOCHS_TRAINED,
-        MetricName.PARAM_COUNT, MetricName.WALL_SECONDS, MetricName.TEST_ACCURACY,
-        MetricName.TEST_LOSS, MetricName.TEST_ERRORS, MetricName.TEST_ACCURACY_VS_PUBLISHED,
+        MetricName.BEST_VAL_ACCURACY,
+        MetricName.BEST_EPOCH,
+        MetricName.EPOCHS_TRAINED,
+        MetricName.PARAM_COUNT,
+        MetricName.WALL_SECONDS,
+        MetricName.TEST_ACCURACY,
+        MetricName.TEST_LOSS,
+        MetricName.TEST_ERRORS,
+        MetricName.TEST_ACCURACY_VS_PUBLISHED,
     )

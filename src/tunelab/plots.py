@@ -28,7 +28,9 @@ def learning_curves(
         for prefix, style in (("", "-o"), ("val_", "-s")):
             values = history.get(prefix + key)
             if values:
-                axes.plot(epochs[: len(values)], values, style, ms=3, label=(prefix or "train_") + key)
+                axes.plot(
+                    epochs[: len(values)], values, style, ms=3, label=(prefix or "train_") + key
+                )
         axes.set_xlabel("epoch")
         axes.set_ylabel(key)
         axes.grid(alpha=0.3)
@@ -49,7 +51,9 @@ def confusion_counts(
     return matrix
 
 
-def confusion_matrix(matrix: npt.NDArray[np.int64], class_names: Sequence[str], *, title: str) -> Figure:
+def confusion_matrix(
+    matrix: npt.NDArray[np.int64], class_names: Sequence[str], *, title: str
+) -> Figure:
     """The confusion matrix as a heat map with the count in every cell."""
     size = max(5.0, 0.55 * len(class_names) + 2)
     figure = Figure(figsize=(size, size), layout="constrained")

@@ -22,8 +22,12 @@ from tunelab.callbacks import EpochSink
 def epoch_progress(title: str, epochs: int, console: Console | None = None) -> Iterator[EpochSink]:
     """A progress bar over epochs; yields the sink that advances it and shows the last metrics."""
     columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
@@ -34,6 +38,8 @@ def epoch_progress(title: str, epochs: int, console: Console | None = None) -> I
                 f"{key} {logs[key]:.4f}" for key in ("loss", "val_accuracy") if key in logs
             )
             bar.update(task, completed=epoch, metrics=shown)
-            bar.console.log(f"epoch {epoch}/{epochs}: {shown} ({logs.get('epoch_seconds', 0):.1f} s)")
+            bar.console.log(
+                f"epoch {epoch}/{epochs}: {shown} ({logs.get('epoch_seconds', 0):.1f} s)"
+            )
 
         yield advance

@@ -82,7 +82,14 @@ class Role:
 
 
 VERSIONED_PACKAGES = (
-    "tunelab", "tensorflow", "keras", "numpy", "mlflow", "optuna", "keras-tuner", "pandas",
+    "tunelab",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "mlflow",
+    "optuna",
+    "keras-tuner",
+    "pandas",
 )
 
 
@@ -115,6 +122,7 @@ def package_versions() -> dict[str, str]:
 
 def git_state(cwd: Path | None = None) -> tuple[str, bool | None]:
     """(commit, dirty) of the checkout the command runs in; ("unknown", None) outside git."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
@@ -161,8 +169,10 @@ class RunHandle:
 
     def log_dataset(self, splits: Splits, context: str = "training") -> None:
         """Record the data as an MLflow input, named and digested, plus tags for filtering."""
-        dataset = mlflow.data.from_numpy(
-            splits.train.x[:1], targets=splits.train.y[:1], name=splits.dataset,
+        dataset = mlflow.data.from_numpy(  # type: ignore[attr-defined]
+            splits.train.x[:1],
+            targets=splits.train.y[:1],
+            name=splits.dataset,
             digest=splits.digest,
         )
         entity = mlflow.entities.DatasetInput(
@@ -170,11 +180,13 @@ class RunHandle:
             tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
         )
         self.client.log_inputs(self.run_id, datasets=[entity])
-        self.set_tags({
-            TagKey.DATASET: splits.dataset,
-            TagKey.DATASET_DIGEST: splits.digest,
-            TagKey.DATA_SOURCE: splits.source,
-        })
+        self.set_tags(
+            {
+                TagKey.DATASET: splits.dataset,
+                TagKey.DATASET_DIGEST: splits.digest,
+                TagKey.DATA_SOURCE: splits.source,
+            }
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -189,9 +201,13 @@ class RunHandle:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
             np.save(path, array)
-            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
+            self.client.log_artifact(
+                self.run_id, str(path), str(Path(artifact_file).parent) or None
+            )
 
-    def log_training(self, result: TrialResult, *, title: str, reference: float | None = None) -> None:
+    def log_training(
+        self, result: TrialResult, *, title: str, reference: float | None = None
+    ) -> None:
         """Summary metrics, history CSV and learning curves of one training."""
         summary = {
             MetricName.EPOCHS_TRAINED: result.epochs_trained,
@@ -211,8 +227,13 @@ class RunHandle:
             self.log_figure(figure, "learning_curves.png")
 
     def log_confusion(
-        self, labels: npt.NDArray[Any], predictions: npt.NDArray[Any], class_names: tuple[str, ...],
-        *, title: str, artifact_file: str = "confusion_matrix.png",
+        self,
+        labels: npt.NDArray[Any],
+        predictions: npt.NDArray[Any],
+        class_names: tuple[str, ...],
+        *,
+        title: str,
+        artifact_file: str = "confusion_matrix.png",
     ) -> None:
         matrix = confusion_counts(labels, predictions, len(class_names))
         self.log_figure(confusion_matrix(matrix, class_names, title=title), artifact_file)
@@ -235,7 +256,10 @@ class RunHandle:
             folder = Path(tmp) / MODEL_ARTIFACT
             folder.mkdir()
             mlflow.keras.save_model(
-                model, str(folder), signature=signature, input_example=example,
+                model,
+                str(folder),
+                signature=signature,
+                input_example=example,
                 pip_requirements=requirements,
             )
             self.client.log_artifacts(self.run_id, str(folder), MODEL_ARTIFACT)

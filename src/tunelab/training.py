@@ -127,7 +127,8 @@ def train_and_validate(
             make_dataset(splits.train, cfg.batch_size, shuffle=True, seed=seed),
             validation_data=(
                 make_dataset(splits.val, max(cfg.batch_size, 512), shuffle=False, seed=seed)
-                if len(splits.val) else None
+                if len(splits.val)
+                else None
             ),
             epochs=epochs if epochs is not None else cfg.epochs,
             initial_epoch=initial_epoch,
@@ -154,9 +155,7 @@ def train_and_validate(
 
 def predict_classes(model: Any, split: Split, batch_size: int = 1024) -> npt.NDArray[np.int64]:
     """Predicted class of every image of a split."""
-    probabilities = model.predict(
-        make_dataset(split, batch_size, shuffle=False, seed=0), verbose=0
-    )
+    probabilities = model.predict(make_dataset(split, batch_size, shuffle=False, seed=0), verbose=0)
     return np.asarray(np.argmax(probabilities, axis=1), dtype=np.int64)
 
 

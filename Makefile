@@ -1,0 +1,46 @@
+# tunelab: `make` lists the targets. Everything runs in .venv, which `make install` creates.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATASET ?= mnist
+PORT ?= 5000
+
+.PHONY: help install data baseline ui test test-fast lint fixture bench-overhead
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/tunelab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/tunelab ## create .venv and install tunelab (editable) with its dev tools
+
+data: install ## fetch and verify the dataset (DATASET=mnist|fashion_mnist) into the cache
+	@if [ "$(DATASET)" = fashion_mnist ]; then bash scripts/install_fashion_mnist.sh; fi
+	$(BIN)/tunelab data --dataset $(DATASET)
+
+baseline: install ## train and record the classic Keras MNIST CNN (12 epochs, ~15 min on 2 cores)
+	$(BIN)/tunelab baseline --dataset $(DATASET)
+
+ui: install ## MLflow UI on http://127.0.0.1:$(PORT) against the default store
+	$(BIN)/tunelab ui --port $(PORT)
+
+test: install ## run the whole test suite (slow tests included)
+	$(BIN)/python -m pytest
+
+test-fast: install ## run the tests without the slow end-to-end ones
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install ## ruff and mypy (strict)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
+
+fixture: install ## rebuild tests/fixtures/mnist_tiny.npz from the verified full MNIST
+	$(BIN)/python scripts/make_fixture.py
+
+bench-overhead: install ## tunelab's tracked training vs a bare model.fit (prints the ratio)
+	$(BIN)/python benchmarks/overhead.py

