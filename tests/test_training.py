@@ -41,11 +41,14 @@ def test_same_seed_same_result(tiny_splits: Splits) -> None:
 
 
 class PoisonWeights(keras.callbacks.Callback):  # type: ignore[misc]
-    """Sets the first layer's weights to NaN after batch 3, as a diverging optimiser would."""
+    """Sets the output layer's weights to NaN after batch 3, as a diverging optimiser would.
+
+    (The output layer: ReLU after a conv layer turns NaN into 0 in TensorFlow's CPU kernels.)
+    """
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if batch == 3:
-            layer = next(layer for layer in self.model.layers if layer.weights)
+            layer = [layer for layer in self.model.layers if layer.weights][-1]
             layer.set_weights([np.full(w.shape, np.nan, w.dtype) for w in layer.get_weights()])
 
 

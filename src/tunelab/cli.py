@@ -10,17 +10,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.cnn import CnnConfigError
-from tunelab.data import DATASETS, DataError
+from tunelab.data import DATASETS
+from tunelab.errors import UserError
+from tunelab.specs import ConfigError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Tune Keras CNNs with Optuna and KerasTuner, record in MLflow, compare with the baseline.",
 )
 console = Console(stderr=True)
 
-USER_ERRORS = (DataError, CnnConfigError)
 
 DatasetOption = Annotated[
     str, typer.Option("--dataset", "-d", help=f"one of: {', '.join(DATASETS)}")
@@ -68,11 +69,8 @@ def baseline(
     ] = None,
 ) -> None:
     """Train the classic Keras MNIST CNN, evaluate the test set, record it as the baseline."""
-    from tunelab.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
     from tunelab.cnn import CnnConfig, parse_config
     from tunelab.data import load_splits
-    from tunelab.progress import epoch_progress
-    from tunelab.tracking import Tracker
 
     cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
     splits = (
@@ -84,6 +82,11 @@ def baseline(
         if data_file is None
         else load_splits(dataset, validation_size, user_path=data_file)
     )
+    # TensorFlow and MLflow load only once the input is known to be good
+    from tunelab.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
+    from tunelab.progress import epoch_progress
+    from tunelab.tracking import Tracker
+
     tracker = Tracker(tracking_uri)
     console.print(f"tracking to {tracker.tracking_uri}; data from {splits.source}")
     outcome = run_baseline(
@@ -108,6 +111,76 @@ def baseline(
         f"{outcome.full_train.wall_seconds + outcome.validation.wall_seconds:.0f} s of training; "
         f"run {outcome.run_id}" + ("" if outcome.reference else " (not the reference baseline)")
     )
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="experiment or search-space YAML files")],
+) -> None:
+    """Check experiment and search-space files without running anything."""
+    from tunelab.specs import load_experiment, load_search_space, read_yaml
+
+    for path in files:
+        is_experiment = "search_space" in read_yaml(path)
+        if is_experiment:
+            spec = load_experiment(path)
+            print(
+                f"ok {path}: experiment {spec.name}, {spec.engine.name}/{spec.engine.sampler}, "
+                f"{len(spec.search_space.parameters)} parameters"
+            )
+        else:
+            space = load_search_space(path)
+            print(f"ok {path}: search space, {len(space.parameters)} parameters")
+
+
+@app.command()
+def tune(
+    experiment: Annotated[Path, typer.Argument(help="experiment file (experiments/*.yaml)")],
+    trials: Annotated[int | None, typer.Option(help="trial budget (overrides the file's)")] = None,
+    timeout: Annotated[
+        str | None, typer.Option(help="wall-clock budget of this launch: 90s, 30m, 1h30m")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="study name (default: the experiment's name)")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: sqlite:///tracking/optuna.db)")
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    data_file: DataFileOption = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress display")] = False,
+) -> None:
+    """Run a tuning sweep; the same command resumes an interrupted one."""
+    from tunelab.engines.launch import run_sweep
+    from tunelab.specs import load_experiment, parse_duration
+
+    spec = load_experiment(experiment)
+    seconds = None if timeout is None else parse_duration(timeout, Path("--timeout"), "value")
+    if trials is not None and trials < 1:
+        raise ConfigError("--trials", "value", "must be a positive integer", trials)
+    _terminate_as_interrupt()
+    summary = run_sweep(
+        spec,
+        trials=trials,
+        timeout_seconds=seconds,
+        study_name=study,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        data_file=data_file,
+        console=console,
+        show_progress=not quiet,
+    )
+    console.print(summary, highlight=False)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM ends a sweep like Ctrl-C: the trial is closed as failed, the study resumable."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @app.command()
@@ -142,7 +215,7 @@ def main(argv: list[str] | None = None) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return app(args=argv, standalone_mode=False)
-    except USER_ERRORS as error:
+    except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunelab.errors import UserError
+
 Optimizer = Literal["adadelta", "sgd", "rmsprop", "adam", "adamw"]
 Activation = Literal["relu", "elu", "gelu", "swish", "leaky_relu"]
 Pooling = Literal["max", "avg", "none"]
@@ -29,7 +31,7 @@ Schedule = Literal["constant", "cosine"]
 POOL_SIZE = 2
 
 
-class CnnConfigError(ValueError):
+class CnnConfigError(UserError, ValueError):
     """A config that cannot be built: names the field, the problem and the offending value."""
 
     def __init__(self, field: str, problem: str, value: object) -> None:

@@ -6,7 +6,7 @@ machines that reach only a package registry, a registry package that ships the d
 fails verification is reported and skipped, never used. Validation is carved from the 60,000
 training images; the official 10,000 test images stay apart (architecture rule 1).
 
-This module imports nothing from tunelab and has no import-time side effects: TensorFlow is
+This module imports nothing from tunelab but its error base, and has no import-time side effects: TensorFlow is
 imported only when the Keras download is actually tried.
 """
 
@@ -29,6 +29,8 @@ from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
+
+from tunelab.errors import UserError
 
 DatasetName = Literal["mnist", "fashion_mnist"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
@@ -95,7 +97,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data could not be obtained or did not verify; the message says what to do."""
 
 

@@ -1,15 +1,18 @@
-"""Progress display: a rich progress bar per training, fed by EpochSinkCallback."""
+"""Progress display: per-epoch bars for single trainings and a live summary for sweeps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -43,3 +46,94 @@ def epoch_progress(title: str, epochs: int, console: Console | None = None) -> I
             )
 
         yield advance
+
+
+class SweepProgress:
+    """Live sweep display: trials done / pruned / failed, best value, elapsed and budget left.
+
+    Engines call begin(), start_trial(), epoch(), finish_trial() and note(); `show=False` keeps
+    the same bookkeeping silent (tests, workers without a terminal).
+    """
+
+    def __init__(self, console: Console | None = None, *, show: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.show = show
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._trial = ""
+        self._summary = ""
+        self._epochs = 0
+        self._timeout: float | None = None
+        self._started = time.monotonic()
+
+    def __enter__(self) -> SweepProgress:
+        if self.show:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[trial]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[budget]}"),
+                console=self.console,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+            self._progress = None
+
+    def begin(
+        self, records: Sequence[Any], best: Any, *, total: int | None, timeout: float | None
+    ) -> None:
+        self._timeout, self._started = timeout, time.monotonic()
+        if self._progress is not None:
+            self._task = self._progress.add_task("sweep", total=total, trial="", budget="")
+        self._update(records, best)
+
+    def start_trial(self, number: int, epochs: int) -> None:
+        self._trial, self._epochs = f"trial {number}", epochs
+        self._refresh(trial=f"{self._trial}: starting")
+
+    def epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        accuracy = logs.get("val_accuracy")
+        shown = f"{self._trial}: epoch {epoch}/{self._epochs}"
+        if accuracy is not None:
+            shown += f" val {accuracy:.4f}"
+        self._refresh(trial=shown)
+
+    def finish_trial(self, records: Sequence[Any], best: Any) -> None:
+        last = max(records, key=lambda r: r.number) if records else None
+        if last is not None and self.show:
+            value = "" if last.value is None else f" val_accuracy {last.value:.4f}"
+            self.console.print(f"trial {last.number}: {last.state}{value}", highlight=False)
+        self._update(records, best)
+
+    def note(self, text: str) -> None:
+        if self.show:
+            self.console.print(text, highlight=False)
+
+    def _update(self, records: Sequence[Any], best: Any) -> None:
+        states = [r.state for r in records]
+        best_text = (
+            "-" if best is None or best.value is None else f"{best.value:.4f} (trial {best.number})"
+        )
+        self._summary = (
+            f"done {states.count('complete')} · pruned {states.count('pruned')} · "
+            f"failed {states.count('failed')} · best {best_text}"
+        )
+        if self._progress is not None and self._task is not None:
+            counted = states.count("complete") + states.count("pruned")
+            self._progress.update(self._task, completed=counted, description=self._summary)
+        self._refresh()
+
+    def _refresh(self, **fields: str) -> None:
+        if self._progress is None or self._task is None:
+            return
+        budget = ""
+        if self._timeout is not None:
+            left = max(0.0, self._timeout - (time.monotonic() - self._started))
+            budget = f"{left / 60:.0f} min of budget left"
+        self._progress.update(self._task, budget=budget, **fields)

@@ -36,6 +36,7 @@ from tunelab.training import TrialResult
 DEFAULT_TRACKING_URI = "sqlite:///tracking/mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 MODEL_ARTIFACT = "model"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what makes the UI nest a run under its parent
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 
 
@@ -57,6 +58,21 @@ class MetricName:
     TEST_LOSS = "test_loss"
     TEST_ERRORS = "test_errors"
     TEST_ACCURACY_VS_PUBLISHED = "test_accuracy_minus_published"
+    # trials
+    VAL_ACCURACY_VS_BASELINE = "best_val_accuracy_minus_baseline"
+    VAL_ACCURACY_VS_PUBLISHED = "best_val_accuracy_minus_published"
+    PRUNED_AT_EPOCH = "pruned_at_epoch"
+    # sweeps (parent runs)
+    TRIALS_COMPLETE = "trials_complete"
+    TRIALS_PRUNED = "trials_pruned"
+    TRIALS_FAILED = "trials_failed"
+    BEST_VALUE = "best_value"
+    BEST_TRIAL = "best_trial"
+    BASELINE_VAL_ACCURACY = "baseline_val_accuracy"
+    SECONDS_TO_BEAT_BASELINE = "seconds_to_beat_baseline"
+    EPOCHS_TO_BEAT_BASELINE = "epochs_to_beat_baseline"
+    TRIAL_THAT_BEAT_BASELINE = "trial_that_beat_baseline"
+    SWEEP_TRIAL_SECONDS = "sweep_trial_seconds"
 
 
 class TagKey:
@@ -73,12 +89,28 @@ class TagKey:
     STATUS = "tunelab.status"
     FAILURE_REASON = "tunelab.failure_reason"
     SEED = "tunelab.seed"
+    ENGINE = "tunelab.engine"
+    STUDY = "tunelab.study"
+    EXPERIMENT_FILE = "tunelab.experiment_file"
+    TRIAL_NUMBER = "tunelab.trial"
+    TRIAL_STATE = "tunelab.trial_state"
+    BEST_RUN_ID = "tunelab.best_run_id"
+    BEST_PARAMS = "tunelab.best_params"
+    BASELINE_RUN_ID = "tunelab.baseline_run_id"
 
 
 class Role:
     BASELINE = "baseline"
     SWEEP = "sweep"
     TRIAL = "trial"
+
+
+class TrialState:
+    """Values of the tunelab.trial_state tag (the same words for every engine)."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
 
 
 VERSIONED_PACKAGES = (
@@ -147,6 +179,7 @@ class RunHandle:
 
     client: MlflowClient
     run_id: str
+    status_on_exit: str = "FINISHED"  # the block may set FAILED for a failure it handled
 
     def log_params(self, params: Mapping[str, object]) -> None:
         items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
@@ -313,16 +346,26 @@ class Tracker:
         *,
         tags: Mapping[str, str],
         parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
     ) -> Iterator[RunHandle]:
-        """Open a run; on leaving, close it FINISHED, FAILED (exception) or KILLED (Ctrl-C)."""
-        all_tags = {**provenance_tags(), **tags}
-        if parent_run_id is not None:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        created = self.client.create_run(
-            self.experiment_id(experiment), run_name=run_name, tags=all_tags
-        )
-        handle = RunHandle(self.client, created.info.run_id)
-        status = RunStatus.to_string(RunStatus.FINISHED)
+        """Open a run (or reopen `resume_run_id`) and always close it on leaving.
+
+        The status on leaving is `handle.status_on_exit` (FINISHED unless the block changed it),
+        FAILED on an exception, KILLED on Ctrl-C: no run is left RUNNING.
+        """
+        if resume_run_id is not None:
+            handle = RunHandle(self.client, resume_run_id)
+            self.client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            handle.set_tags(tags)
+        else:
+            all_tags = {**provenance_tags(), **tags}
+            if parent_run_id is not None:
+                all_tags[PARENT_RUN_TAG] = parent_run_id
+            created = self.client.create_run(
+                self.experiment_id(experiment), run_name=run_name, tags=all_tags
+            )
+            handle = RunHandle(self.client, created.info.run_id)
+        status = None
         try:
             yield handle
         except KeyboardInterrupt:
@@ -332,7 +375,21 @@ class Tracker:
             status = RunStatus.to_string(RunStatus.FAILED)
             raise
         finally:
-            self.client.set_terminated(handle.run_id, status=status)
+            self.client.set_terminated(handle.run_id, status=status or handle.status_on_exit)
+
+    def search(self, experiment: str, filter_string: str, max_results: int = 1000) -> list[Any]:
+        """Runs of an experiment matching an MLflow filter, oldest first."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return list(
+            self.client.search_runs(
+                [found.experiment_id],
+                filter_string=filter_string,
+                max_results=max_results,
+                order_by=["attributes.start_time ASC"],
+            )
+        )
 
     def find_baseline(self, dataset: str) -> Any | None:
         """The newest finished reference baseline run of a dataset, across experiments."""

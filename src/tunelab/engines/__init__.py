@@ -1,0 +1,1 @@
+"""Engines: one adapter per search library, over the same search spaces and training function."""

@@ -1,0 +1,465 @@
+"""Optuna engine: a persistent study driven by the experiment's sampler, pruner and budget.
+
+The same command resumes an interrupted sweep: the study lives in storage (default
+`sqlite:///tracking/optuna.db`) and is loaded if it exists; trials left RUNNING by a dead process
+on this machine are failed at start, and their MLflow runs closed. Each trial trains through
+`train_and_validate` on validation data only, reports `val_accuracy` per epoch to the pruner and
+fails loudly when that metric is missing (optuna #1936: the integration callback only warns).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState as OptunaState
+
+from tunelab.callbacks import EpochSinkCallback
+from tunelab.cnn import CnnConfigError, parse_config
+from tunelab.data import Splits
+from tunelab.engines.optuna_space import grid, suggest
+from tunelab.engines.sweep import SweepTracker, TrialRecord
+from tunelab.errors import UserError
+from tunelab.progress import SweepProgress
+from tunelab.specs import ExperimentSpec, Scalar
+from tunelab.tracking import RunHandle, TrialState
+from tunelab.training import VAL_ACCURACY, TrialResult, train_and_validate
+
+DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
+MONITOR = VAL_ACCURACY
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+# trial user attributes
+HOST, PID, FAIL_REASON, BEAT_AT_EPOCH, BEAT_SECONDS = (
+    "host",
+    "pid",
+    "fail_reason",
+    "beat_epoch",
+    "beat_s",
+)
+RUN_ID = "mlflow_run_id"
+
+
+class SweepError(UserError):
+    """The sweep cannot go on; the message says why and what to do (one line)."""
+
+
+class TrialFailed(Exception):
+    """This trial failed (NaN loss, impossible config, out of memory); the sweep goes on."""
+
+
+class PruningMetricMissing(Exception):
+    """The monitored metric is absent from the epoch logs: a bug in the setup, stop the sweep."""
+
+
+def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The experiment's sampler, seeded by its seed and the trials the study already holds.
+
+    A resumed sweep must not replay the random suggestions of its first launch, so the seed moves
+    on with the study; the same study history still gives the same suggestions.
+    """
+    engine, seed = spec.engine, spec.seed + trials_so_far
+    if engine.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=engine.startup_trials,
+            multivariate=True,
+            group=True,
+            warn_independent_sampling=False,
+        )
+    if engine.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if engine.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=engine.startup_trials, warn_independent_sampling=False
+        )
+    if engine.sampler == "gp":
+        try:
+            import torch  # noqa: F401  (Optuna's GP sampler is built on PyTorch)
+        except ImportError:
+            raise SweepError(
+                "sampler gp needs PyTorch: pip install torch (CPU build), or use tpe"
+            ) from None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=engine.startup_trials)
+    if engine.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.GridSampler(grid(spec.search_space), seed=seed)
+
+
+def make_pruner(spec: ExperimentSpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    pruner = spec.engine.pruner
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.engine.startup_trials, n_warmup_steps=1
+        )
+    if pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max_epochs, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optuna.Study:
+    """Load the study if it exists, else create it; storage with heartbeats for crash detection."""
+    if storage_url.startswith("sqlite:///"):
+        path = storage_url.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    storage = optuna.storages.RDBStorage(
+        storage_url,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=GRACE_SECONDS,
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        load_if_exists=True,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec, max_trial_epochs(spec)),
+        directions=[o.direction for o in spec.objectives],
+    )
+    if study.trials:
+        study.sampler = make_sampler(spec, len(study.trials))
+    return study
+
+
+def max_trial_epochs(spec: ExperimentSpec) -> int:
+    """The most epochs any trial may train: the budget cap, else the largest epochs in the space."""
+    space = spec.search_space
+    candidates = [int(space.fixed.get("epochs", 12))]
+    candidates += [
+        int(p.high or max(map(int, p.choices)))
+        for p in space.parameters  # type: ignore[arg-type]
+        if p.field == "epochs"
+    ]
+    most = max(candidates)
+    return min(most, spec.budget.max_epochs) if spec.budget.max_epochs else most
+
+
+def make_pruning_reporter(trial: optuna.Trial, monitor: str, pruning: bool) -> Any:
+    """A Keras callback: report `monitor` each epoch; stop training when the pruner says so."""
+
+    class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
+        pruned_at: int | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            if monitor not in logs:
+                raise PruningMetricMissing(
+                    f"pruning monitors {monitor!r} but the epoch logs hold {sorted(logs)}"
+                )
+            if not pruning:
+                return
+            trial.report(float(logs[monitor]), step=epoch + 1)
+            last_epoch = epoch + 1 >= self.params.get("epochs", 0)
+            if not last_epoch and trial.should_prune():  # a finished training is not pruned
+                self.pruned_at = epoch + 1
+                self.model.stop_training = True
+
+    return PruningReporter()
+
+
+@dataclass
+class SweepOutcome:
+    study: optuna.Study
+    parent_run_id: str
+    records: list[TrialRecord]
+    stopped_because: str
+
+
+class OptunaSweep:
+    """One launch (or resumption) of an Optuna sweep for an experiment."""
+
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        splits: Splits,
+        sweep: SweepTracker,
+        study: optuna.Study,
+        progress: SweepProgress,
+    ) -> None:
+        self.spec, self.splits, self.sweep, self.study, self.progress = (
+            spec,
+            splits,
+            sweep,
+            study,
+            progress,
+        )
+        self.max_epochs = max_trial_epochs(spec)
+        self.consecutive_failures = 0
+        self.last_failure = ""
+        self.aborted: str | None = None
+
+    # --- one trial --------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float | Sequence[float]:
+        chosen = suggest(self.spec.search_space, trial)
+        trial.set_user_attr(HOST, socket.gethostname())
+        trial.set_user_attr(PID, os.getpid())
+        seed = self.spec.seed + trial.number
+        with self.sweep.trial(trial.number, chosen, seed) as run:
+            trial.set_user_attr(RUN_ID, run.run_id)
+            outcome = self._train_trial(trial, chosen, run, seed)
+        return self._finish(trial, *outcome)
+
+    def _train_trial(
+        self, trial: optuna.Trial, chosen: dict[str, Scalar], run: RunHandle, seed: int
+    ) -> tuple[str, TrialResult | None, str | None, int | None]:
+        values = self.spec.search_space.to_config_values(chosen)
+        values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
+        try:
+            cfg = parse_config(values)
+        except CnnConfigError as error:
+            reason = f"impossible config: {error}"
+            self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
+            return TrialState.FAILED, None, reason, None
+        reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
+        sink = EpochSinkCallback(self._epoch_sink(trial, run))
+        self.progress.start_trial(trial.number, cfg.epochs)
+        result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
+        if not result.ok:
+            state, reason, pruned_at = TrialState.FAILED, result.failure_reason, None
+        elif reporter.pruned_at is not None:
+            state, reason, pruned_at = TrialState.PRUNED, None, reporter.pruned_at
+        else:
+            state, reason, pruned_at = TrialState.COMPLETE, None, None
+        self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
+        return state, result, reason, pruned_at
+
+    def _epoch_sink(
+        self, trial: optuna.Trial, run: RunHandle
+    ) -> Callable[[int, dict[str, float]], None]:
+        bar = self.sweep.baseline.val_accuracy if self.sweep.baseline else None
+        elapsed = [0.0]
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            run.log_metrics(logs, step=epoch)
+            elapsed[0] += logs.get("epoch_seconds", 0.0)
+            value = logs.get(MONITOR)
+            if (
+                bar is not None
+                and value is not None
+                and value > bar
+                and BEAT_AT_EPOCH not in trial.user_attrs
+            ):
+                trial.set_user_attr(BEAT_AT_EPOCH, epoch)
+                trial.set_user_attr(BEAT_SECONDS, elapsed[0])
+            self.progress.epoch(epoch, logs)
+
+        return on_epoch
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        state: str,
+        result: TrialResult | None,
+        reason: str | None,
+        pruned_at: int | None,
+    ) -> float | Sequence[float]:
+        if state == TrialState.FAILED:
+            trial.set_user_attr(FAIL_REASON, reason)
+            raise TrialFailed(reason)
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"pruned at epoch {pruned_at}")
+        assert result is not None and result.best_val_accuracy is not None
+        measured = {
+            "val_accuracy": result.best_val_accuracy,
+            "param_count": float(result.param_count),
+            "wall_seconds": result.wall_seconds,
+        }
+        values = [measured[o.metric] for o in self.spec.objectives]
+        return values[0] if len(values) == 1 else values
+
+    # --- after each trial ---------------------------------------------------------------
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna callback: parent summary, progress, consecutive-failure stop."""
+        if trial.state == OptunaState.FAIL:
+            self.consecutive_failures += 1
+            self.last_failure = str(trial.user_attrs.get(FAIL_REASON, "an exception"))
+            limit = self.spec.budget.max_consecutive_failures
+            if self.consecutive_failures >= limit:
+                self.aborted = (
+                    f"{limit} trials failed in a row; the last: {self.last_failure}. "
+                    "Check the search space, then run the same command to resume"
+                )
+                study.stop()
+        else:
+            self.consecutive_failures = 0
+        records = study_records(study)
+        self.sweep.update_summary(
+            records,
+            best=best_record(study, records),
+            beat=time_to_beat(study),
+            trial_seconds=sum(_duration(t) for t in study.trials),
+        )
+        self.progress.finish_trial(records, best_record(study, records))
+
+
+def study_records(study: optuna.Study) -> list[TrialRecord]:
+    """Finished trials as engine-neutral records."""
+    states = {
+        OptunaState.COMPLETE: TrialState.COMPLETE,
+        OptunaState.PRUNED: TrialState.PRUNED,
+        OptunaState.FAIL: TrialState.FAILED,
+    }
+    return [
+        TrialRecord(
+            t.number,
+            states[t.state],
+            t.values[0] if t.values else None,
+            str(t.user_attrs.get(RUN_ID, "")),
+            t.params,
+        )
+        for t in study.get_trials(deepcopy=False)
+        if t.state in states
+    ]
+
+
+def best_record(study: optuna.Study, records: list[TrialRecord]) -> TrialRecord | None:
+    """Best complete trial on the first objective (val_accuracy)."""
+    complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
+    if not complete:
+        return None
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return (max if maximize else min)(complete, key=lambda r: r.value or 0.0)
+
+
+def _duration(trial: FrozenTrial) -> float:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def time_to_beat(study: optuna.Study) -> dict[str, float] | None:
+    """Trial time and epochs the sweep spent before a trial first beat the baseline on validation.
+
+    Counts whole earlier trials (in trial-number order) plus the beating trial's epochs up to
+    the one that beat the bar; derived from the study, so it survives resumption.
+    """
+    seconds, epochs = 0.0, 0
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if BEAT_AT_EPOCH in trial.user_attrs:
+            return {
+                "seconds": seconds + float(trial.user_attrs[BEAT_SECONDS]),
+                "epochs": epochs + int(trial.user_attrs[BEAT_AT_EPOCH]),
+                "trial": trial.number,
+            }
+        seconds += _duration(trial)
+        epochs += len(trial.intermediate_values)
+    return None
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose process on this machine is gone (killed with SIGKILL, say).
+
+    Trials of other machines are left to Optuna's heartbeat, which fails them after the grace
+    period. Returns the numbers of the trials failed here.
+    """
+    failed = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        if trial.user_attrs.get(HOST) != host or _alive(int(trial.user_attrs.get(PID, -1))):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, "its process died")
+        study._storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
+        failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def run_optuna_sweep(
+    spec: ExperimentSpec,
+    splits: Splits,
+    sweep: SweepTracker,
+    progress: SweepProgress,
+    *,
+    study_name: str,
+    storage_url: str,
+    trials: int | None,
+    timeout_seconds: float | None,
+) -> SweepOutcome:
+    """Run (or resume) the sweep until its trial budget, its timeout, Ctrl-C or repeated failures."""
+    # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = open_study(spec, study_name, storage_url)
+    recovered = recover_dead_trials(study)
+    live = {t.number for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))}
+    runner = OptunaSweep(spec, splits, sweep, study, progress)
+    with sweep.parent(splits) as parent:
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        closed = sweep.close_orphans(live)
+        if recovered or closed:
+            progress.note(
+                f"resumed: failed {len(recovered)} trial(s) of a dead process, "
+                f"closed {closed} MLflow run(s) left RUNNING"
+            )
+        # the trial budget counts complete and pruned trials; failed ones are retried
+        done = len([r for r in study_records(study) if r.state != TrialState.FAILED])
+        remaining = None if trials is None else max(0, trials - done)
+        progress.begin(
+            study_records(study),
+            best_record(study, study_records(study)),
+            total=trials,
+            timeout=timeout_seconds,
+        )
+        started = time.monotonic()
+        if remaining == 0:
+            stopped = f"the trial budget ({trials}) was already spent"
+        else:
+            callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [runner.after_trial]
+            if trials is not None:
+                callbacks.append(
+                    optuna.study.MaxTrialsCallback(
+                        trials, states=(OptunaState.COMPLETE, OptunaState.PRUNED)
+                    )
+                )
+            study.optimize(
+                runner.objective,
+                n_trials=None,
+                timeout=timeout_seconds,
+                callbacks=callbacks,
+                catch=(TrialFailed,),
+                gc_after_trial=True,
+            )
+            stopped = runner.aborted or _why_stopped(study, trials, timeout_seconds, started)
+        if runner.aborted:
+            parent.status_on_exit = "FAILED"
+        from tunelab.engines.optuna_plots import log_study_plots
+
+        log_study_plots(
+            study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None
+        )
+    records = study_records(study)
+    if runner.aborted:
+        raise SweepError(runner.aborted)
+    return SweepOutcome(study, parent.run_id, records, stopped)
+
+
+def _why_stopped(
+    study: optuna.Study, trials: int | None, timeout: float | None, started: float
+) -> str:
+    if timeout is not None and time.monotonic() - started >= timeout:
+        return f"the timeout ({timeout:.0f} s) was reached"
+    if trials is not None:
+        return f"the trial budget ({trials}) is spent"
+    return "done"

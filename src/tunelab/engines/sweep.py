@@ -1,0 +1,291 @@
+"""What every engine records about a sweep, the same way: the parent run and its child runs.
+
+`SweepTracker` owns the MLflow side of a sweep: it finds or creates the parent run (one per
+study; a resumed sweep reuses it), opens a child run per trial with the same names and tags for
+every engine, logs each trial's outcome and its distance from the baseline, keeps the parent's
+summary (counts, best trial, time to beat the baseline) current, and closes leftover RUNNING
+child runs of workers that died. Engines keep their own state (an Optuna study, a KerasTuner
+oracle) and hand this class plain numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tunelab.baseline import PUBLISHED_TEST_ACCURACY
+from tunelab.data import Splits
+from tunelab.specs import ExperimentSpec, Scalar
+from tunelab.tracking import (
+    PARENT_RUN_TAG,
+    MetricName,
+    Role,
+    RunHandle,
+    TagKey,
+    Tracker,
+    TrialState,
+)
+from tunelab.training import TrialResult
+
+KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
+
+
+@dataclass(frozen=True)
+class BaselineBar:
+    """The baseline a sweep is measured against: its best validation accuracy on the same split."""
+
+    run_id: str
+    val_accuracy: float
+    test_accuracy: float | None
+
+
+def find_baseline_bar(tracker: Tracker, spec: ExperimentSpec) -> tuple[BaselineBar | None, str]:
+    """The reference baseline of the experiment's dataset, if it validated on the same split.
+
+    Returns the bar (or None) and a one-line note for the user saying why there is none.
+    """
+    run = tracker.find_baseline(spec.dataset)
+    if run is None:
+        return None, (
+            f"no baseline for {spec.dataset} yet (run `tunelab baseline --dataset "
+            f"{spec.dataset}`): trials are compared with the published 99.25 % only"
+        )
+    params = run.data.params
+    same_split = params.get("data_validation_size") == str(spec.validation_size) and params.get(
+        "data_split_seed"
+    ) == str(spec.split_seed)
+    if not same_split:
+        return None, (
+            f"baseline run {run.info.run_id} validated on another split "
+            f"(validation_size {params.get('data_validation_size')}, split_seed "
+            f"{params.get('data_split_seed')}): no validation comparison"
+        )
+    metrics = run.data.metrics
+    bar = BaselineBar(
+        run.info.run_id,
+        metrics[MetricName.BEST_VAL_ACCURACY],
+        metrics.get(MetricName.TEST_ACCURACY),
+    )
+    return bar, f"baseline {bar.run_id}: best val_accuracy {bar.val_accuracy:.4f} to beat"
+
+
+@dataclass
+class TrialRecord:
+    """One finished trial as the parent summary needs it."""
+
+    number: int
+    state: str
+    value: float | None
+    run_id: str
+    params: Mapping[str, Scalar]
+
+
+class SweepTracker:
+    """The MLflow record of one sweep (study): parent run, child runs, summary."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        spec: ExperimentSpec,
+        study: str,
+        engine: str,
+        baseline: BaselineBar | None,
+    ) -> None:
+        self.tracker, self.spec, self.study, self.engine = tracker, spec, study, engine
+        self.baseline = baseline
+        self.experiment = spec.name
+        self.parent_run_id: str | None = None
+
+    # --- parent ---------------------------------------------------------------------
+
+    def find_parent(self) -> str | None:
+        runs = self.tracker.search(
+            self.experiment,
+            f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{self.study}'",
+        )
+        return runs[0].info.run_id if runs else None
+
+    @contextmanager
+    def parent(self, splits: Splits) -> Iterator[RunHandle]:
+        """Open the sweep's parent run: reuse the study's one if it exists, else create it."""
+        existing = self.find_parent()
+        tags = {
+            TagKey.ROLE: Role.SWEEP,
+            TagKey.STUDY: self.study,
+            TagKey.ENGINE: self.engine,
+            TagKey.EXPERIMENT_FILE: str(self.spec.source),
+            TagKey.SEED: str(self.spec.seed),
+        }
+        if self.baseline is not None:
+            tags[TagKey.BASELINE_RUN_ID] = self.baseline.run_id
+        with self.tracker.run(
+            self.experiment, f"sweep-{self.engine}-{self.study}", tags=tags, resume_run_id=existing
+        ) as run:
+            self.parent_run_id = run.run_id
+            if existing is None:
+                self._log_sweep_definition(run, splits)
+            yield run
+
+    def _log_sweep_definition(self, run: RunHandle, splits: Splits) -> None:
+        spec = self.spec
+        run.log_params(
+            {
+                "engine": spec.engine.name,
+                "sampler": spec.engine.sampler,
+                "pruner": spec.engine.pruner,
+                "tuner": spec.engine.tuner,
+                "objectives": ",".join(o.metric for o in spec.objectives),
+                "budget_trials": spec.budget.trials,
+                "budget_timeout_seconds": spec.budget.timeout_seconds,
+                "budget_max_epochs": spec.budget.max_epochs,
+                "dataset": spec.dataset,
+                "data_validation_size": spec.validation_size,
+                "data_split_seed": spec.split_seed,
+                "data_train_size": len(splits.train),
+                "search_space": spec.search_space.source.name,
+                "fixed": json.dumps(dict(spec.search_space.fixed)),
+            }
+        )
+        run.log_dataset(splits)
+        run.log_file(spec.source, "experiment")
+        run.log_file(spec.search_space.source, "experiment")
+        if self.baseline is not None:
+            run.log_metrics({MetricName.BASELINE_VAL_ACCURACY: self.baseline.val_accuracy})
+
+    def update_summary(
+        self,
+        records: list[TrialRecord],
+        *,
+        best: TrialRecord | None,
+        beat: Mapping[str, float] | None,
+        trial_seconds: float,
+    ) -> None:
+        """Counts, the best trial so far and the time to beat the baseline, on the parent."""
+        assert self.parent_run_id is not None
+        run = RunHandle(self.tracker.client, self.parent_run_id)
+        states = [r.state for r in records]
+        metrics: dict[str, float] = {
+            MetricName.TRIALS_COMPLETE: states.count(TrialState.COMPLETE),
+            MetricName.TRIALS_PRUNED: states.count(TrialState.PRUNED),
+            MetricName.TRIALS_FAILED: states.count(TrialState.FAILED),
+            MetricName.SWEEP_TRIAL_SECONDS: trial_seconds,
+        }
+        if best is not None and best.value is not None:
+            metrics[MetricName.BEST_VALUE] = best.value
+            metrics[MetricName.BEST_TRIAL] = best.number
+            metrics[MetricName.VAL_ACCURACY_VS_PUBLISHED] = best.value - PUBLISHED_TEST_ACCURACY
+            if self.baseline is not None:
+                metrics[MetricName.VAL_ACCURACY_VS_BASELINE] = (
+                    best.value - self.baseline.val_accuracy
+                )
+            run.set_tags(
+                {
+                    TagKey.BEST_RUN_ID: best.run_id,
+                    TagKey.BEST_PARAMS: json.dumps(dict(best.params), sort_keys=True),
+                }
+            )
+        if beat:
+            metrics[MetricName.SECONDS_TO_BEAT_BASELINE] = beat["seconds"]
+            metrics[MetricName.EPOCHS_TO_BEAT_BASELINE] = beat["epochs"]
+            metrics[MetricName.TRIAL_THAT_BEAT_BASELINE] = beat["trial"]
+        run.log_metrics(metrics, step=len(records))
+
+    # --- children -------------------------------------------------------------------
+
+    def run_name(self, number: int, chosen: Mapping[str, Scalar]) -> str:
+        shown = list(chosen.items())[:KEY_PARAMS_IN_NAME]
+        text = " ".join(f"{k}={_short(v)}" for k, v in shown)
+        return f"{self.engine} t{number:03d} {text}".strip()
+
+    @contextmanager
+    def trial(self, number: int, chosen: Mapping[str, Scalar], seed: int) -> Iterator[RunHandle]:
+        """A child run for one trial, nested under the parent."""
+        assert self.parent_run_id is not None, "open the parent first"
+        tags = {
+            TagKey.ROLE: Role.TRIAL,
+            TagKey.STUDY: self.study,
+            TagKey.ENGINE: self.engine,
+            TagKey.TRIAL_NUMBER: str(number),
+            TagKey.SEED: str(seed),
+            TagKey.DATASET: self.spec.dataset,
+        }
+        with self.tracker.run(
+            self.experiment,
+            self.run_name(number, chosen),
+            tags=tags,
+            parent_run_id=self.parent_run_id,
+        ) as run:
+            run.log_params({**chosen, "trial_number": number})
+            try:
+                yield run
+            except KeyboardInterrupt:
+                run.set_tags(
+                    {
+                        TagKey.TRIAL_STATE: TrialState.FAILED,
+                        TagKey.FAILURE_REASON: "interrupted (Ctrl-C or SIGTERM)",
+                    }
+                )
+                raise
+
+    def record_trial(
+        self,
+        run: RunHandle,
+        result: TrialResult | None,
+        state: str,
+        *,
+        reason: str | None = None,
+        pruned_at: int | None = None,
+    ) -> None:
+        """A trial's outcome on its child run: state, reason, summary metrics, baseline gap."""
+        run.set_tags(
+            {TagKey.TRIAL_STATE: state, **({TagKey.FAILURE_REASON: reason} if reason else {})}
+        )
+        if state == TrialState.FAILED:
+            run.status_on_exit = "FAILED"
+        if result is not None:
+            run.log_params({f"cfg.{k}": v for k, v in result.config.as_params().items()})
+            run.log_training(
+                result,
+                title=f"trial {run.run_id[:8]}",
+                reference=self.baseline.val_accuracy if self.baseline else None,
+            )
+            best = result.best_val_accuracy
+            if best is not None:
+                gaps = {MetricName.VAL_ACCURACY_VS_PUBLISHED: best - PUBLISHED_TEST_ACCURACY}
+                if self.baseline is not None:
+                    gaps[MetricName.VAL_ACCURACY_VS_BASELINE] = best - self.baseline.val_accuracy
+                run.log_metrics(gaps)
+        if pruned_at is not None:
+            run.log_metrics({MetricName.PRUNED_AT_EPOCH: pruned_at})
+
+    def close_orphans(self, live_trials: set[int]) -> int:
+        """End child runs left RUNNING by a dead worker as FAILED; returns how many."""
+        if self.parent_run_id is None:
+            return 0
+        orphans = self.tracker.search(
+            self.experiment,
+            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        closed = 0
+        for orphan in orphans:
+            number = int(orphan.data.tags.get(TagKey.TRIAL_NUMBER, -1))
+            if number in live_trials:
+                continue
+            handle = RunHandle(self.tracker.client, orphan.info.run_id)
+            handle.set_tags(
+                {
+                    TagKey.TRIAL_STATE: TrialState.FAILED,
+                    TagKey.FAILURE_REASON: "the worker running it died (killed or crashed)",
+                }
+            )
+            self.tracker.client.set_terminated(orphan.info.run_id, status="FAILED")
+            closed += 1
+        return closed
+
+
+def _short(value: Scalar) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

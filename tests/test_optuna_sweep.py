@@ -1,0 +1,177 @@
+"""A tiny Optuna sweep on the fixture: nested MLflow runs, pruned and failed trials, resumption."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from rich.console import Console
+
+from tunelab.data import Splits
+from tunelab.engines import optuna_engine
+from tunelab.engines.launch import run_sweep
+from tunelab.specs import ExperimentSpec, load_experiment
+from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+
+# lr 1e-6 learns nothing (pruned by the median rule); conv_blocks 4 cannot be built (failed)
+SPACE = """
+parameters:
+  learning_rate: {type: categorical, values: [0.003, 0.002, 0.000001]}
+  conv_blocks: {type: categorical, values: [1, 4]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: 3, batch_size: 128}
+"""
+EXPERIMENT = """
+name: tiny
+search_space: space.yaml
+engine: {name: optuna, sampler: grid, pruner: median, startup_trials: 1}
+budget: {trials: 6, max_epochs: 3, max_consecutive_failures: 20}
+seed: 3
+"""
+
+
+def write_experiment(folder: Path, experiment: str = EXPERIMENT) -> ExperimentSpec:
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE))
+    (folder / "tiny.yaml").write_text(textwrap.dedent(experiment))
+    return load_experiment(folder / "tiny.yaml")
+
+
+def sweep(spec: ExperimentSpec, splits: Splits, uri: str, storage: str, **kwargs: Any) -> str:
+    return run_sweep(
+        spec,
+        splits=splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        show_progress=False,
+        console=Console(file=open("/dev/null", "w")),
+        **kwargs,  # noqa: SIM115
+    )
+
+
+@pytest.fixture()
+def stores(tmp_path: Path) -> tuple[str, str]:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def children_of(tracker: Tracker, parent_id: str) -> list[Any]:
+    return tracker.search("tiny", f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'")
+
+
+def test_sweep_records_a_parent_with_nested_complete_pruned_and_failed_trials(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
+) -> None:
+    uri, storage = stores
+    spec = write_experiment(tmp_path)
+    summary = sweep(spec, tiny_splits, uri, storage)
+    tracker = Tracker(uri)
+    [parent] = tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "FINISHED"
+    children = children_of(tracker, parent.info.run_id)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(children) == len(study.trials) == 6
+    states = {c.data.tags[TagKey.TRIAL_STATE] for c in children}
+    assert states == {"complete", "pruned", "failed"}
+    for child in children:
+        assert child.info.status == (
+            "FAILED" if child.data.tags[TagKey.TRIAL_STATE] == "failed" else "FINISHED"
+        )
+        assert child.data.tags[TagKey.ROLE] == Role.TRIAL
+        number = int(child.data.tags[TagKey.TRIAL_NUMBER])
+        assert child.data.params["trial_number"] == str(number)
+        if child.data.tags[TagKey.TRIAL_STATE] == "failed":
+            assert child.data.tags[TagKey.FAILURE_REASON].startswith(
+                "impossible config: conv_blocks"
+            )
+        else:
+            history = tracker.client.get_metric_history(child.info.run_id, "val_accuracy")
+            assert [m.step for m in history] == list(range(1, len(history) + 1))
+    pruned = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "pruned"]
+    assert all(c.data.params["learning_rate"] == "1e-06" for c in pruned)
+    assert all(c.data.metrics[MetricName.PRUNED_AT_EPOCH] < 3 for c in pruned)
+    metrics = parent.data.metrics
+    counts = {
+        s: sum(c.data.tags[TagKey.TRIAL_STATE] == s for c in children)
+        for s in ("complete", "pruned", "failed")
+    }
+    assert metrics[MetricName.TRIALS_COMPLETE] == counts["complete"]
+    assert metrics[MetricName.TRIALS_PRUNED] == counts["pruned"]
+    assert metrics[MetricName.TRIALS_FAILED] == counts["failed"] == 3  # every conv_blocks=4
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    assert metrics[MetricName.BEST_VALUE] == pytest.approx(best.value)
+    assert parent.data.tags[TagKey.BEST_RUN_ID] == best.user_attrs["mlflow_run_id"]
+    artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/intermediate_values.png"} <= artifacts
+    experiment_files = {
+        a.path for a in tracker.client.list_artifacts(parent.info.run_id, "experiment")
+    }
+    assert experiment_files == {"experiment/tiny.yaml", "experiment/space.yaml"}
+    assert "6 trials" not in summary and "failed" in summary
+
+
+def test_the_same_command_resumes_into_the_same_parent(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
+) -> None:
+    uri, storage = stores
+    spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
+    sweep(spec, tiny_splits, uri, storage, trials=2)
+    sweep(spec, tiny_splits, uri, storage, trials=4)
+    tracker = Tracker(uri)
+    parents = tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert len(parents) == 1
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    finished = [
+        t
+        for t in study.trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    assert len(finished) == 4
+    assert len(children_of(tracker, parents[0].info.run_id)) == len(study.trials)
+
+
+def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, storage = stores
+    spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
+    real = optuna_engine.train_and_validate
+    calls = {"n": 0}
+
+    def interrupted_second_time(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna_engine, "train_and_validate", interrupted_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(spec, tiny_splits, uri, storage, trials=3)
+    tracker = Tracker(uri)
+    [parent] = tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "KILLED"
+    statuses = [c.info.status for c in children_of(tracker, parent.info.run_id)]
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+    monkeypatch.setattr(optuna_engine, "train_and_validate", real)
+    sweep(spec, tiny_splits, uri, storage, trials=3)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) >= 3
+    runs = tracker.search("tiny", "")
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert len(tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
+
+
+def test_repeated_failures_stop_the_sweep_with_one_line(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
+) -> None:
+    uri, storage = stores
+    broken = EXPERIMENT.replace("max_consecutive_failures: 20", "max_consecutive_failures: 2")
+    spec = write_experiment(tmp_path, broken.replace("values: [1, 4]", "values: [4, 5]"))
+    with pytest.raises(optuna_engine.SweepError) as caught:
+        sweep(spec, tiny_splits, uri, storage)
+    assert str(caught.value).startswith("2 trials failed in a row; the last: impossible config")
+    tracker = Tracker(uri)
+    [parent] = tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "FAILED"
+    assert all(r.info.status != "RUNNING" for r in tracker.search("tiny", ""))

@@ -1,0 +1,105 @@
+"""A sweep process killed with SIGKILL mid-trial: the same command resumes, losing nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+
+from tunelab.data import Splits
+from tunelab.engines.launch import run_sweep
+from tunelab.specs import load_experiment
+from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+
+SPACE = """
+parameters:
+  dense_units: {type: int, low: 8, high: 32}
+fixed: {optimizer: adam, learning_rate: 0.002, filters: 8, epochs: 30, batch_size: 64}
+"""
+EXPERIMENT = """
+name: crash
+search_space: space.yaml
+engine: {name: optuna, sampler: random}
+budget: {trials: 2, max_epochs: 2}
+"""
+WORKER = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from tunelab.data import load_npz_splits
+from tunelab.engines.launch import run_sweep
+from tunelab.specs import load_experiment
+spec = load_experiment(sys.argv[1])
+splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
+# 30 epochs a trial: long enough to be killed in the middle of the first one
+spec = replace(spec, budget=replace(spec.budget, max_epochs=30))
+run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4], show_progress=False)
+"""
+
+
+def wait_for_running_trial(
+    storage: str, process: subprocess.Popen[bytes], limit: float = 120
+) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the worker ended before it could be killed"
+        try:
+            study = optuna.load_study(study_name="crash", storage=storage)
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if running and running[0].user_attrs.get("mlflow_run_id"):
+                return
+        except KeyError:
+            pass  # the study does not exist yet
+        time.sleep(0.5)
+    raise AssertionError("no trial started in time")
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_splits: Splits) -> None:
+    (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
+    (tmp_path / "crash.yaml").write_text(textwrap.dedent(EXPERIMENT))
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path / "crash.yaml"), str(tiny_npz), uri, storage],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_running_trial(storage, worker)
+        time.sleep(2)  # let it get into training
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    tracker = Tracker(uri)
+    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "RUNNING"  # nothing could close it: SIGKILL
+    spec = load_experiment(tmp_path / "crash.yaml")
+    run_sweep(
+        spec,
+        splits=tiny_splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        show_progress=False,
+        console=Console(file=open(os.devnull, "w")),
+    )  # noqa: SIM115
+    study = optuna.load_study(study_name="crash", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed trial
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2  # the budget, met after resuming
+    assert optuna.trial.TrialState.RUNNING not in states
+    runs = tracker.search("crash", "")
+    assert all(r.info.status != "RUNNING" for r in runs)
+    killed = [
+        r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("the worker")
+    ]
+    assert len(killed) == 1 and killed[0].data.tags[PARENT_RUN_TAG] == parent.info.run_id
+    assert killed[0].info.status == "FAILED"
+    assert len(tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
