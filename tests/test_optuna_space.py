@@ -1,4 +1,7 @@
-"""The Optuna translator asks for exactly the declared names, bounds and conditions (no training)."""
+"""The Optuna translator asks for exactly the declared names, bounds and conditions.
+
+No training: ask/tell and FixedTrial only.
+"""
 
 from __future__ import annotations
 

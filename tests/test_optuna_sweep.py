@@ -45,8 +45,8 @@ def sweep(spec: ExperimentSpec, splits: Splits, uri: str, storage: str, **kwargs
         tracking_uri=uri,
         storage_url=storage,
         show_progress=False,
-        console=Console(file=open("/dev/null", "w")),
-        **kwargs,  # noqa: SIM115
+        console=Console(quiet=True),
+        **kwargs,
     )
 
 

@@ -40,7 +40,8 @@ spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 # 30 epochs a trial: long enough to be killed in the middle of the first one
 spec = replace(spec, budget=replace(spec.budget, max_epochs=30))
-run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4], show_progress=False)
+run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4],
+          show_progress=False)
 """
 
 
@@ -88,8 +89,8 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
         tracking_uri=uri,
         storage_url=storage,
         show_progress=False,
-        console=Console(file=open(os.devnull, "w")),
-    )  # noqa: SIM115
+        console=Console(quiet=True),
+    )
     study = optuna.load_study(study_name="crash", storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed trial

