@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET ?= mnist
 PORT ?= 5000
+EXP ?= experiments/mnist_quick.yaml
 
-.PHONY: help install data baseline ui test test-fast lint fixture bench-overhead
+.PHONY: help install data baseline tune validate ui test test-fast lint fixture bench-overhead bench-pruning
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +27,12 @@ data: install ## fetch and verify the dataset (DATASET=mnist|fashion_mnist) into
 baseline: install ## train and record the classic Keras MNIST CNN (12 epochs, ~15 min on 2 cores)
 	$(BIN)/tunelab baseline --dataset $(DATASET)
 
+tune: install ## the main job: run (or resume) the sweep of EXP (default experiments/mnist_quick.yaml)
+	$(BIN)/tunelab tune $(EXP)
+
+validate: install ## check every experiment and search-space file without running anything
+	$(BIN)/tunelab validate experiments/*.yaml search_spaces/*.yaml
+
 ui: install ## MLflow UI on http://127.0.0.1:$(PORT) against the default store
 	$(BIN)/tunelab ui --port $(PORT)
 
@@ -44,3 +51,6 @@ fixture: install ## rebuild tests/fixtures/mnist_tiny.npz from the verified full
 
 bench-overhead: install ## tunelab's tracked training vs a bare model.fit (prints the ratio)
 	$(BIN)/python benchmarks/overhead.py
+
+bench-pruning: install ## the same sampler with and without pruning (prints the epoch ratio)
+	$(BIN)/python benchmarks/pruning.py

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,13 @@ class PruningMetricMissing(Exception):
 
 
 def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        # multivariate/group TPE and heartbeats are marked experimental; we choose them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(spec, trials_so_far)
+
+
+def _make_sampler(spec: ExperimentSpec, trials_so_far: int) -> optuna.samplers.BaseSampler:
     """The experiment's sampler, seeded by its seed and the trials the study already holds.
 
     A resumed sweep must not replay the random suggestions of its first launch, so the seed moves
@@ -113,11 +121,11 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
     if storage_url.startswith("sqlite:///"):
         path = storage_url.removeprefix("sqlite:///")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        storage_url,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+        )
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
