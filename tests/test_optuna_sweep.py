@@ -175,3 +175,37 @@ def test_repeated_failures_stop_the_sweep_with_one_line(
     [parent] = tracker.search("tiny", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
     assert parent.info.status == "FAILED"
     assert all(r.info.status != "RUNNING" for r in tracker.search("tiny", ""))
+
+
+def test_an_exception_in_one_trial_fails_it_and_the_sweep_goes_on(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, storage = stores
+    spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
+    real = optuna_engine.train_and_validate
+    calls = {"n": 0}
+
+    def crashes_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS\nmore detail")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna_engine, "train_and_validate", crashes_once)
+    sweep(spec, tiny_splits, uri, storage, trials=2)
+    tracker = Tracker(uri)
+    reasons = [r.data.tags.get(TagKey.FAILURE_REASON) for r in tracker.search("tiny", "")]
+    assert "RuntimeError: CUDA_ERROR_ILLEGAL_ADDRESS" in reasons
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 2
+
+
+def test_a_missing_pruning_metric_stops_the_sweep_instead_of_never_pruning(
+    tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, storage = stores
+    spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
+    monkeypatch.setattr(optuna_engine, "MONITOR", "val_acc")  # the classic typo (optuna #1936)
+    with pytest.raises(optuna_engine.PruningMetricMissing, match="pruning monitors 'val_acc' but"):
+        sweep(spec, tiny_splits, uri, storage, trials=2)
+    assert all(r.info.status != "RUNNING" for r in Tracker(uri).search("tiny", ""))

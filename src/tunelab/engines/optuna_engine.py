@@ -56,8 +56,8 @@ class TrialFailed(Exception):
     """This trial failed (NaN loss, impossible config, out of memory); the sweep goes on."""
 
 
-class PruningMetricMissing(Exception):
-    """The monitored metric is absent from the epoch logs: a bug in the setup, stop the sweep."""
+class PruningMetricMissing(SweepError):
+    """The monitored metric is absent from the epoch logs: never prune silently, stop the sweep."""
 
 
 def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
@@ -231,7 +231,14 @@ class OptunaSweep:
         reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
         sink = EpochSinkCallback(self._epoch_sink(trial, run))
         self.progress.start_trial(trial.number, cfg.epochs)
-        result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
+        try:
+            result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
+        except PruningMetricMissing:
+            raise
+        except Exception as error:  # one trial's crash is recorded; the sweep goes on
+            problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
+            return TrialState.FAILED, None, problem, None
         reason: str | None = None
         pruned_at: int | None = None
         if not result.ok:
