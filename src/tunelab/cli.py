@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> Any:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
+        console.print("[yellow]interrupted:[/] finished work is recorded; the same command resumes")
         raise SystemExit(130) from None
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None

@@ -64,6 +64,7 @@ def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.sampler
     with warnings.catch_warnings():
         # multivariate/group TPE and heartbeats are marked experimental; we choose them knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # TPE's own deprecated-default notice
         return _make_sampler(spec, trials_so_far)
 
 
