@@ -73,6 +73,8 @@ class MetricName:
     EPOCHS_TO_BEAT_BASELINE = "epochs_to_beat_baseline"
     TRIAL_THAT_BEAT_BASELINE = "trial_that_beat_baseline"
     SWEEP_TRIAL_SECONDS = "sweep_trial_seconds"
+    BEAT_BASELINE_EPOCH = "beat_baseline_at_epoch"
+    BEAT_BASELINE_SECONDS = "beat_baseline_after_seconds"
 
 
 class TagKey:
@@ -97,6 +99,7 @@ class TagKey:
     BEST_RUN_ID = "tunelab.best_run_id"
     BEST_PARAMS = "tunelab.best_params"
     BASELINE_RUN_ID = "tunelab.baseline_run_id"
+    CONTINUES_TRIAL = "tunelab.continues_trial"
 
 
 class Role:

@@ -97,6 +97,7 @@ def train_and_validate(
     *,
     epochs: int | None = None,
     initial_epoch: int = 0,
+    initial_weights: str | None = None,
     verbose: int = 0,
 ) -> TrialResult:
     """Train `cfg` on splits.train, validating on splits.val after every epoch.
@@ -110,6 +111,8 @@ def train_and_validate(
         seed: seeds Python, NumPy and TensorFlow, and the shuffle order.
         epochs: train this many epochs instead of cfg.epochs (Hyperband rounds).
         initial_epoch: resume numbering from here (epochs already trained elsewhere).
+        initial_weights: a `.weights.h5` file to start from (a Hyperband round continuing an
+            earlier round's model), instead of fresh initial weights.
         verbose: Keras' own progress output (0: none; tunelab shows its own).
 
     Returns:
@@ -123,6 +126,8 @@ def train_and_validate(
     status, reason, history, model = COMPLETED, None, {}, None
     try:
         model = build_cnn(cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
+        if initial_weights is not None:
+            model.load_weights(initial_weights)
         fit = model.fit(
             make_dataset(splits.train, cfg.batch_size, shuffle=True, seed=seed),
             validation_data=(

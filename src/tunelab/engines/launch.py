@@ -8,13 +8,13 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.data import Splits, load_splits
-from tunelab.engines.sweep import SweepTracker, find_baseline_bar
-from tunelab.errors import UserError
+from tunelab.engines.sweep import SweepTracker, find_baseline_bar, max_trial_epochs
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec
 from tunelab.tracking import Tracker
 
 STORAGE_ENV = "TUNELAB_OPTUNA_STORAGE"
+DEFAULT_KERAS_TUNER_DIR = Path("tracking/keras_tuner")
 
 
 def resolve_storage(explicit: str | None, spec: ExperimentSpec) -> str:
@@ -36,6 +36,7 @@ def run_sweep(
     console: Console | None = None,
     show_progress: bool = True,
     splits: Splits | None = None,
+    keras_tuner_dir: Path | None = None,
 ) -> str:
     """Run the experiment's sweep within its budget (or the overrides); returns a summary line.
 
@@ -62,28 +63,45 @@ def run_sweep(
         f"{len(splits.train)} training / {len(splits.val)} validation images; {note}",
         highlight=False,
     )
-    if spec.engine.name != "optuna":
-        raise UserError(f"{spec.source}: engine.name: {spec.engine.name} is not available yet")
-    from tunelab.engines.optuna_engine import run_optuna_sweep
-
-    sweep = SweepTracker(tracker, spec, study, "optuna", baseline)
+    sweep = SweepTracker(tracker, spec, study, spec.engine.name, baseline)
     with SweepProgress(console, show=show_progress) as progress:
-        outcome = run_optuna_sweep(
-            spec,
-            splits,
-            sweep,
-            progress,
-            study_name=study,
-            storage_url=resolve_storage(storage_url, spec),
-            trials=budget_trials,
-            timeout_seconds=budget_seconds,
-        )
-    records = outcome.records
+        if spec.engine.name == "kerastuner":
+            from tunelab.engines.keras_tuner_engine import run_keras_tuner_sweep
+
+            parent_run_id, records, stopped = run_keras_tuner_sweep(
+                spec,
+                splits,
+                sweep,
+                progress,
+                study_name=study,
+                trials=budget_trials,
+                timeout_seconds=budget_seconds,
+                max_epochs=max_trial_epochs(spec),
+                directory=keras_tuner_dir or DEFAULT_KERAS_TUNER_DIR,
+            )
+        else:
+            from tunelab.engines.optuna_engine import run_optuna_sweep
+
+            outcome = run_optuna_sweep(
+                spec,
+                splits,
+                sweep,
+                progress,
+                study_name=study,
+                storage_url=resolve_storage(storage_url, spec),
+                trials=budget_trials,
+                timeout_seconds=budget_seconds,
+            )
+            parent_run_id, records, stopped = (
+                outcome.parent_run_id,
+                outcome.records,
+                outcome.stopped_because,
+            )
     complete = [r for r in records if r.state == "complete" and r.value is not None]
     best = max(complete, key=lambda r: r.value or 0.0) if complete else None
     counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
     text = (
-        f"stopped: {outcome.stopped_because}. trials: {counts['complete']} complete, "
+        f"stopped: {stopped}. trials: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['failed']} failed."
     )
     if best is not None and best.value is not None:
@@ -91,4 +109,4 @@ def run_sweep(
         if baseline is not None:
             text += f" ({(best.value - baseline.val_accuracy) * 100:+.2f} points vs the baseline)"
         text += f", MLflow run {best.run_id}."
-    return text + f" Parent run {outcome.parent_run_id} in MLflow experiment {spec.name!r}."
+    return text + f" Parent run {parent_run_id} in MLflow experiment {spec.name!r}."

@@ -26,8 +26,7 @@ from tunelab.callbacks import EpochSinkCallback
 from tunelab.cnn import CnnConfigError, parse_config
 from tunelab.data import Splits
 from tunelab.engines.optuna_space import grid, suggest
-from tunelab.engines.sweep import SweepTracker, TrialRecord
-from tunelab.errors import UserError
+from tunelab.engines.sweep import SweepError, SweepTracker, TrialRecord, max_trial_epochs
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec, Scalar
 from tunelab.tracking import RunHandle, TrialState
@@ -46,10 +45,6 @@ HOST, PID, FAIL_REASON, BEAT_AT_EPOCH, BEAT_SECONDS = (
     "beat_s",
 )
 RUN_ID = "mlflow_run_id"
-
-
-class SweepError(UserError):
-    """The sweep cannot go on; the message says why and what to do (one line)."""
 
 
 class TrialFailed(Exception):
@@ -138,18 +133,6 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
     if study.trials:
         study.sampler = make_sampler(spec, len(study.trials))
     return study
-
-
-def max_trial_epochs(spec: ExperimentSpec) -> int:
-    """The most epochs any trial may train: the budget cap, else the largest epochs in the space."""
-    space = spec.search_space
-    candidates = [int(space.fixed.get("epochs", 12))]
-    for parameter in space.parameters:
-        if parameter.field == "epochs":
-            values = parameter.grid_values() or (parameter.high or 12,)
-            candidates.append(max(int(v) for v in values))
-    most = max(candidates)
-    return min(most, spec.budget.max_epochs) if spec.budget.max_epochs else most
 
 
 def make_pruning_reporter(trial: optuna.Trial, monitor: str, pruning: bool) -> Any:

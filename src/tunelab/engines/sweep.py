@@ -14,9 +14,11 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from tunelab.baseline import PUBLISHED_TEST_ACCURACY
 from tunelab.data import Splits
+from tunelab.errors import UserError
 from tunelab.specs import ExperimentSpec, Scalar
 from tunelab.tracking import (
     PARENT_RUN_TAG,
@@ -30,6 +32,22 @@ from tunelab.tracking import (
 from tunelab.training import TrialResult
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
+
+
+class SweepError(UserError):
+    """The sweep cannot go on; the message says why and what to do (one line)."""
+
+
+def max_trial_epochs(spec: ExperimentSpec) -> int:
+    """The most epochs any trial may train: the budget cap, else the largest epochs in the space."""
+    space = spec.search_space
+    candidates = [int(space.fixed.get("epochs", 12))]
+    for parameter in space.parameters:
+        if parameter.field == "epochs":
+            values = parameter.grid_values() or (parameter.high or 12,)
+            candidates.append(max(int(v) for v in values))
+    most = max(candidates)
+    return min(most, spec.budget.max_epochs) if spec.budget.max_epochs else most
 
 
 @dataclass(frozen=True)
@@ -259,6 +277,37 @@ class SweepTracker:
                 run.log_metrics(gaps)
         if pruned_at is not None:
             run.log_metrics({MetricName.PRUNED_AT_EPOCH: pruned_at})
+
+    def children(self) -> list[Any]:
+        """The sweep's child runs, by trial number."""
+        if self.parent_run_id is None:
+            return []
+        runs = self.tracker.search(
+            self.experiment, f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}'"
+        )
+        return sorted(runs, key=lambda r: int(r.data.tags.get(TagKey.TRIAL_NUMBER, -1)))
+
+    def trial_seconds_from_runs(self) -> float:
+        return float(sum(r.data.metrics.get(MetricName.WALL_SECONDS, 0.0) for r in self.children()))
+
+    def time_to_beat_from_runs(self) -> dict[str, float] | None:
+        """Trial time and epochs spent before a trial first beat the baseline (child-run record).
+
+        Whole earlier trials (by trial number) count fully, the beating trial up to the epoch
+        that beat the bar. Engines that keep this in their own state may compute it there.
+        """
+        seconds, epochs = 0.0, 0.0
+        for run in self.children():
+            metrics = run.data.metrics
+            if MetricName.BEAT_BASELINE_EPOCH in metrics:
+                return {
+                    "seconds": seconds + metrics[MetricName.BEAT_BASELINE_SECONDS],
+                    "epochs": epochs + metrics[MetricName.BEAT_BASELINE_EPOCH],
+                    "trial": float(run.data.tags[TagKey.TRIAL_NUMBER]),
+                }
+            seconds += metrics.get(MetricName.WALL_SECONDS, 0.0)
+            epochs += metrics.get(MetricName.EPOCHS_TRAINED, 0.0)
+        return None
 
     def close_orphans(self, live_trials: set[int]) -> int:
         """End child runs left RUNNING by a dead worker as FAILED; returns how many."""

@@ -1,0 +1,200 @@
+"""KerasTuner: the same search spaces as Optuna, the same MLflow record, resumable searches."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+import optuna
+import pytest
+from rich.console import Console
+
+from tunelab.data import Splits
+from tunelab.engines.keras_tuner_space import chosen_values, declare
+from tunelab.engines.launch import run_sweep
+from tunelab.engines.optuna_space import distribution, suggest
+from tunelab.specs import ExperimentSpec, SearchSpace, load_experiment, load_search_space
+from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def optuna_view(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """What Optuna is asked for: every name that can be suggested, its distribution, conditions."""
+    out = {}
+    for parameter in space.parameters:
+        dist = distribution(parameter)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            shape = {"kind": "categorical", "values": list(dist.choices)}
+        else:
+            kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+            step = None if dist.log else dist.step
+            shape = {
+                "kind": kind,
+                "low": dist.low,
+                "high": dist.high,
+                "step": step,
+                "log": dist.log,
+            }
+        chain, current = [], parameter
+        by_name = {p.name: p for p in space.parameters}
+        while current.condition is not None:
+            chain.append((current.condition.parent, list(current.condition.values)))
+            current = by_name[current.condition.parent]
+        out[parameter.name] = {**shape, "conditions": sorted(chain)}
+    return out
+
+
+def keras_tuner_view(hp: kt.HyperParameters) -> dict[str, dict[str, Any]]:
+    out = {}
+    for item in hp.space:
+        config = item.get_config()
+        conditions = sorted((c.name, list(c.values)) for c in item.conditions)
+        if isinstance(item, kt.engine.hyperparameters.Choice):
+            shape = {"kind": "categorical", "values": config["values"]}
+        else:
+            kind = "int" if isinstance(item, kt.engine.hyperparameters.Int) else "float"
+            shape = {
+                "kind": kind,
+                "low": config["min_value"],
+                "high": config["max_value"],
+                "step": config["step"],
+                "log": config["sampling"] == "log",
+            }
+            if kind == "int" and not shape["log"] and shape["step"] is None:
+                shape["step"] = 1
+        out[item.name] = {**shape, "conditions": conditions}
+    return out
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_both_translators_declare_identical_names_types_bounds_and_conditions(path: Path) -> None:
+    space = load_search_space(path)
+    assert keras_tuner_view(declare(space)) == optuna_view(space)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_a_keras_tuner_sample_is_a_point_optuna_could_suggest(path: Path) -> None:
+    space = load_search_space(path)
+    hp = declare(space)
+    for seed in range(5):
+        oracle = kt.oracles.RandomSearchOracle(
+            objective="val_accuracy",
+            max_trials=1,
+            seed=seed,
+            hyperparameters=hp,
+            allow_new_entries=False,
+            tune_new_entries=False,
+        )
+        sampled = hp.copy()
+        sampled.values = oracle.populate_space("0")["values"]
+        active = chosen_values(space, sampled)
+        assert active and all(sampled.is_active(name) for name in active)
+        assert suggest(space, optuna.trial.FixedTrial(active)) == active
+
+
+def test_an_undeclared_name_is_an_error_not_a_silent_default() -> None:
+    space = load_search_space(ROOT / "search_spaces" / "mnist_quick.yaml")
+    oracle = kt.oracles.RandomSearchOracle(
+        objective="val_accuracy",
+        max_trials=1,
+        hyperparameters=declare(space),
+        allow_new_entries=False,
+        tune_new_entries=False,
+    )
+    oracle.update_space(declare(space))  # the declared space itself is accepted
+    grown = declare(space)
+    grown.Int("dense_width", 8, 64)  # a name a model might ask for that the space lacks
+    with pytest.raises(RuntimeError, match="allow_new_entries"):
+        oracle.update_space(grown)
+
+
+SPACE = """
+parameters:
+  learning_rate: {type: float, low: 0.001, high: 0.004}
+  conv_blocks: {type: categorical, values: [1, 4]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: 3, batch_size: 128}
+"""
+EXPERIMENT = """
+name: kt
+search_space: space.yaml
+engine: {name: kerastuner, tuner: TUNER}
+budget: {trials: TRIALS, max_epochs: 3, max_consecutive_failures: 20}
+seed: 1
+"""
+
+
+def experiment(folder: Path, tuner: str, trials: int, space: str = SPACE) -> ExperimentSpec:
+    (folder / "space.yaml").write_text(textwrap.dedent(space))
+    text = EXPERIMENT.replace("TUNER", tuner).replace("TRIALS", str(trials))
+    (folder / "kt.yaml").write_text(textwrap.dedent(text))
+    return load_experiment(folder / "kt.yaml")
+
+
+def search(spec: ExperimentSpec, splits: Splits, folder: Path, **kwargs: Any) -> str:
+    return run_sweep(
+        spec,
+        splits=splits,
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        keras_tuner_dir=folder / "keras_tuner",
+        show_progress=False,
+        console=Console(quiet=True),
+        **kwargs,
+    )
+
+
+def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    spec = experiment(tmp_path, "hyperband", 20, SPACE.replace("values: [1, 4]", "values: [1]"))
+    search(spec, tiny_splits, tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "FINISHED" and parent.data.tags[TagKey.ENGINE] == "kerastuner"
+    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'")
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.params["tuner/epochs"] for c in children} >= {"1", "3"}
+    continued = [c for c in children if TagKey.CONTINUES_TRIAL in c.data.tags]
+    assert continued  # a promoted configuration continues from its earlier round's weights
+    for child in continued:  # ...and trains only its extra epochs, numbered on
+        history = tracker.client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert min(m.step for m in history) == int(child.data.params["tuner/initial_epoch"]) + 1
+    assert parent.data.metrics["trials_complete"] == len(children)
+
+
+def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    spec = experiment(tmp_path, "random", 3)
+    search(spec, tiny_splits, tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'")
+    failed = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "failed"]
+    complete = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "complete"]
+    assert failed and len(complete) == 3
+    assert all(c.info.status == "FAILED" for c in failed)
+    assert all(c.data.tags[TagKey.FAILURE_REASON].startswith("impossible config") for c in failed)
+    assert parent.data.metrics["trials_failed"] == len(failed)
+
+
+def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits: Splits) -> None:
+    continuous = SPACE.replace(
+        "categorical, values: [0.003, 0.002]", "float, low: 0.001, high: 0.004"
+    )
+    continuous = continuous.replace("values: [1, 4]", "values: [1]")
+    spec = experiment(tmp_path, "random", 2, continuous)
+    search(spec, tiny_splits, tmp_path)
+    spec = experiment(tmp_path, "random", 3, continuous)
+    search(spec, tiny_splits, tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert len(parents) == 1
+    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parents[0].info.run_id}'")
+    complete = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "complete"]
+    assert len(complete) == 3
+    numbers = [int(c.data.tags[TagKey.TRIAL_NUMBER]) for c in children]
+    assert len(numbers) == len(set(numbers))  # no trial run twice
