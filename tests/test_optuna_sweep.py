@@ -55,6 +55,20 @@ def stores(tmp_path: Path) -> tuple[str, str]:
     return f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
+def raise_on_call(monkeypatch: pytest.MonkeyPatch, call: int, error: BaseException) -> None:
+    """Make the engine's training raise `error` on its `call`-th training (1-based)."""
+    real = optuna_engine.train_and_validate
+    calls = {"n": 0}
+
+    def training(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna_engine, "train_and_validate", training)
+
+
 def children_of(tracker: Tracker, parent_id: str) -> list[Any]:
     return tracker.search("tiny", f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'")
 
@@ -136,15 +150,7 @@ def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
     uri, storage = stores
     spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
     real = optuna_engine.train_and_validate
-    calls = {"n": 0}
-
-    def interrupted_second_time(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(optuna_engine, "train_and_validate", interrupted_second_time)
+    raise_on_call(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         sweep(spec, tiny_splits, uri, storage, trials=3)
     tracker = Tracker(uri)
@@ -182,16 +188,7 @@ def test_an_exception_in_one_trial_fails_it_and_the_sweep_goes_on(
 ) -> None:
     uri, storage = stores
     spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
-    real = optuna_engine.train_and_validate
-    calls = {"n": 0}
-
-    def crashes_once(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS\nmore detail")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(optuna_engine, "train_and_validate", crashes_once)
+    raise_on_call(monkeypatch, 1, RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS\nmore detail"))
     sweep(spec, tiny_splits, uri, storage, trials=2)
     tracker = Tracker(uri)
     reasons = [r.data.tags.get(TagKey.FAILURE_REASON) for r in tracker.search("tiny", "")]

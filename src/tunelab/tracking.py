@@ -321,7 +321,6 @@ class Tracker:
         self.store_dir = local_store_dir(self.tracking_uri)
         if self.store_dir is not None:
             self.store_dir.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
 
     def experiment_id(self, name: str) -> str:

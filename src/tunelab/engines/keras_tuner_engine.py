@@ -20,7 +20,7 @@ from tunelab.callbacks import EpochSinkCallback
 from tunelab.cnn import CnnConfig, CnnConfigError, build_cnn, parse_config, steps_per_epoch
 from tunelab.data import Splits
 from tunelab.engines.keras_tuner_space import chosen_values, declare
-from tunelab.engines.sweep import SweepError, SweepTracker, TrialRecord
+from tunelab.engines.sweep import SweepError, SweepTracker, TrialRecord, describe_exception
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec
 from tunelab.tracking import MetricName, RunHandle, TagKey, TrialState
@@ -162,7 +162,7 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
                 initial_weights=weights,
             )
         except Exception as error:  # one trial's crash is recorded; the search goes on
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            reason = describe_exception(error)
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
             return None, reason
         if not result.ok:

@@ -26,7 +26,13 @@ from tunelab.callbacks import EpochSinkCallback
 from tunelab.cnn import CnnConfigError, parse_config
 from tunelab.data import Splits
 from tunelab.engines.optuna_space import grid, suggest
-from tunelab.engines.sweep import SweepError, SweepTracker, TrialRecord, max_trial_epochs
+from tunelab.engines.sweep import (
+    SweepError,
+    SweepTracker,
+    TrialRecord,
+    describe_exception,
+    max_trial_epochs,
+)
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec, Scalar
 from tunelab.tracking import RunHandle, TrialState
@@ -220,7 +226,7 @@ class OptunaSweep:
         except PruningMetricMissing:
             raise
         except Exception as error:  # one trial's crash is recorded; the sweep goes on
-            problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            problem = describe_exception(error)
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
             return TrialState.FAILED, None, problem, None
         reason: str | None = None

@@ -334,6 +334,12 @@ class SweepTracker:
         return closed
 
 
+def describe_exception(error: BaseException) -> str:
+    """A crashed trial's failure reason: the exception's type and first line, kept short."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
 def _short(value: Scalar) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
