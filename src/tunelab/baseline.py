@@ -14,7 +14,7 @@ the confusion matrix, learning curves and the test-stage model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -139,27 +139,3 @@ def _example(splits: Splits) -> Any:
 def _split_params(splits: Splits) -> dict[str, Any]:
     return {f"data_{k}": v for k, v in splits.description.items()} | {"dataset": splits.dataset}
 
-
-def iter_metric_keys() -> Iterator[str]:
-    """Every metric key a baseline run carries (documented in tracking/README.md)."""
-    per_epoch = (
-        MetricName.LOSS,
-        MetricName.ACCURACY,
-        MetricName.VAL_LOSS,
-        MetricName.VAL_ACCURACY,
-        MetricName.EPOCH_SECONDS,
-        MetricName.LEARNING_RATE,
-    )
-    yield from per_epoch
-    yield from (FULL_TRAIN_PREFIX + k for k in per_epoch if not k.startswith("val_"))
-    yield from (
-        MetricName.BEST_VAL_ACCURACY,
-        MetricName.BEST_EPOCH,
-        MetricName.EPOCHS_TRAINED,
-        MetricName.PARAM_COUNT,
-        MetricName.WALL_SECONDS,
-        MetricName.TEST_ACCURACY,
-        MetricName.TEST_LOSS,
-        MetricName.TEST_ERRORS,
-        MetricName.TEST_ACCURACY_VS_PUBLISHED,
-    )

@@ -113,16 +113,6 @@ class CnnConfig(BaseModel):
             out.append(row)
         return out
 
-    def feature_map_side(self) -> int:
-        """Side of the feature maps that reach the head."""
-        side = self.image_size
-        for _ in range(self.conv_blocks):
-            if self.padding == "valid":
-                side -= self.convs_per_block * (self.kernel_size - 1)
-            if self.pooling != "none":
-                side //= POOL_SIZE
-        return side
-
     def as_params(self) -> dict[str, Any]:
         """Flat dict of every field, for logging."""
         return self.model_dump()

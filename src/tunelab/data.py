@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -397,9 +397,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
-
-    def __iter__(self) -> Iterator[UInt8Array]:
-        return iter((self.x, self.y))
 
 
 @dataclass(frozen=True)
