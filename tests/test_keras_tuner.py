@@ -163,6 +163,7 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
         history = tracker.client.get_metric_history(child.info.run_id, "val_accuracy")
         assert min(m.step for m in history) == int(child.data.params["tuner/initial_epoch"]) + 1
     assert parent.data.metrics["trials_complete"] == len(children)
+    assert parent.data.tags[TagKey.BEST_RUN_ID] in {c.info.run_id for c in children}
 
 
 def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(

@@ -138,4 +138,3 @@ def _example(splits: Splits) -> Any:
 
 def _split_params(splits: Splits) -> dict[str, Any]:
     return {f"data_{k}": v for k, v in splits.description.items()} | {"dataset": splits.dataset}
-

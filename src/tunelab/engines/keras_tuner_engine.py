@@ -199,7 +199,7 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
 
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)
-        records = tuner_records(self.oracle)
+        records = tuner_records(self.oracle, self.sweep.run_ids())
         best = best_of(records)
         self.sweep.update_summary(
             records,
@@ -210,8 +210,9 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         self.progress.finish_trial(records, best)
 
 
-def tuner_records(oracle: kt.Oracle) -> list[TrialRecord]:
-    """Finished KerasTuner trials as engine-neutral records."""
+def tuner_records(oracle: kt.Oracle, run_ids: dict[int, str] | None = None) -> list[TrialRecord]:
+    """Finished KerasTuner trials as engine-neutral records (with their MLflow run ids if given)."""
+    run_ids = run_ids or {}
     states = {
         "COMPLETED": TrialState.COMPLETE,
         "FAILED": TrialState.FAILED,
@@ -225,7 +226,7 @@ def tuner_records(oracle: kt.Oracle) -> list[TrialRecord]:
                     int(trial.trial_id),
                     states[trial.status],
                     trial.score,
-                    "",
+                    run_ids.get(int(trial.trial_id), ""),
                     dict(trial.hyperparameters.values),
                 )
             )
@@ -307,4 +308,4 @@ def run_keras_tuner_sweep(
                 + (f" (last: trial {last.number})" if last else "")
                 + "; check the search space, then run the same command to resume"
             ) from None
-        return parent.run_id, tuner_records(tuner.oracle), tuner.stopped_because
+        return parent.run_id, tuner_records(tuner.oracle, sweep.run_ids()), tuner.stopped_because

@@ -287,6 +287,12 @@ class SweepTracker:
         )
         return sorted(runs, key=lambda r: int(r.data.tags.get(TagKey.TRIAL_NUMBER, -1)))
 
+    def run_ids(self) -> dict[int, str]:
+        """Child run id by trial number (the latest run of a number, if it ran more than once)."""
+        return {
+            int(r.data.tags.get(TagKey.TRIAL_NUMBER, -1)): r.info.run_id for r in self.children()
+        }
+
     def trial_seconds_from_runs(self) -> float:
         return float(sum(r.data.metrics.get(MetricName.WALL_SECONDS, 0.0) for r in self.children()))
 
