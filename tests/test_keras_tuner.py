@@ -199,3 +199,36 @@ def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits
     assert len(complete) == 3
     numbers = [int(c.data.tags[TagKey.TRIAL_NUMBER]) for c in children]
     assert len(numbers) == len(set(numbers))  # no trial run twice
+
+
+def test_ctrl_c_closes_the_trial_run_and_the_same_command_resumes(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.engines import keras_tuner_engine
+
+    spec = experiment(tmp_path, "random", 2, SPACE.replace("values: [1, 4]", "values: [1]"))
+    real = keras_tuner_engine.train_and_validate
+    calls = {"n": 0}
+
+    def interrupted_second_time(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras_tuner_engine, "train_and_validate", interrupted_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        search(spec, tiny_splits, tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "KILLED"
+    trials = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    killed = [r for r in trials if r.info.status == "KILLED"]
+    assert any(r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interrupted") for r in killed)
+    monkeypatch.setattr(keras_tuner_engine, "train_and_validate", real)
+    search(spec, tiny_splits, tmp_path)
+    runs = tracker.search("kt", "")
+    assert all(r.info.status != "RUNNING" for r in runs)
+    complete = [r for r in runs if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"]
+    assert len(complete) == 2
+    assert len(tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
