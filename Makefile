@@ -7,7 +7,7 @@ DATASET ?= mnist
 PORT ?= 5000
 EXP ?= experiments/mnist_quick.yaml
 
-.PHONY: help install data baseline tune validate ui test test-fast lint fixture bench-overhead bench-pruning
+.PHONY: help install data baseline tune validate ui test test-fast lint fixture bench-overhead bench-pruning bench-engines
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,3 +54,6 @@ bench-overhead: install ## tunelab's tracked training vs a bare model.fit (print
 
 bench-pruning: install ## the same sampler with and without pruning (prints the epoch ratio)
 	$(BIN)/python benchmarks/pruning.py
+
+bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-clock budget
+	$(BIN)/python benchmarks/engines.py
