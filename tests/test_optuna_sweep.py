@@ -206,3 +206,37 @@ def test_a_missing_pruning_metric_stops_the_sweep_instead_of_never_pruning(
     with pytest.raises(optuna_engine.PruningMetricMissing, match="pruning monitors 'val_acc' but"):
         sweep(spec, tiny_splits, uri, storage, trials=2)
     assert all(r.info.status != "RUNNING" for r in Tracker(uri).search("tiny", ""))
+
+
+def test_time_to_beat_the_baseline_counts_earlier_trials_and_the_beating_epoch(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    from tunelab.engines.sweep import BaselineBar, SweepTracker
+    from tunelab.progress import SweepProgress
+
+    spec = write_experiment(tmp_path)
+    sweep_tracker = SweepTracker(
+        Tracker(f"sqlite:///{tmp_path / 'm.db'}"),
+        spec,
+        "tiny",
+        "optuna",
+        BaselineBar(run_id="b", val_accuracy=0.9, test_accuracy=None),
+    )
+    beats: list[tuple[int, float]] = []
+    with sweep_tracker.parent(tiny_splits):
+        for number, accuracies in enumerate(([0.5, 0.8], [0.85, 0.95, 0.97])):
+            with sweep_tracker.trial(number, {"learning_rate": 0.01}, seed=number) as run:
+                sink = sweep_tracker.epoch_sink(
+                    run, SweepProgress(show=False), lambda e, s: beats.append((e, s))
+                )
+                for epoch, accuracy in enumerate(accuracies, start=1):
+                    sink(epoch, {"val_accuracy": accuracy, "epoch_seconds": 10.0})
+                run.log_metrics(
+                    {
+                        MetricName.WALL_SECONDS: 10.0 * len(accuracies),
+                        MetricName.EPOCHS_TRAINED: len(accuracies),
+                    }
+                )
+        assert beats == [(2, 20.0)]  # once, at the first epoch past 0.9
+        beat = sweep_tracker.time_to_beat_from_runs()
+    assert beat == {"seconds": 20.0 + 20.0, "epochs": 2 + 2, "trial": 1.0}

@@ -120,13 +120,12 @@ class SweepProgress:
         best_text = (
             "-" if best is None or best.value is None else f"{best.value:.4f} (trial {best.number})"
         )
-        self._summary = (
-            f"done {states.count('complete')} · pruned {states.count('pruned')} · "
-            f"failed {states.count('failed')} · best {best_text}"
-        )
+        complete, pruned, failed = (states.count(s) for s in ("complete", "pruned", "failed"))
+        self._summary = f"done {complete} · pruned {pruned} · failed {failed} · best {best_text}"
         if self._progress is not None and self._task is not None:
-            counted = states.count("complete") + states.count("pruned")
-            self._progress.update(self._task, completed=counted, description=self._summary)
+            self._progress.update(
+                self._task, completed=complete + pruned, description=self._summary
+            )
         self._refresh()
 
     def _refresh(self, trial: str | None = None) -> None:

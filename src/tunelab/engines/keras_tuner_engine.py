@@ -20,10 +20,16 @@ from tunelab.callbacks import EpochSinkCallback
 from tunelab.cnn import CnnConfig, CnnConfigError, build_cnn, parse_config, steps_per_epoch
 from tunelab.data import Splits
 from tunelab.engines.keras_tuner_space import chosen_values, declare
-from tunelab.engines.sweep import SweepError, SweepTracker, TrialRecord, describe_exception
+from tunelab.engines.sweep import (
+    SweepError,
+    SweepTracker,
+    TrialRecord,
+    best_of,
+    describe_exception,
+)
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec
-from tunelab.tracking import MetricName, RunHandle, TagKey, TrialState
+from tunelab.tracking import RunHandle, TagKey, TrialState
 from tunelab.training import VAL_ACCURACY, TrialResult, train_and_validate
 
 DEFAULT_DIRECTORY = Path("tracking/keras_tuner")
@@ -150,7 +156,7 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         if weights is not None and not Path(weights).is_file():
             weights, initial_epoch = None, 0  # the earlier round left no weights: start afresh
         self.progress.start_trial(int(trial.trial_id), epochs)
-        sink = EpochSinkCallback(self._epoch_sink(run))
+        sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress))
         try:
             result = model.fit(
                 hp,
@@ -176,26 +182,6 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         folder = Path(self.get_trial_dir(trial_id))
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / WEIGHTS_FILE)
-
-    def _epoch_sink(self, run: RunHandle) -> Any:
-        bar = self.sweep.baseline.val_accuracy if self.sweep.baseline else None
-        state = {"elapsed": 0.0, "beaten": False}
-
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            run.log_metrics(logs, step=epoch)
-            state["elapsed"] += logs.get("epoch_seconds", 0.0)
-            value = logs.get(VAL_ACCURACY)
-            if bar is not None and value is not None and value > bar and not state["beaten"]:
-                state["beaten"] = True
-                run.log_metrics(
-                    {
-                        MetricName.BEAT_BASELINE_EPOCH: epoch,
-                        MetricName.BEAT_BASELINE_SECONDS: state["elapsed"],
-                    }
-                )
-            self.progress.epoch(epoch, logs)
-
-        return on_epoch
 
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)
@@ -231,11 +217,6 @@ def tuner_records(oracle: kt.Oracle, run_ids: dict[int, str] | None = None) -> l
                 )
             )
     return sorted(records, key=lambda r: r.number)
-
-
-def best_of(records: list[TrialRecord]) -> TrialRecord | None:
-    complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
-    return max(complete, key=lambda r: r.value or 0.0) if complete else None
 
 
 def make_oracle(spec: ExperimentSpec, max_epochs: int) -> kt.Oracle:

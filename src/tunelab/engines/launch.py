@@ -8,10 +8,12 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.data import Splits, load_splits
-from tunelab.engines.sweep import SweepTracker, find_baseline_bar, max_trial_epochs
+from tunelab.engines.sweep import SweepTracker, best_of, find_baseline_bar, max_trial_epochs
 from tunelab.progress import SweepProgress
 from tunelab.specs import ExperimentSpec
-from tunelab.tracking import Tracker
+from tunelab.tracking import Tracker, TrialState
+
+TRIAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
 
 STORAGE_ENV = "TUNELAB_OPTUNA_STORAGE"
 DEFAULT_KERAS_TUNER_DIR = Path("tracking/keras_tuner")
@@ -97,9 +99,8 @@ def run_sweep(
                 outcome.records,
                 outcome.stopped_because,
             )
-    complete = [r for r in records if r.state == "complete" and r.value is not None]
-    best = max(complete, key=lambda r: r.value or 0.0) if complete else None
-    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
+    best = best_of(records)
+    counts = {s: sum(r.state == s for r in records) for s in TRIAL_STATES}
     text = (
         f"stopped: {stopped}. trials: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['failed']} failed."

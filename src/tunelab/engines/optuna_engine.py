@@ -219,7 +219,7 @@ class OptunaSweep:
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
             return TrialState.FAILED, None, problem, None
         reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
-        sink = EpochSinkCallback(self._epoch_sink(trial, run))
+        sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress, self._on_beat(trial)))
         self.progress.start_trial(trial.number, cfg.epochs)
         try:
             result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
@@ -240,27 +240,14 @@ class OptunaSweep:
         self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
         return state, result, reason, pruned_at
 
-    def _epoch_sink(
-        self, trial: optuna.Trial, run: RunHandle
-    ) -> Callable[[int, dict[str, float]], None]:
-        bar = self.sweep.baseline.val_accuracy if self.sweep.baseline else None
-        elapsed = [0.0]
+    def _on_beat(self, trial: optuna.Trial) -> Callable[[int, float], None]:
+        """Keep when the trial beat the baseline in the study too (time_to_beat reads it)."""
 
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            run.log_metrics(logs, step=epoch)
-            elapsed[0] += logs.get("epoch_seconds", 0.0)
-            value = logs.get(MONITOR)
-            if (
-                bar is not None
-                and value is not None
-                and value > bar
-                and BEAT_AT_EPOCH not in trial.user_attrs
-            ):
-                trial.set_user_attr(BEAT_AT_EPOCH, epoch)
-                trial.set_user_attr(BEAT_SECONDS, elapsed[0])
-            self.progress.epoch(epoch, logs)
+        def record(epoch: int, seconds: float) -> None:
+            trial.set_user_attr(BEAT_AT_EPOCH, epoch)
+            trial.set_user_attr(BEAT_SECONDS, seconds)
 
-        return on_epoch
+        return record
 
     def _finish(
         self,
@@ -301,13 +288,14 @@ class OptunaSweep:
         else:
             self.consecutive_failures = 0
         records = study_records(study)
+        best = best_record(study, records)
         self.sweep.update_summary(
             records,
-            best=best_record(study, records),
+            best=best,
             beat=time_to_beat(study),
             trial_seconds=sum(_duration(t) for t in study.trials),
         )
-        self.progress.finish_trial(records, best_record(study, records))
+        self.progress.finish_trial(records, best)
 
 
 def study_records(study: optuna.Study) -> list[TrialRecord]:
@@ -420,14 +408,10 @@ def run_optuna_sweep(
                 f"closed {closed} MLflow run(s) left RUNNING"
             )
         # the trial budget counts complete and pruned trials; failed ones are retried
-        done = len([r for r in study_records(study) if r.state != TrialState.FAILED])
+        before = study_records(study)
+        done = len([r for r in before if r.state != TrialState.FAILED])
         remaining = None if trials is None else max(0, trials - done)
-        progress.begin(
-            study_records(study),
-            best_record(study, study_records(study)),
-            total=trials,
-            timeout=timeout_seconds,
-        )
+        progress.begin(before, best_record(study, before), total=trials, timeout=timeout_seconds)
         started = time.monotonic()
         if remaining == 0:
             stopped = f"the trial budget ({trials}) was already spent"

@@ -11,7 +11,7 @@ oracle) and hand this class plain numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -315,6 +315,38 @@ class SweepTracker:
             epochs += metrics.get(MetricName.EPOCHS_TRAINED, 0.0)
         return None
 
+    def epoch_sink(
+        self,
+        run: RunHandle,
+        progress: Any,
+        on_beat: Callable[[int, float], None] = lambda epoch, seconds: None,
+    ) -> Callable[[int, dict[str, float]], None]:
+        """Per-epoch handler of a trial, the same for every engine.
+
+        Logs the epoch's metrics (step = epoch), advances the progress display, and the first time
+        val_accuracy passes the baseline's, records when (epoch, trial seconds) on the child run
+        and tells `on_beat` (an engine may keep it in its own state too).
+        """
+        bar = self.baseline.val_accuracy if self.baseline else None
+        state = {"seconds": 0.0, "beaten": False}
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            run.log_metrics(logs, step=epoch)
+            state["seconds"] += logs.get(MetricName.EPOCH_SECONDS, 0.0)
+            value = logs.get(MetricName.VAL_ACCURACY)
+            if bar is not None and value is not None and value > bar and not state["beaten"]:
+                state["beaten"] = True
+                run.log_metrics(
+                    {
+                        MetricName.BEAT_BASELINE_EPOCH: epoch,
+                        MetricName.BEAT_BASELINE_SECONDS: state["seconds"],
+                    }
+                )
+                on_beat(epoch, state["seconds"])
+            progress.epoch(epoch, logs)
+
+        return on_epoch
+
     def close_orphans(self, live_trials: set[int]) -> int:
         """End child runs left RUNNING by a dead worker as FAILED; returns how many."""
         if self.parent_run_id is None:
@@ -338,6 +370,12 @@ class SweepTracker:
             self.tracker.client.set_terminated(orphan.info.run_id, status="FAILED")
             closed += 1
         return closed
+
+
+def best_of(records: list[TrialRecord]) -> TrialRecord | None:
+    """The complete trial with the highest value (val_accuracy, the first objective)."""
+    complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
+    return max(complete, key=lambda r: r.value or 0.0) if complete else None
 
 
 def describe_exception(error: BaseException) -> str:
