@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +58,77 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@dataclass(frozen=True)
+class RecordedSweep:
+    """A tiny baseline and a tiny finished Optuna sweep in one MLflow store (see below)."""
+
+    tracking_uri: str
+    storage_url: str
+    experiment: str
+    parent_run_id: str
+    best_run_id: str
+    baseline_run_id: str
+    folder: Path
+
+
+RECORDED_SPACE = """
+parameters:
+  learning_rate: {type: categorical, values: [0.003, 0.001, 0.0003]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: 2, batch_size: 128}
+"""
+RECORDED_EXPERIMENT = """
+name: recorded
+search_space: space.yaml
+engine: {name: optuna, sampler: grid, pruner: none}
+budget: {trials: 3}
+seed: 5
+"""
+
+
+@pytest.fixture(scope="session")
+def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits) -> RecordedSweep:
+    """Recorded once per session, read by the compare/reproduce/confirm/export tests.
+
+    The baseline is the classic architecture trained one epoch on the fixture and tagged as the
+    reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
+    split, so it has a bar to beat and McNemar has baseline predictions to compare with.
+    """
+    from rich.console import Console
+
+    from tunelab.baseline import run_baseline
+    from tunelab.cnn import parse_config
+    from tunelab.engines.launch import run_sweep
+    from tunelab.specs import load_experiment
+    from tunelab.tracking import TagKey, Tracker
+
+    folder = tmp_path_factory.mktemp("recorded")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    tracker = Tracker(uri)
+    baseline = run_baseline(
+        tiny_splits, tracker, cfg=parse_config({"epochs": 1}), seed=0, log_model=False
+    )
+    tracker.client.set_tag(baseline.run_id, TagKey.REFERENCE, "true")
+    (folder / "space.yaml").write_text(textwrap.dedent(RECORDED_SPACE))
+    (folder / "recorded.yaml").write_text(textwrap.dedent(RECORDED_EXPERIMENT))
+    spec = load_experiment(folder / "recorded.yaml")
+    run_sweep(
+        spec,
+        splits=tiny_splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        show_progress=False,
+        console=Console(quiet=True),
+    )
+    [parent] = tracker.search("recorded", f"tags.`{TagKey.ROLE}` = 'sweep'")
+    return RecordedSweep(
+        tracking_uri=uri,
+        storage_url=storage,
+        experiment="recorded",
+        parent_run_id=parent.info.run_id,
+        best_run_id=parent.data.tags[TagKey.BEST_RUN_ID],
+        baseline_run_id=baseline.run_id,
+        folder=folder,
+    )

@@ -164,6 +164,16 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
         assert min(m.step for m in history) == int(child.data.params["tuner/initial_epoch"]) + 1
     assert parent.data.metrics["trials_complete"] == len(children)
     assert parent.data.tags[TagKey.BEST_RUN_ID] in {c.info.run_id for c in children}
+    # the reported model comes back: a continued round is replayed as the tuner ran it
+    from tunelab.recorded import load_recorded_run
+    from tunelab.retrain import reproduce
+
+    original = load_recorded_run(tracker, continued[-1].info.run_id)
+    again = reproduce(tracker, original, tiny_splits)
+    assert again.best_val_accuracy == pytest.approx(original.best_val_accuracy, abs=1 / 500)
+    recorded = tracker.client.get_metric_history(original.run_id, "val_accuracy")
+    replayed = tracker.client.get_metric_history(again.run_id, "val_accuracy")
+    assert sorted(m.step for m in replayed) == sorted(m.step for m in recorded)
 
 
 def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(

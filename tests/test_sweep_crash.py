@@ -104,3 +104,72 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
     assert len(killed) == 1 and killed[0].data.tags[PARENT_RUN_TAG] == parent.info.run_id
     assert killed[0].info.status == "FAILED"
     assert len(tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
+
+
+KT_EXPERIMENT = """
+name: crash
+search_space: space.yaml
+engine: {name: kerastuner, tuner: random}
+budget: {trials: 2, max_epochs: 2}
+"""
+KT_WORKER = WORKER.replace("storage_url=sys.argv[4],", "keras_tuner_dir=Path(sys.argv[4]),")
+
+
+def wait_for_running_child(uri: str, process: subprocess.Popen[bytes], limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the worker ended before it could be killed"
+        try:
+            running = Tracker(uri).search(
+                "crash",
+                f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}' and attributes.status = 'RUNNING'",
+            )
+            if running:
+                return
+        except Exception:
+            pass  # the store is still being created
+        time.sleep(0.5)
+    raise AssertionError("no trial started in time")
+
+
+def test_keras_tuner_sigkill_mid_trial_then_resume(
+    tmp_path: Path, tiny_npz: Path, tiny_splits: Splits
+) -> None:
+    (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
+    (tmp_path / "crash.yaml").write_text(textwrap.dedent(KT_EXPERIMENT))
+    uri, state = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "keras_tuner"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KT_WORKER, str(tmp_path / "crash.yaml"), str(tiny_npz), uri, state],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_running_child(uri, worker)
+        time.sleep(2)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    tracker = Tracker(uri)
+    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "RUNNING"
+    run_sweep(
+        load_experiment(tmp_path / "crash.yaml"),
+        splits=tiny_splits,
+        tracking_uri=uri,
+        keras_tuner_dir=state,
+        show_progress=False,
+        console=Console(quiet=True),
+    )
+    runs = tracker.search("crash", "")
+    assert all(r.info.status != "RUNNING" for r in runs)
+    killed = [
+        r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("the worker")
+    ]
+    assert len(killed) == 1 and killed[0].info.status == "FAILED"
+    assert killed[0].data.tags[PARENT_RUN_TAG] == parent.info.run_id
+    complete = [r for r in runs if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"]
+    assert len(complete) == 2  # the budget, met after resuming; the killed trial ran again
+    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2

@@ -184,6 +184,41 @@ def _terminate_as_interrupt() -> None:
 
 
 @app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="a trial run id (the sweep's best_run_id)")],
+    tracking_uri: TrackingOption = None,
+    data_file: DataFileOption = None,
+) -> None:
+    """Retrain a recorded trial with its recorded seed and compare its validation accuracy."""
+    from tunelab.progress import epoch_progress
+    from tunelab.recorded import load_recorded_run
+    from tunelab.retrain import reproduce as retrain_with_recorded_seed
+    from tunelab.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    original = load_recorded_run(tracker, run_id)
+    splits = original.data.load(
+        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
+    )
+    again = retrain_with_recorded_seed(
+        tracker,
+        original,
+        splits,
+        progress=lambda title, n: epoch_progress(title, n, console),
+    )
+    if again.best_val_accuracy is None or original.best_val_accuracy is None:
+        console.print(f"[red]retraining failed:[/] {again.result.failure_reason}")
+        raise typer.Exit(1)
+    print(
+        f"{original.label} (run {run_id}, seed {original.seed}): recorded best val_accuracy "
+        f"{original.best_val_accuracy:.4f}, retrained {again.best_val_accuracy:.4f} "
+        f"({(again.difference or 0.0) * 100:+.2f} points, "
+        f"{round(abs(again.difference or 0.0) * len(splits.val))} of {len(splits.val)} "
+        f"validation images); run {again.run_id}"
+    )
+
+
+@app.command()
 def ui(
     tracking_uri: TrackingOption = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,

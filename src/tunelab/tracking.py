@@ -75,6 +75,9 @@ class MetricName:
     SWEEP_TRIAL_SECONDS = "sweep_trial_seconds"
     BEAT_BASELINE_EPOCH = "beat_baseline_at_epoch"
     BEAT_BASELINE_SECONDS = "beat_baseline_after_seconds"
+    # retrainings (reproduction, confirmation)
+    RECORDED_BEST_VAL_ACCURACY = "recorded_best_val_accuracy"
+    VAL_ACCURACY_VS_RECORDED = "best_val_accuracy_minus_recorded"
 
 
 class TagKey:
@@ -100,12 +103,16 @@ class TagKey:
     BEST_PARAMS = "tunelab.best_params"
     BASELINE_RUN_ID = "tunelab.baseline_run_id"
     CONTINUES_TRIAL = "tunelab.continues_trial"
+    RETRAINS_RUN_ID = "tunelab.retrains_run_id"
 
 
 class Role:
     BASELINE = "baseline"
     SWEEP = "sweep"
     TRIAL = "trial"
+    REPRODUCTION = "reproduction"  # the recorded seed again
+    CONFIRMATION = "confirmation"  # fresh seeds, to tell a better config from a lucky one
+    EXPORT = "export"  # the champion refit on all training images, test-evaluated, exported
 
 
 class TrialState:

@@ -56,7 +56,7 @@ def run_sweep(
             report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
         )
     tracker = Tracker(tracking_uri)
-    baseline, note = find_baseline_bar(tracker, spec)
+    baseline, note = find_baseline_bar(tracker, splits)
     study = study_name or spec.name
     budget_trials = trials if trials is not None else spec.budget.trials
     budget_seconds = timeout_seconds if timeout_seconds is not None else spec.budget.timeout_seconds

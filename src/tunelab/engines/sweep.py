@@ -59,21 +59,21 @@ class BaselineBar:
     test_accuracy: float | None
 
 
-def find_baseline_bar(tracker: Tracker, spec: ExperimentSpec) -> tuple[BaselineBar | None, str]:
-    """The reference baseline of the experiment's dataset, if it validated on the same split.
+def find_baseline_bar(tracker: Tracker, splits: Splits) -> tuple[BaselineBar | None, str]:
+    """The reference baseline of the data's dataset, if it validated on the same split.
 
     Returns the bar (or None) and a one-line note for the user saying why there is none.
     """
-    run = tracker.find_baseline(spec.dataset)
+    run = tracker.find_baseline(splits.dataset)
     if run is None:
         return None, (
-            f"no baseline for {spec.dataset} yet (run `tunelab baseline --dataset "
-            f"{spec.dataset}`): trials are compared with the published 99.25 % only"
+            f"no baseline for {splits.dataset} yet (run `tunelab baseline --dataset "
+            f"{splits.dataset}`): trials are compared with the published 99.25 % only"
         )
     params = run.data.params
-    same_split = params.get("data_validation_size") == str(spec.validation_size) and params.get(
+    same_split = params.get("data_validation_size") == str(len(splits.val)) and params.get(
         "data_split_seed"
-    ) == str(spec.split_seed)
+    ) == str(splits.description.get("split_seed"))
     if not same_split:
         return None, (
             f"baseline run {run.info.run_id} validated on another split "
@@ -158,9 +158,9 @@ class SweepTracker:
                 "budget_trials": spec.budget.trials,
                 "budget_timeout_seconds": spec.budget.timeout_seconds,
                 "budget_max_epochs": spec.budget.max_epochs,
-                "dataset": spec.dataset,
-                "data_validation_size": spec.validation_size,
-                "data_split_seed": spec.split_seed,
+                "dataset": splits.dataset,
+                "data_validation_size": len(splits.val),
+                "data_split_seed": splits.description.get("split_seed"),
                 "data_train_size": len(splits.train),
                 "search_space": spec.search_space.source.name,
                 "fixed": json.dumps(dict(spec.search_space.fixed)),
@@ -283,7 +283,9 @@ class SweepTracker:
         if self.parent_run_id is None:
             return []
         runs = self.tracker.search(
-            self.experiment, f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}'"
+            self.experiment,
+            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
+            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
         )
         return sorted(runs, key=lambda r: int(r.data.tags.get(TagKey.TRIAL_NUMBER, -1)))
 
@@ -353,7 +355,8 @@ class SweepTracker:
             return 0
         orphans = self.tracker.search(
             self.experiment,
-            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING' "
+            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
         )
         closed = 0
         for orphan in orphans:

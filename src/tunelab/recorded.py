@@ -1,0 +1,194 @@
+"""A trained run as its MLflow record describes it, and the data it was trained on.
+
+Reproduction, confirmation, comparison and export all start from a run id (a sweep's child run,
+or the baseline) and need the same things back: the full model config (`cfg.*` params), the
+training seed, the validation score it reached, and the exact split it validated on (the
+dataset, validation size and split seed recorded on the sweep's parent run, checked against the
+recorded data digest on reload). This module reads them back in one place, and refuses with one
+line when a run does not exist or lacks what is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.cnn import CnnConfig, parse_config
+from tunelab.data import Splits, load_splits
+from tunelab.errors import UserError
+from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+
+CONFIG_PREFIX = "cfg."
+
+
+class RunNotFound(UserError):
+    """A run id or experiment that the tracking store does not hold (one line)."""
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The split a run trained and validated on, as recorded."""
+
+    dataset: str
+    validation_size: int
+    split_seed: int | None
+    train_size: int | None
+    digest: str | None
+
+    def load(
+        self, *, data_file: Path | None = None, report: Callable[[str], None] = lambda _: None
+    ) -> Splits:
+        """Fetch, verify and split the data exactly as recorded; refuse if the digest differs."""
+        splits = load_splits(
+            self.dataset,
+            self.validation_size,
+            self.split_seed,
+            train_size=self.train_size,
+            user_path=data_file,
+            report=report,
+        )
+        self.check(splits)
+        return splits
+
+    def check(self, splits: Splits) -> None:
+        """Refuse data whose digest is not the recorded one (the numbers would not compare)."""
+        if self.digest and splits.digest != self.digest:
+            raise UserError(
+                f"the data differs from the recorded run's ({splits.dataset} digest "
+                f"{splits.digest[:12]} vs recorded {self.digest[:12]}): use the same data file"
+            )
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One trained configuration as recorded: config, seed, scores, data, place in a sweep."""
+
+    run_id: str
+    run_name: str
+    experiment: str
+    role: str
+    engine: str
+    study: str
+    trial_number: int | None
+    trial_state: str
+    seed: int
+    config: CnnConfig
+    chosen: Mapping[str, str]
+    metrics: Mapping[str, float]
+    data: DataRecord
+    parent_run_id: str | None
+    continues_trial: int | None
+    status: str
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        return self.metrics.get(MetricName.BEST_VAL_ACCURACY)
+
+    @property
+    def epochs_trained(self) -> int:
+        return int(self.metrics.get(MetricName.EPOCHS_TRAINED, self.config.epochs))
+
+    @property
+    def label(self) -> str:
+        """How tables name it: engine and trial, or the role."""
+        if self.trial_number is None:
+            return self.role
+        return f"{self.engine} t{self.trial_number}"
+
+
+def get_run(tracker: Tracker, run_id: str) -> Any:
+    """The MLflow run, or a one-line refusal naming the store."""
+    import mlflow
+
+    try:
+        return tracker.client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise RunNotFound(
+            f"run {run_id!r} not found in {tracker.tracking_uri} (copy a run id from the MLflow "
+            "UI or `tunelab compare`)"
+        ) from None
+
+
+def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
+    """Read a trial or baseline run back; refuse runs that did not record a model config."""
+    run = get_run(tracker, run_id)
+    params, tags = run.data.params, run.data.tags
+    config_values = {
+        key[len(CONFIG_PREFIX) :]: value
+        for key, value in params.items()
+        if key.startswith(CONFIG_PREFIX)
+    }
+    role = tags.get(TagKey.ROLE, "")
+    if role == Role.BASELINE:
+        config_values = {k: v for k, v in params.items() if k in CnnConfig.model_fields}
+    if not config_values:
+        raise UserError(
+            f"run {run_id} has no recorded model config (a sweep's parent run, or a trial that "
+            "failed before training?): pick a trial run"
+        )
+    parent_id = tags.get(PARENT_RUN_TAG)
+    data_params = get_run(tracker, parent_id).data if parent_id else run.data
+    experiment = tracker.client.get_experiment(run.info.experiment_id).name
+    continues = tags.get(TagKey.CONTINUES_TRIAL)
+    trial = tags.get(TagKey.TRIAL_NUMBER)
+    return RecordedRun(
+        run_id=run_id,
+        run_name=run.info.run_name or run_id,
+        experiment=experiment,
+        role=role,
+        engine=tags.get(TagKey.ENGINE, role),
+        study=tags.get(TagKey.STUDY, ""),
+        trial_number=int(trial) if trial is not None else None,
+        trial_state=tags.get(TagKey.TRIAL_STATE, ""),
+        seed=int(tags.get(TagKey.SEED, "0")),
+        config=parse_config(_typed(config_values)),
+        chosen={
+            k: v
+            for k, v in params.items()
+            if not k.startswith(CONFIG_PREFIX) and k != "trial_number"
+        }
+        if role != Role.BASELINE
+        else {},
+        metrics=dict(run.data.metrics),
+        data=_data_record(data_params.params, data_params.tags),
+        parent_run_id=parent_id,
+        continues_trial=int(continues) if continues is not None else None,
+        status=run.info.status,
+    )
+
+
+def _data_record(params: Mapping[str, str], tags: Mapping[str, str]) -> DataRecord:
+    def optional_int(key: str) -> int | None:
+        value = params.get(key)
+        return None if value in (None, "None", "") else int(value)
+
+    return DataRecord(
+        dataset=params.get("dataset", tags.get(TagKey.DATASET, "mnist")),
+        validation_size=optional_int("data_validation_size") or 10_000,
+        split_seed=optional_int("data_split_seed"),
+        train_size=optional_int("data_train_size"),
+        digest=tags.get(TagKey.DATASET_DIGEST),
+    )
+
+
+def _typed(values: Mapping[str, str]) -> dict[str, Any]:
+    """MLflow params are strings; give the config validator the Python values back."""
+    typed: dict[str, Any] = {}
+    for key, text in values.items():
+        typed[key] = _scalar(text)
+    return typed
+
+
+def _scalar(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text

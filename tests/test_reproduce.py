@@ -1,0 +1,67 @@
+"""Retraining a recorded trial with its recorded seed gives back its validation accuracy."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import RecordedSweep
+
+from tunelab.data import Splits
+from tunelab.errors import UserError
+from tunelab.recorded import RunNotFound, load_recorded_run
+from tunelab.retrain import reproduce
+from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+
+
+def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
+    recorded_sweep: RecordedSweep, tiny_splits: Splits
+) -> None:
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    original = load_recorded_run(tracker, recorded_sweep.best_run_id)
+    assert original.trial_number is not None and original.seed == 5 + original.trial_number
+    assert original.config.filters == 8 and original.config.epochs == 2
+    assert original.data.validation_size == 500
+    again = reproduce(tracker, original, tiny_splits)
+    # same seed, same data, same CPU kernels: the same numbers (seen bit-identical here; one
+    # validation image of slack in case a multi-threaded reduction orders sums differently)
+    assert again.best_val_accuracy == pytest.approx(original.best_val_accuracy, abs=1 / 500)
+    run = tracker.client.get_run(again.run_id)
+    assert run.data.tags[TagKey.ROLE] == Role.REPRODUCTION
+    assert run.data.tags[TagKey.RETRAINS_RUN_ID] == original.run_id
+    assert run.data.tags[PARENT_RUN_TAG] == recorded_sweep.parent_run_id
+    assert run.data.metrics[MetricName.RECORDED_BEST_VAL_ACCURACY] == pytest.approx(
+        original.best_val_accuracy
+    )
+
+
+def test_a_retraining_does_not_count_as_a_trial_of_the_sweep(
+    recorded_sweep: RecordedSweep,
+) -> None:
+    from tunelab.engines.sweep import SweepTracker
+    from tunelab.specs import load_experiment
+
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    spec = load_experiment(recorded_sweep.folder / "recorded.yaml")
+    sweep = SweepTracker(tracker, spec, "recorded", "optuna", None)
+    sweep.parent_run_id = recorded_sweep.parent_run_id
+    assert sorted(sweep.run_ids()) == [0, 1, 2]
+
+
+def test_unknown_run_and_a_parent_run_are_refused_in_one_line(
+    recorded_sweep: RecordedSweep,
+) -> None:
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    with pytest.raises(RunNotFound, match="run 'nope' not found in sqlite"):
+        load_recorded_run(tracker, "nope")
+    with pytest.raises(UserError, match="no recorded model config .*pick a trial run"):
+        load_recorded_run(tracker, recorded_sweep.parent_run_id)
+
+
+def test_data_other_than_the_recorded_is_refused(
+    recorded_sweep: RecordedSweep, tiny_splits: Splits
+) -> None:
+    from dataclasses import replace
+
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    original = load_recorded_run(tracker, recorded_sweep.best_run_id)
+    with pytest.raises(UserError, match="the data differs from the recorded run"):
+        reproduce(tracker, original, replace(tiny_splits, digest="0" * 64))
