@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import RecordedSweep
 
+from conftest import RecordedSweep
 from tunelab.data import Splits
 from tunelab.errors import UserError
 from tunelab.recorded import RunNotFound, load_recorded_run
@@ -52,7 +52,7 @@ def test_unknown_run_and_a_parent_run_are_refused_in_one_line(
     tracker = Tracker(recorded_sweep.tracking_uri)
     with pytest.raises(RunNotFound, match="run 'nope' not found in sqlite"):
         load_recorded_run(tracker, "nope")
-    with pytest.raises(UserError, match="no recorded model config .*pick a trial run"):
+    with pytest.raises(UserError, match=r"no recorded model config .*pick a trial run"):
         load_recorded_run(tracker, recorded_sweep.parent_run_id)
 
 

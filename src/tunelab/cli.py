@@ -218,6 +218,127 @@ def reproduce(
     )
 
 
+StudyOption = Annotated[
+    str | None, typer.Option(help="the sweep's study (default: the one named like the experiment)")
+]
+
+
+@app.command()
+def confirm(
+    experiment: Annotated[str, typer.Argument(help="experiment file or MLflow experiment name")],
+    study: StudyOption = None,
+    top: Annotated[int, typer.Option(help="how many of the best configurations")] = 3,
+    seeds: Annotated[int, typer.Option(help="fresh seeds per configuration")] = 3,
+    tracking_uri: TrackingOption = None,
+    data_file: DataFileOption = None,
+) -> None:
+    """Retrain the top configurations with fresh seeds; the champion is the best mean."""
+    from rich.table import Table
+
+    from tunelab.confirm import confirm_sweep
+    from tunelab.progress import epoch_progress
+    from tunelab.recorded import find_sweep
+    from tunelab.tracking import Tracker
+
+    if top < 1 or seeds < 1:
+        raise ConfigError("--top/--seeds", "value", "must be at least 1", min(top, seeds))
+    tracker = Tracker(tracking_uri)
+    sweep = find_sweep(tracker, experiment, study)
+    best = sweep.top_trials(tracker, 1)
+    if not best:
+        raise UserError(f"sweep {sweep.study} has no complete trial to confirm")
+    splits = best[0].data.load(
+        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
+    )
+    result = confirm_sweep(
+        tracker,
+        sweep,
+        splits,
+        top=top,
+        seeds=seeds,
+        progress=lambda title, n: epoch_progress(title, n, console),
+        report=lambda line: console.print(line, highlight=False),
+    )
+    table = Table(title=f"{sweep.experiment}: top {top} confirmed with {seeds} fresh seeds")
+    for column in ("rank", "trial", "recorded best", "mean", "std", "95 % CI", "run id"):
+        table.add_column(column)
+    for rank, item in enumerate(result.confirmed, start=1):
+        summary = item.summary
+        table.add_row(
+            str(rank) + (" champion" if rank == 1 else ""),
+            item.original.label,
+            f"{item.original.best_val_accuracy or float('nan'):.4f}",
+            f"{summary.mean:.4f}",
+            f"{summary.std:.4f}",
+            f"[{summary.interval.low:.4f}, {summary.interval.high:.4f}]",
+            item.original.run_id,
+        )
+    Console().print(table)
+
+
+@app.command()
+def export(
+    target: Annotated[
+        str, typer.Argument(help="experiment file or name (its champion), or a trial run id")
+    ],
+    study: StudyOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="bundle folder (default: exports/<name>)")
+    ] = None,
+    formats: Annotated[
+        str, typer.Option(help="comma-separated: keras,savedmodel,tflite,onnx")
+    ] = "keras,savedmodel,tflite,onnx",
+    refit: Annotated[
+        bool, typer.Option(help="refit on all training images (--no-refit: the trial's own split)")
+    ] = True,
+    model_name: Annotated[
+        str | None, typer.Option(help="registered model name (default: tunelab-<dataset>)")
+    ] = None,
+    tracking_uri: TrackingOption = None,
+    data_file: DataFileOption = None,
+) -> None:
+    """Refit the champion, test it once, write and verify every format, register it."""
+    from tunelab.export import export_model, resolve_source
+    from tunelab.formats import FormatError, parse_formats
+    from tunelab.progress import epoch_progress
+    from tunelab.tracking import Tracker
+
+    try:
+        chosen_formats = parse_formats(formats)
+    except FormatError as error:
+        raise ConfigError("--formats", "value", str(error), formats) from None
+    tracker = Tracker(tracking_uri)
+    source, _ = resolve_source(tracker, target, study)
+    splits = source.data.load(
+        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
+    )
+    folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
+    console.print(f"exporting {source.label} (run {source.run_id}) to {folder}", highlight=False)
+    result = export_model(
+        tracker,
+        source,
+        splits,
+        out=folder,
+        formats=chosen_formats,
+        refit=refit,
+        model_name=model_name,
+        progress=lambda title, n: epoch_progress(title, n, console),
+        report=lambda line: console.print(line, highlight=False),
+    )
+    test = result.card.test
+    line = f"test accuracy {test['accuracy']:.4f} [{test['ci95_low']:.4f}, {test['ci95_high']:.4f}]"
+    if result.baseline is not None:
+        line += (
+            f", {(result.test.accuracy - result.baseline.accuracy) * 100:+.2f} points vs the "
+            f"baseline (McNemar p = {result.baseline.p_value:.3g})"
+        )
+    if result.version is not None:
+        line += f"; registered {result.model_name} v{result.version} as @champion"
+        if result.previous_version:
+            line += f" (was v{result.previous_version})"
+    print(f"{line}; bundle {folder}; run {result.run_id}")
+
+
 @app.command()
 def ui(
     tracking_uri: TrackingOption = None,

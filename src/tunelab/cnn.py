@@ -221,6 +221,22 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
     return model
 
 
+def serving_model(model: Any, cfg: CnnConfig) -> Any:
+    """The trained model without its augmentation layers, for export and serving.
+
+    Augmentation is an identity at inference, but its random-transform ops stay in an exported
+    graph (TFLite cannot convert ImageProjectiveTransformV3) and carry seed-generator state. The
+    same config without augmentation builds the identical inference path; weights are copied
+    layer by layer by name, so its predictions are the trained model's.
+    """
+    plain = build_cnn(cfg.model_copy(update={"augment_translation": 0.0, "augment_rotation": 0.0}))
+    for layer in plain.layers:
+        weights = model.get_layer(layer.name).get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return plain
+
+
 def _activation(name: Activation) -> str:
     return "leaky_relu" if name == "leaky_relu" else name
 

@@ -73,3 +73,31 @@ def confusion_matrix(
     axes.set_title(f"{title}\naccuracy {accuracy:.4f} on {matrix.sum()} images")
     figure.colorbar(image, ax=axes, shrink=0.7, label="log(1 + count)")
     return figure
+
+
+def misclassified_examples(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer],
+    predictions: npt.NDArray[np.integer],
+    class_names: Sequence[str],
+    *,
+    title: str,
+    limit: int = 48,
+    columns: int = 12,
+) -> Figure:
+    """A grid of the first `limit` misclassified images, each captioned true -> predicted."""
+    wrong = np.flatnonzero(labels != predictions)[:limit]
+    rows = max(1, int(np.ceil(len(wrong) / columns)))
+    figure = Figure(figsize=(columns * 0.9, rows * 1.05 + 0.6), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, index in zip(grid.flat, wrong, strict=False):
+        axes.imshow(images[index].reshape(images.shape[1], images.shape[2]), cmap="gray_r")
+        axes.set_title(
+            f"{class_names[int(labels[index])]}→{class_names[int(predictions[index])]}",
+            fontsize=7,
+        )
+    total = int(np.sum(labels != predictions))
+    figure.suptitle(f"{title}: {len(wrong)} of {total} misclassified (true→predicted)")
+    return figure

@@ -192,3 +192,77 @@ def _scalar(text: str) -> Any:
         except ValueError:
             continue
     return text
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep's parent run, found from an experiment file or name (and optionally a study)."""
+
+    experiment: str
+    study: str
+    parent_run_id: str
+    engine: str
+    tags: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+    def trial_runs(self, tracker: Tracker) -> list[Any]:
+        """The sweep's trial runs (not its reproductions or confirmations), oldest first."""
+        return tracker.search(
+            self.experiment,
+            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
+            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
+        )
+
+    def top_trials(self, tracker: Tracker, k: int) -> list[RecordedRun]:
+        """The `k` complete trials with the highest best validation accuracy."""
+        complete = [
+            run
+            for run in self.trial_runs(tracker)
+            if run.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+            and MetricName.BEST_VAL_ACCURACY in run.data.metrics
+        ]
+        complete.sort(key=lambda run: -run.data.metrics[MetricName.BEST_VAL_ACCURACY])
+        return [load_recorded_run(tracker, run.info.run_id) for run in complete[:k]]
+
+
+def experiment_name(target: str) -> str:
+    """An experiment file's name (`name:` or its stem), or `target` itself as an MLflow name."""
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RunNotFound(f"experiment file {target} does not exist")
+        from tunelab.specs import load_experiment
+
+        return load_experiment(path).name
+    return target
+
+
+def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> SweepRecord:
+    """The sweep of an experiment (file or MLflow name): the named study, else the one named
+    like the experiment, else the latest. Refuses in one line when there is none."""
+    name = experiment_name(target)
+    if tracker.client.get_experiment_by_name(name) is None:
+        known = sorted(e.name for e in tracker.client.search_experiments())
+        raise RunNotFound(
+            f"experiment {name!r} not found in {tracker.tracking_uri} "
+            f"(it has: {', '.join(known) or 'nothing yet'}); run `tunelab tune` first"
+        )
+    parents = tracker.search(name, f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    if study is not None:
+        parents = [p for p in parents if p.data.tags.get(TagKey.STUDY) == study]
+    if not parents:
+        raise RunNotFound(
+            f"experiment {name!r} has no sweep"
+            + (f" with study {study!r}" if study else "")
+            + "; run `tunelab tune` on it first"
+        )
+    same_name = [p for p in parents if p.data.tags.get(TagKey.STUDY) == name]
+    parent = (same_name or parents)[-1]
+    return SweepRecord(
+        experiment=name,
+        study=parent.data.tags.get(TagKey.STUDY, name),
+        parent_run_id=parent.info.run_id,
+        engine=parent.data.tags.get(TagKey.ENGINE, ""),
+        tags=dict(parent.data.tags),
+        metrics=dict(parent.data.metrics),
+    )

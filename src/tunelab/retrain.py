@@ -24,7 +24,7 @@ from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 from tunelab.training import TrialResult, train_and_validate
 
 
-def _no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
+def no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
     return nullcontext(lambda epoch, logs: None)
 
 
@@ -74,7 +74,7 @@ def earlier_round(tracker: Tracker, original: RecordedRun) -> RecordedRun | None
     return load_recorded_run(tracker, runs[-1].info.run_id) if runs else None
 
 
-def _train_as_recorded(
+def train_as_recorded(
     tracker: Tracker,
     original: RecordedRun,
     splits: Splits,
@@ -96,7 +96,7 @@ def _train_as_recorded(
         return train_and_validate(
             original.config, splits, callbacks=callbacks, seed=seed, epochs=epochs
         )
-    first = _train_as_recorded(
+    first = train_as_recorded(
         tracker, earlier, splits, seed=earlier.seed, callbacks=[], replay_rounds=True
     )
     if not first.ok:
@@ -125,7 +125,7 @@ def retrain(
     *,
     seed: int,
     role: str,
-    progress: ProgressFactory = _no_progress,
+    progress: ProgressFactory = no_progress,
     extra_tags: dict[str, str] | None = None,
 ) -> Retraining:
     """Train `original`'s config on `splits` with `seed`; record it as a run of `role`."""
@@ -158,7 +158,7 @@ def retrain(
                 run.log_metrics(logs, step=epoch)
                 show(epoch, logs)
 
-            result = _train_as_recorded(
+            result = train_as_recorded(
                 tracker,
                 original,
                 splits,
@@ -185,7 +185,7 @@ def reproduce(
     original: RecordedRun,
     splits: Splits,
     *,
-    progress: ProgressFactory = _no_progress,
+    progress: ProgressFactory = no_progress,
 ) -> Retraining:
     """Retrain with the recorded seed: the reported model should come back."""
     return retrain(

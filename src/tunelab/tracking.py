@@ -78,6 +78,20 @@ class MetricName:
     # retrainings (reproduction, confirmation)
     RECORDED_BEST_VAL_ACCURACY = "recorded_best_val_accuracy"
     VAL_ACCURACY_VS_RECORDED = "best_val_accuracy_minus_recorded"
+    # confirmation (fresh seeds): on each confirmed trial run, and the champion's on the parent
+    CONFIRMED_MEAN = "confirmed_mean_val_accuracy"
+    CONFIRMED_STD = "confirmed_val_accuracy_std"
+    CONFIRMED_LOW = "confirmed_val_accuracy_ci95_low"
+    CONFIRMED_HIGH = "confirmed_val_accuracy_ci95_high"
+    CONFIRMED_SEEDS = "confirmed_seeds"
+    CHAMPION_MEAN = "champion_mean_val_accuracy"
+    CHAMPION_LOW = "champion_val_accuracy_ci95_low"
+    CHAMPION_HIGH = "champion_val_accuracy_ci95_high"
+    # test-set evaluation with statistics (export runs)
+    TEST_ACCURACY_LOW = "test_accuracy_ci95_low"
+    TEST_ACCURACY_HIGH = "test_accuracy_ci95_high"
+    TEST_ACCURACY_VS_BASELINE = "test_accuracy_minus_baseline"
+    MCNEMAR_P_VALUE = "mcnemar_p_value_vs_baseline"
 
 
 class TagKey:
@@ -104,6 +118,10 @@ class TagKey:
     BASELINE_RUN_ID = "tunelab.baseline_run_id"
     CONTINUES_TRIAL = "tunelab.continues_trial"
     RETRAINS_RUN_ID = "tunelab.retrains_run_id"
+    CHAMPION_RUN_ID = "tunelab.champion_run_id"
+    CHAMPION_PARAMS = "tunelab.champion_params"
+    EXPORT_RUN_ID = "tunelab.export_run_id"
+    EXPORTED_FROM_RUN_ID = "tunelab.exported_from_run_id"
 
 
 class Role:

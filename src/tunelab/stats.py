@@ -1,0 +1,109 @@
+"""The statistics tunelab reports: Wilson intervals, McNemar's exact test, t intervals.
+
+Accuracy on 10,000 test images is a proportion, so its uncertainty is a binomial interval
+(Wilson's, which stays inside [0, 1] and behaves near 100 %, unlike the normal approximation).
+Two models evaluated on the *same* images are paired: McNemar's exact test looks only at the
+images where exactly one of them is right, which is far more sensitive than comparing two
+intervals. Retraining a configuration with several seeds gives a small sample of accuracies, so
+its mean gets a Student-t interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval of a binomial proportion successes / trials."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0 ({successes}/{trials})")
+    z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Paired comparison of two classifiers on the same images.
+
+    `only_first` counts images the first model gets right and the second wrong, `only_second`
+    the reverse; the exact two-sided p-value is that of a fair-coin binomial on those images.
+    """
+
+    only_first: int
+    only_second: int
+    p_value: float
+
+    @property
+    def discordant(self) -> int:
+        return self.only_first + self.only_second
+
+
+def mcnemar_exact(first_correct: npt.ArrayLike, second_correct: npt.ArrayLike) -> McNemar:
+    """McNemar's exact test from per-image correctness (booleans) of two models."""
+    first, second = np.asarray(first_correct, bool), np.asarray(second_correct, bool)
+    if first.shape != second.shape:
+        raise ValueError(
+            f"the two models were scored on different images ({first.shape} vs {second.shape})"
+        )
+    only_first = int(np.sum(first & ~second))
+    only_second = int(np.sum(~first & second))
+    n = only_first + only_second
+    if n == 0:
+        return McNemar(0, 0, 1.0)
+    tail = float(scipy_stats.binom.cdf(min(only_first, only_second), n, 0.5))
+    return McNemar(only_first, only_second, min(1.0, 2 * tail))
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Accuracies of one configuration over several seeds."""
+
+    values: tuple[float, ...]
+    mean: float
+    std: float
+    interval: Interval
+
+
+def seed_summary(values: Sequence[float], confidence: float = CONFIDENCE) -> SeedSummary:
+    """Mean, sample standard deviation and Student-t interval of the mean.
+
+    One value has no spread: its interval is the value itself, and std is NaN (say so rather
+    than pretend the configuration is noise-free).
+    """
+    if not values:
+        raise ValueError("no values to summarise")
+    array = np.asarray(values, float)
+    mean = float(array.mean())
+    if len(array) == 1:
+        return SeedSummary(tuple(values), mean, float("nan"), Interval(mean, mean, mean))
+    std = float(array.std(ddof=1))
+    t = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(array) - 1))
+    half = t * std / math.sqrt(len(array))
+    return SeedSummary(
+        tuple(float(v) for v in values), mean, std, Interval(mean, mean - half, mean + half)
+    )
