@@ -28,6 +28,7 @@ from tunelab.training import TestEvaluation, TrialResult, evaluate_test, train_a
 PUBLISHED_TEST_ACCURACY = 0.9925
 FULL_TRAIN_SIZE = 60_000
 TEST_PREDICTIONS_ARTIFACT = "predictions/test_predictions.npy"
+TEST_LABELS_ARTIFACT = "predictions/test_labels.npy"  # so comparisons need no data download
 # per-epoch metrics of the test stage, prefixed so they do not mix with the validation stage's
 FULL_TRAIN_PREFIX = "full_train_"
 
@@ -125,6 +126,7 @@ def _log_test(
         }
     )
     run.log_array(test.predictions, TEST_PREDICTIONS_ARTIFACT)
+    run.log_array(test.labels, TEST_LABELS_ARTIFACT)
     run.log_confusion(
         test.labels, test.predictions, splits.class_names, title="baseline on the test set"
     )

@@ -340,6 +340,57 @@ def export(
 
 
 @app.command()
+def compare(
+    experiment: Annotated[
+        str | None, typer.Argument(help="experiment file or MLflow experiment name")
+    ] = None,
+    study: StudyOption = None,
+    top: Annotated[int, typer.Option(help="how many of the best trials")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or html")] = "table",
+    out: Annotated[Path | None, typer.Option(help="also write the table to this file")] = None,
+    log: Annotated[bool, typer.Option(help="also log it to the sweep's parent run")] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """The best trials and finalists against the baseline, with intervals and McNemar p."""
+    from tunelab.compare import (
+        TABLE_FORMATS,
+        comparison_table,
+        render,
+        sweep_line,
+        write_table,
+    )
+    from tunelab.recorded import find_sweep, find_sweep_by_study
+    from tunelab.tracking import RunHandle, Tracker
+
+    if fmt not in TABLE_FORMATS:
+        raise ConfigError("--format", "value", f"choose from {', '.join(TABLE_FORMATS)}", fmt)
+    if top < 1:
+        raise ConfigError("--top", "value", "must be at least 1", top)
+    if experiment is None and study is None:
+        raise UserError("name an experiment (file or MLflow name) or a --study to compare")
+    tracker = Tracker(tracking_uri)
+    sweep = (
+        find_sweep(tracker, experiment, study)
+        if experiment is not None
+        else find_sweep_by_study(tracker, study or "")
+    )
+    text = render(comparison_table(tracker, sweep, top=top), fmt)
+    console.print(sweep_line(sweep), highlight=False)
+    print(text, end="")
+    if out is not None:
+        write_table(text, out)
+        console.print(f"written to {out}")
+    if log:
+        RunHandle(tracker.client, sweep.parent_run_id).log_text(
+            text, f"comparison/comparison.{_EXTENSIONS[fmt]}"
+        )
+        console.print(f"logged to run {sweep.parent_run_id} (comparison/)")
+
+
+_EXTENSIONS = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}
+
+
+@app.command()
 def ui(
     tracking_uri: TrackingOption = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
@@ -369,6 +420,7 @@ def ui(
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: quiet TensorFlow's C++ logs, turn user errors into one line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return app(args=argv, standalone_mode=False)
     except UserError as error:

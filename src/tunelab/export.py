@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tunelab.baseline import TEST_PREDICTIONS_ARTIFACT, ProgressFactory
+from tunelab.baseline import TEST_LABELS_ARTIFACT, TEST_PREDICTIONS_ARTIFACT, ProgressFactory
 from tunelab.callbacks import EpochSinkCallback
 from tunelab.cnn import serving_model
 from tunelab.data import Splits
@@ -275,6 +275,7 @@ def _log_run(
         )
     run.log_metrics(metrics)
     run.log_array(test.predictions, TEST_PREDICTIONS_ARTIFACT)
+    run.log_array(test.labels, TEST_LABELS_ARTIFACT)
 
 
 def _write_pictures(out: Path, splits: Splits, test: TestEvaluation, label: str) -> None:

@@ -266,3 +266,24 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
         tags=dict(parent.data.tags),
         metrics=dict(parent.data.metrics),
     )
+
+
+def find_sweep_by_study(tracker: Tracker, study: str) -> SweepRecord:
+    """The sweep of a study, whatever experiment holds it (the newest if several do)."""
+    experiments = [e.experiment_id for e in tracker.client.search_experiments()]
+    runs = (
+        tracker.client.search_runs(
+            experiments,
+            filter_string=(
+                f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{study}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if experiments
+        else []
+    )
+    if not runs:
+        raise RunNotFound(f"no sweep with study {study!r} in {tracker.tracking_uri}")
+    name = tracker.client.get_experiment(runs[0].info.experiment_id).name
+    return find_sweep(tracker, name, study)
