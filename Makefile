@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 DATASET ?= mnist
 PORT ?= 5000
 EXP ?= experiments/mnist_quick.yaml
+TOP ?= 3
+SEEDS ?= 3
+SERVE_PORT ?= 5001
+MODEL ?= tunelab-$(DATASET)
 
-.PHONY: help install data baseline tune validate ui test test-fast lint fixture bench-overhead bench-pruning bench-engines
+.PHONY: help install data baseline tune validate ui compare confirm export serve test test-fast lint fixture bench-overhead bench-pruning bench-engines
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +36,20 @@ tune: install ## the main job: run (or resume) the sweep of EXP (default experim
 
 validate: install ## check every experiment and search-space file without running anything
 	$(BIN)/tunelab validate experiments/*.yaml search_spaces/*.yaml
+
+compare: install ## the best trials of EXP and its finalists against the baseline (intervals, McNemar)
+	$(BIN)/tunelab compare $(EXP) --log
+
+confirm: install ## retrain the TOP configurations of EXP with SEEDS fresh seeds; crown the best mean
+	$(BIN)/tunelab confirm $(EXP) --top $(TOP) --seeds $(SEEDS)
+
+export: install ## refit EXP's champion on all training images, export + verify every format, register
+	$(BIN)/tunelab export $(EXP)
+
+serve: install ## serve the registered MODEL@champion on http://127.0.0.1:$(SERVE_PORT)/invocations
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///tracking/mlflow.db} \
+	  $(BIN)/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
+	  --host 127.0.0.1 --port $(SERVE_PORT)
 
 ui: install ## MLflow UI on http://127.0.0.1:$(PORT) against the default store
 	$(BIN)/tunelab ui --port $(PORT)

@@ -310,7 +310,9 @@ def export(
     tracker = Tracker(tracking_uri)
     source, _ = resolve_source(tracker, target, study)
     splits = source.data.load(
-        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
+        data_file=data_file,
+        report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
+        whole_training_set=refit,
     )
     folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
     console.print(f"exporting {source.label} (run {source.run_id}) to {folder}", highlight=False)

@@ -38,14 +38,22 @@ class DataRecord:
     digest: str | None
 
     def load(
-        self, *, data_file: Path | None = None, report: Callable[[str], None] = lambda _: None
+        self,
+        *,
+        data_file: Path | None = None,
+        report: Callable[[str], None] = lambda _: None,
+        whole_training_set: bool = False,
     ) -> Splits:
-        """Fetch, verify and split the data exactly as recorded; refuse if the digest differs."""
+        """Fetch, verify and split the data as recorded; refuse if the digest differs.
+
+        `whole_training_set` drops a recorded training subset (a sweep on 6,000 images), so that
+        train + validation is every training image again: what a refit trains on.
+        """
         splits = load_splits(
             self.dataset,
             self.validation_size,
             self.split_seed,
-            train_size=self.train_size,
+            train_size=None if whole_training_set else self.train_size,
             user_path=data_file,
             report=report,
         )

@@ -1,0 +1,101 @@
+"""The registered champion serves with `mlflow models serve` and answers with the right classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import RecordedSweep
+from tunelab.data import Splits
+from tunelab.export import CHAMPION_ALIAS, export_model, resolve_source
+from tunelab.tracking import Tracker
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            errors = process.stderr.read().decode()[-2000:] if process.stderr else ""
+            raise AssertionError(f"mlflow models serve exited with {process.returncode}: {errors}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError("the model server did not come up in time")
+
+
+@pytest.mark.slow
+def test_registered_champion_serves_and_answers_with_the_right_classes(
+    recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
+) -> None:
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    source, _ = resolve_source(tracker, recorded_sweep.best_run_id)
+    exported = export_model(
+        tracker, source, tiny_splits, out=tmp_path / "b", formats=("keras",), model_name="serve"
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/serve@{CHAMPION_ALIAS}",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": recorded_sweep.tracking_uri,
+            # the server starts `uvicorn` by name: the environment's scripts must be on PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
+        images = tiny_splits.test.x[:64, ..., None].astype(np.float32)  # raw 0..255 pixels
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    probabilities = np.asarray(answer["predictions"], dtype=np.float32)
+    assert probabilities.shape == (64, 10)
+    served = probabilities.argmax(axis=1)
+    local = exported.test.predictions[:64]
+    assert (served == local).all()  # exactly the classes the exported model predicts here
+    assert np.mean(served == tiny_splits.test.y[:64]) > 0.5
