@@ -62,6 +62,7 @@ class MetricName:
     VAL_ACCURACY_VS_BASELINE = "best_val_accuracy_minus_baseline"
     VAL_ACCURACY_VS_PUBLISHED = "best_val_accuracy_minus_published"
     PRUNED_AT_EPOCH = "pruned_at_epoch"
+    RESUMED_FROM_EPOCH = "resumed_from_epoch"  # a retried trial continued from this checkpoint
     # sweeps (parent runs)
     TRIALS_COMPLETE = "trials_complete"
     TRIALS_PRUNED = "trials_pruned"
@@ -118,6 +119,7 @@ class TagKey:
     BASELINE_RUN_ID = "tunelab.baseline_run_id"
     CONTINUES_TRIAL = "tunelab.continues_trial"
     RETRAINS_RUN_ID = "tunelab.retrains_run_id"
+    RETRIES_TRIAL = "tunelab.retries_trial"  # a retried trial: the attempt whose worker died
     CHAMPION_RUN_ID = "tunelab.champion_run_id"
     CHAMPION_PARAMS = "tunelab.champion_params"
     EXPORT_RUN_ID = "tunelab.export_run_id"
@@ -208,6 +210,7 @@ class RunHandle:
     client: MlflowClient
     run_id: str
     status_on_exit: str = "FINISHED"  # the block may set FAILED for a failure it handled
+    keep_open: bool = False  # leave RUNNING on a clean exit (other workers still use the run)
 
     def log_params(self, params: Mapping[str, object]) -> None:
         items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
@@ -385,13 +388,10 @@ class Tracker:
             self.client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             handle.set_tags(tags)
         else:
-            all_tags = {**provenance_tags(), **tags}
-            if parent_run_id is not None:
-                all_tags[PARENT_RUN_TAG] = parent_run_id
-            created = self.client.create_run(
-                self.experiment_id(experiment), run_name=run_name, tags=all_tags
+            handle = RunHandle(
+                self.client,
+                self.create_run(experiment, run_name, tags=tags, parent_run_id=parent_run_id),
             )
-            handle = RunHandle(self.client, created.info.run_id)
         status = None
         try:
             yield handle
@@ -402,7 +402,25 @@ class Tracker:
             status = RunStatus.to_string(RunStatus.FAILED)
             raise
         finally:
-            self.client.set_terminated(handle.run_id, status=status or handle.status_on_exit)
+            if status is not None or not handle.keep_open:
+                self.client.set_terminated(handle.run_id, status=status or handle.status_on_exit)
+
+    def create_run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a RUNNING run with provenance tags (nested if `parent_run_id`); its id."""
+        all_tags = {**provenance_tags(), **tags}
+        if parent_run_id is not None:
+            all_tags[PARENT_RUN_TAG] = parent_run_id
+        created = self.client.create_run(
+            self.experiment_id(experiment), run_name=run_name, tags=all_tags
+        )
+        return str(created.info.run_id)
 
     def search(self, experiment: str, filter_string: str, max_results: int = 1000) -> list[Any]:
         """Runs of an experiment matching an MLflow filter, oldest first."""

@@ -98,6 +98,8 @@ def train_and_validate(
     epochs: int | None = None,
     initial_epoch: int = 0,
     initial_weights: str | None = None,
+    resume_model: str | None = None,
+    earlier_history: dict[str, list[float]] | None = None,
     verbose: int = 0,
 ) -> TrialResult:
     """Train `cfg` on splits.train, validating on splits.val after every epoch.
@@ -113,6 +115,10 @@ def train_and_validate(
         initial_epoch: resume numbering from here (epochs already trained elsewhere).
         initial_weights: a `.weights.h5` file to start from (a Hyperband round continuing an
             earlier round's model), instead of fresh initial weights.
+        resume_model: a `.keras` checkpoint (weights and optimizer state) to continue training
+            from at `initial_epoch`, instead of building the model afresh.
+        earlier_history: the history of the epochs before `initial_epoch` (a resumed trial),
+            prepended to the result's history so that best/last accuracy cover every epoch.
         verbose: Keras' own progress output (0: none; tunelab shows its own).
 
     Returns:
@@ -125,7 +131,10 @@ def train_and_validate(
     guard = NonFiniteLossGuard()
     status, reason, history, model = COMPLETED, None, {}, None
     try:
-        model = build_cnn(cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
+        if resume_model is not None:
+            model = keras.saving.load_model(resume_model)
+        else:
+            model = build_cnn(cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
         if initial_weights is not None:
             model.load_weights(initial_weights)
         fit = model.fit(
@@ -141,7 +150,10 @@ def train_and_validate(
             callbacks=[EpochClock(), guard, *callbacks],
             verbose=verbose,
         )
-        history = {key: [float(v) for v in values] for key, values in fit.history.items()}
+        history = {
+            key: [*(earlier_history or {}).get(key, []), *(float(v) for v in values)]
+            for key, values in fit.history.items()
+        }
     except tf.errors.ResourceExhaustedError as error:
         status, reason = FAILED, f"out of memory: {str(error).splitlines()[0][:200]}"
     if guard.reason is not None:

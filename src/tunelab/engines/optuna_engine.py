@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -23,9 +24,20 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from tunelab.callbacks import EpochSinkCallback
+from tunelab.checkpoints import (
+    DEFAULT_ROOT as DEFAULT_CHECKPOINTS,
+)
+from tunelab.checkpoints import (
+    Checkpoint,
+    EpochCheckpoint,
+    load_checkpoint,
+    remove,
+    trial_folder,
+)
 from tunelab.cnn import CnnConfigError, parse_config
 from tunelab.data import Splits
 from tunelab.engines.optuna_space import grid, suggest
+from tunelab.engines.study_lock import StudyLock
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
@@ -34,14 +46,20 @@ from tunelab.engines.sweep import (
     max_trial_epochs,
 )
 from tunelab.progress import SweepProgress
+from tunelab.redact import redact_text, redact_url
 from tunelab.specs import ExperimentSpec, Scalar
-from tunelab.tracking import RunHandle, TrialState
+from tunelab.tracking import MetricName, RunHandle, TagKey, TrialState
 from tunelab.training import VAL_ACCURACY, TrialResult, train_and_validate
 
 DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
 MONITOR = VAL_ACCURACY
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 60
+# a worker records a heartbeat every HEARTBEAT_SECONDS; one silent for GRACE_SECONDS is dead and
+# its trial is failed and retried (environment overrides, for tests and slow networks)
+HEARTBEAT_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_SECONDS", "10"))
+GRACE_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_GRACE_SECONDS", "60"))
+MAX_RETRIES = 2  # a trial whose worker died runs again at most this many times
+CONNECT_ATTEMPTS = 4  # opening the storage: tries, 1 s, 2 s, 4 s apart
+IDLE_POLL_SECONDS = 2.0  # budget full but trials of other workers still running: look again
 # trial user attributes
 HOST, PID, FAIL_REASON, BEAT_AT_EPOCH, BEAT_SECONDS = (
     "host",
@@ -123,11 +141,7 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
     if storage_url.startswith("sqlite:///"):
         path = storage_url.removeprefix("sqlite:///")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            storage_url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
-        )
+    storage = _connect(storage_url)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -139,6 +153,41 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
     if study.trials:
         study.sampler = make_sampler(spec, len(study.trials))
     return study
+
+
+def _connect(storage_url: str) -> optuna.storages.RDBStorage:
+    """The study storage, with heartbeats and retries of dead workers' trials.
+
+    A database that cannot be reached is tried CONNECT_ATTEMPTS times, then refused in one line
+    (the URL's password masked) instead of a stack of SQLAlchemy internals.
+    """
+    import sqlalchemy.exc
+
+    delay, problem = 1.0, ""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage_url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                    ),
+                    engine_kwargs={"pool_pre_ping": True}
+                    if not storage_url.startswith("sqlite")
+                    else None,
+                )
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+            problem = str(getattr(error, "orig", error)).strip().splitlines()[0]
+            if attempt < CONNECT_ATTEMPTS:
+                time.sleep(delay)
+                delay *= 2
+    raise SweepError(
+        f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
+        f"attempts ({redact_text(problem)}); is the database running (`make services`)?"
+    )
 
 
 def make_pruning_reporter(trial: optuna.Trial, monitor: str, pruning: bool) -> Any:
@@ -182,6 +231,7 @@ class OptunaSweep:
         sweep: SweepTracker,
         study: optuna.Study,
         progress: SweepProgress,
+        checkpoint_root: Path = DEFAULT_CHECKPOINTS,
     ) -> None:
         self.spec, self.splits, self.sweep, self.study, self.progress = (
             spec,
@@ -191,7 +241,9 @@ class OptunaSweep:
             progress,
         )
         self.max_epochs = max_trial_epochs(spec)
+        self.checkpoints = checkpoint_root
         self.consecutive_failures = 0
+        self.grid_exhausted = False
         self.last_failure = ""
         self.aborted: str | None = None
 
@@ -201,14 +253,47 @@ class OptunaSweep:
         chosen = suggest(self.spec.search_space, trial)
         trial.set_user_attr(HOST, socket.gethostname())
         trial.set_user_attr(PID, os.getpid())
-        seed = self.spec.seed + trial.number
+        # a retry (its worker died, or Ctrl-C) trains like the original trial and continues
+        # from the last epoch checkpoint of the attempt before it, if that one left any
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(
+                self.study._storage.get_trial(trial._trial_id)
+            )
+        seed = self.spec.seed + (history[0] if history else trial.number)
+        own = trial_folder(self.checkpoints, self.study.study_name, trial.number)
+        earlier = (
+            load_checkpoint(trial_folder(self.checkpoints, self.study.study_name, history[-1]))
+            if history
+            else None
+        )
         with self.sweep.trial(trial.number, chosen, seed) as run:
             trial.set_user_attr(RUN_ID, run.run_id)
-            outcome = self._train_trial(trial, chosen, run, seed)
+            if history:
+                run.set_tags({TagKey.RETRIES_TRIAL: history[-1]})
+            if earlier is not None:
+                self._log_earlier_epochs(run, earlier)
+            outcome = self._train_trial(trial, chosen, run, seed, own, earlier)
+        remove(own, *([earlier.folder] if earlier else []))
         return self._finish(trial, *outcome)
 
+    @staticmethod
+    def _log_earlier_epochs(run: RunHandle, earlier: Checkpoint) -> None:
+        """The resumed epochs' metrics on the retry's run too, so its curves are whole."""
+        for index in range(earlier.epoch):
+            run.log_metrics(
+                {k: v[index] for k, v in earlier.history.items() if index < len(v)}, step=index + 1
+            )
+        run.log_metrics({MetricName.RESUMED_FROM_EPOCH: earlier.epoch})
+
     def _train_trial(
-        self, trial: optuna.Trial, chosen: dict[str, Scalar], run: RunHandle, seed: int
+        self,
+        trial: optuna.Trial,
+        chosen: dict[str, Scalar],
+        run: RunHandle,
+        seed: int,
+        own: Path,
+        earlier: Checkpoint | None,
     ) -> tuple[str, TrialResult | None, str | None, int | None]:
         values = self.spec.search_space.to_config_values(chosen)
         values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
@@ -221,8 +306,17 @@ class OptunaSweep:
         reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
         sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress, self._on_beat(trial)))
         self.progress.start_trial(trial.number, cfg.epochs)
+        checkpoint = EpochCheckpoint(own, earlier)
         try:
-            result = train_and_validate(cfg, self.splits, callbacks=[sink, reporter], seed=seed)
+            result = train_and_validate(
+                cfg,
+                self.splits,
+                callbacks=[sink, reporter, checkpoint],
+                seed=seed,
+                initial_epoch=earlier.epoch if earlier else 0,
+                resume_model=earlier.model_file if earlier else None,
+                earlier_history=earlier.history if earlier else None,
+            )
         except PruningMetricMissing:
             raise
         except Exception as error:  # one trial's crash is recorded; the sweep goes on
@@ -283,8 +377,7 @@ class OptunaSweep:
                 self.aborted = (
                     f"{limit} trials failed in a row; the last: {self.last_failure}. "
                     "Check the search space, then run the same command to resume"
-                )
-                study.stop()
+                )  # the trial loop stops on it
         else:
             self.consecutive_failures = 0
         records = study_records(study)
@@ -364,7 +457,11 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if trial.user_attrs.get(HOST) != host or _alive(int(trial.user_attrs.get(PID, -1))):
             continue
         study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, "its process died")
-        study._storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first (and queued the retry)
+        _retry(study, trial.number)
         failed.append(trial.number)
     return failed
 
@@ -391,47 +488,37 @@ def run_optuna_sweep(
     storage_url: str,
     trials: int | None,
     timeout_seconds: float | None,
+    checkpoint_root: Path = DEFAULT_CHECKPOINTS,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep until its budget, its timeout, Ctrl-C or repeated failures."""
+    """Run (or resume) the sweep until its budget, its timeout, Ctrl-C or repeated failures.
+
+    Any number of workers (processes, machines) may run this on the same study at once: the
+    budget check and the trial's creation happen under the study lock, so the trials counted
+    (complete, pruned, running) never exceed the budget; a worker whose budget is full waits
+    while other workers' trials run, in case one dies and its trial must be retried.
+    """
     # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(spec, study_name, storage_url)
+    lock = StudyLock(storage_url, study_name)
     recovered = recover_dead_trials(study)
     live = {t.number for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))}
-    runner = OptunaSweep(spec, splits, sweep, study, progress)
-    with sweep.parent(splits) as parent:
+    runner = OptunaSweep(spec, splits, sweep, study, progress, checkpoint_root)
+    with sweep.parent(splits, lock=lock) as parent:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
         closed = sweep.close_orphans(live)
         if recovered or closed:
             progress.note(
-                f"resumed: failed {len(recovered)} trial(s) of a dead process, "
+                f"resumed: failed {len(recovered)} trial(s) of a dead process (to be retried), "
                 f"closed {closed} MLflow run(s) left RUNNING"
             )
-        # the trial budget counts complete and pruned trials; failed ones are retried
         before = study_records(study)
-        done = len([r for r in before if r.state != TrialState.FAILED])
-        remaining = None if trials is None else max(0, trials - done)
         progress.begin(before, best_record(study, before), total=trials, timeout=timeout_seconds)
-        started = time.monotonic()
-        if remaining == 0:
-            stopped = f"the trial budget ({trials}) was already spent"
-        else:
-            callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [runner.after_trial]
-            if trials is not None:
-                callbacks.append(
-                    optuna.study.MaxTrialsCallback(
-                        trials, states=(OptunaState.COMPLETE, OptunaState.PRUNED)
-                    )
-                )
-            study.optimize(
-                runner.objective,
-                n_trials=None,
-                timeout=timeout_seconds,
-                callbacks=callbacks,
-                catch=(TrialFailed,),
-                gc_after_trial=True,
-            )
-            stopped = runner.aborted or _why_stopped(study, trials, timeout_seconds, started)
+        try:
+            stopped = _drive(study, runner, lock, trials=trials, timeout=timeout_seconds)
+        finally:
+            # other workers still training keep the shared parent run open; the last one closes it
+            parent.keep_open = bool(_running(study))
         if runner.aborted:
             parent.status_on_exit = "FAILED"
         from tunelab.engines.optuna_plots import log_study_plots
@@ -445,11 +532,85 @@ def run_optuna_sweep(
     return SweepOutcome(study, parent.run_id, records, stopped)
 
 
-def _why_stopped(
-    study: optuna.Study, trials: int | None, timeout: float | None, started: float
+COUNTED = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING)
+
+
+def _running(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+
+
+def _drive(
+    study: optuna.Study,
+    runner: OptunaSweep,
+    lock: StudyLock,
+    *,
+    trials: int | None,
+    timeout: float | None,
 ) -> str:
-    if timeout is not None and time.monotonic() - started >= timeout:
-        return f"the timeout ({timeout:.0f} s) was reached"
-    if trials is not None:
-        return f"the trial budget ({trials}) is spent"
-    return "done"
+    """Ask, train and tell trials until a stop condition; returns why it stopped."""
+    started = time.monotonic()
+    while True:
+        if runner.aborted:
+            return runner.aborted
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return f"the timeout ({timeout:.0f} s) was reached"
+        reap_dead_trials(study)
+        if runner.grid_exhausted:
+            return "every point of the grid was tried"
+        with lock():
+            counted = len(study.get_trials(deepcopy=False, states=COUNTED))
+            trial = _ask(study) if trials is None or counted < trials else None
+        if trial is None:
+            if not _running(study):
+                return f"the trial budget ({trials}) is spent"
+            time.sleep(IDLE_POLL_SECONDS)  # others' trials run: one may die and need a retry
+            continue
+        _run_trial(study, runner, trial)
+
+
+def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) -> None:
+    """One trial with a heartbeat; its outcome told to the study, then the summary updated."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    state: OptunaState | None = None
+    values: float | Sequence[float] | None = None
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            values = runner.objective(trial)
+        except optuna.TrialPruned:
+            state = OptunaState.PRUNED
+        except TrialFailed:
+            state = OptunaState.FAIL
+        except BaseException:
+            # Ctrl-C, or a fatal error: fail it and queue its retry (the same command resumes it)
+            study.tell(trial, state=OptunaState.FAIL)
+            _retry(study, trial.number)
+            raise
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as error:  # the grid sampler stops the study when its grid is done
+        if "Study.stop" not in str(error):
+            raise
+        runner.grid_exhausted = True  # (the trial's state was stored before the sampler spoke)
+    runner.after_trial(study, study.trials[trial.number])
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():  # heartbeats are ours (see _run_trial), not optimize()'s
+        warnings.filterwarnings("ignore", "Heartbeat of storage")
+        return study.ask()
+
+
+def _retry(study: optuna.Study, number: int) -> None:
+    """Queue a failed trial's retry the way Optuna does for trials whose heartbeat stopped."""
+    callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    if callback is not None:
+        callback(study, study.trials[number])
+
+
+def reap_dead_trials(study: optuna.Study) -> None:
+    """Fail (and queue for retry) trials of dead workers: stale heartbeats, dead local PIDs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    recover_dead_trials(study)

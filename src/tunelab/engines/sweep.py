@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,9 +126,14 @@ class SweepTracker:
         return runs[0].info.run_id if runs else None
 
     @contextmanager
-    def parent(self, splits: Splits) -> Iterator[RunHandle]:
-        """Open the sweep's parent run: reuse the study's one if it exists, else create it."""
-        existing = self.find_parent()
+    def parent(
+        self, splits: Splits, lock: Callable[[], AbstractContextManager[None]] = nullcontext
+    ) -> Iterator[RunHandle]:
+        """Open the sweep's parent run: reuse the study's one if it exists, else create it.
+
+        Several workers may start at the same moment: finding and creating happen under `lock`
+        (the study lock every worker shares), so exactly one parent run is ever created.
+        """
         tags = {
             TagKey.ROLE: Role.SWEEP,
             TagKey.STUDY: self.study,
@@ -138,12 +143,17 @@ class SweepTracker:
         }
         if self.baseline is not None:
             tags[TagKey.BASELINE_RUN_ID] = self.baseline.run_id
+        with lock():
+            existing = self.find_parent()
+            if existing is None:
+                existing = self.tracker.create_run(
+                    self.experiment, f"sweep-{self.engine}-{self.study}", tags=tags
+                )
+                self._log_sweep_definition(RunHandle(self.tracker.client, existing), splits)
         with self.tracker.run(
             self.experiment, f"sweep-{self.engine}-{self.study}", tags=tags, resume_run_id=existing
         ) as run:
             self.parent_run_id = run.run_id
-            if existing is None:
-                self._log_sweep_definition(run, splits)
             yield run
 
     def _log_sweep_definition(self, run: RunHandle, splits: Splits) -> None:
