@@ -66,6 +66,9 @@ start_postgres() {
     local bin pw
     bin="$(pg_bindir)"
     pw="$(password)"
+    if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$DIR"; then
+        die "PostgreSQL runs as user postgres, which cannot enter $DIR: choose a TUNELAB_SERVICES_DIR whose parent folders it may traverse"
+    fi
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
         mkdir -p "$PGDATA"
         local pwfile="$DIR/.initdb_pw"

@@ -149,15 +149,47 @@ def tune(
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
     quiet: Annotated[bool, typer.Option(help="no live progress display")] = False,
+    workers: Annotated[
+        int, typer.Option(help="local worker processes sharing the study (Optuna engine)")
+    ] = 1,
 ) -> None:
     """Run a tuning sweep; the same command resumes an interrupted one."""
-    from tunelab.engines.launch import run_sweep
+    from tunelab.engines.launch import resolve_storage, run_sweep
     from tunelab.specs import load_experiment, parse_duration
 
     spec = load_experiment(experiment)
     seconds = None if timeout is None else parse_duration(timeout, Path("--timeout"), "value")
     if trials is not None and trials < 1:
         raise ConfigError("--trials", "value", "must be a positive integer", trials)
+    if workers < 1:
+        raise ConfigError("--workers", "value", "must be a positive integer", workers)
+    if workers > 1:
+        if spec.engine.name != "optuna":
+            raise ConfigError(
+                "--workers", "value", "several workers need an Optuna experiment", workers
+            )
+        from tunelab.engines.workers import run_workers
+        from tunelab.redact import redact_url
+
+        url = resolve_storage(storage, spec)
+        if url.startswith("sqlite"):
+            console.print(
+                "[yellow]note:[/] several workers on SQLite share one machine's disk; for "
+                "more, use PostgreSQL (`make services`, then `source tracking/services/env`)"
+            )
+        console.print(f"{workers} workers on study storage {redact_url(url)}", highlight=False)
+        passed = [
+            *(["--trials", str(trials)] if trials is not None else []),
+            *(["--timeout", timeout] if timeout is not None else []),
+            *(["--study", study] if study is not None else []),
+            *(["--tracking-uri", tracking_uri] if tracking_uri is not None else []),
+            *(["--data-file", str(data_file)] if data_file is not None else []),
+        ]
+        codes = run_workers(experiment, workers, storage_url=url, arguments=passed)
+        console.print(f"workers finished with exit codes {codes}")
+        if any(codes):
+            raise typer.Exit(max(codes))
+        return
     _terminate_as_interrupt()
     summary = run_sweep(
         spec,

@@ -18,7 +18,9 @@ flip fails the export too.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,25 @@ class FormatCheck:
         )
 
 
+@contextmanager
+def quiet_runtimes() -> Iterator[None]:
+    """Silence the runtimes' deprecation chatter (tf.lite's LiteRT notice, tf2onnx's np.object,
+    Keras' note that an inference model has no optimizer state to load): not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+        yield
+
+
 def write_format(model: Any, name: str, folder: Path) -> Path:
     """Write `model` in format `name` under `folder`; returns the file or directory."""
+    with quiet_runtimes():
+        return _write_format(model, name, folder)
+
+
+def _write_format(model: Any, name: str, folder: Path) -> Path:
     path = folder / FILE_NAMES[name]
     if name == "keras":
         model.save(path)
@@ -151,7 +170,8 @@ def check_format(
     reference: npt.NDArray[np.float32],
 ) -> FormatCheck:
     """Load the exported file back, predict the test set, compare with `reference`."""
-    probabilities = predict_in_batches(load_predictor(name, path), images)
+    with quiet_runtimes():
+        probabilities = predict_in_batches(load_predictor(name, path), images)
     predicted = probabilities.argmax(axis=1)
     expected = reference.argmax(axis=1)
     ordered = np.sort(reference, axis=1)

@@ -271,8 +271,8 @@ def run_keras_tuner_sweep(
             project_name=study_name,
             overwrite=False,
         )
-        live: set[int] = set()
-        closed = sweep.close_orphans(live)
+        # one KerasTuner worker per search: every trial run still RUNNING at start is orphaned
+        closed = sweep.close_orphans(lambda number: True)
         if closed:
             progress.note(f"resumed: closed {closed} MLflow run(s) left RUNNING by a dead process")
         records = tuner_records(tuner.oracle)

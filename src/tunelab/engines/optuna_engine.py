@@ -502,11 +502,10 @@ def run_optuna_sweep(
     study = open_study(spec, study_name, storage_url)
     lock = StudyLock(storage_url, study_name)
     recovered = recover_dead_trials(study)
-    live = {t.number for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))}
     runner = OptunaSweep(spec, splits, sweep, study, progress, checkpoint_root)
     with sweep.parent(splits, lock=lock) as parent:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
-        closed = sweep.close_orphans(live)
+        closed = sweep.close_orphans(_failed_in(study))
         if recovered or closed:
             progress.note(
                 f"resumed: failed {len(recovered)} trial(s) of a dead process (to be retried), "
@@ -535,6 +534,16 @@ def run_optuna_sweep(
 COUNTED = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING)
 
 
+def _failed_in(study: optuna.Study) -> Callable[[int], bool]:
+    """Whether a trial number is failed in the study now (a dead worker's trial was)."""
+
+    def failed(number: int) -> bool:
+        trials = study.get_trials(deepcopy=False)
+        return 0 <= number < len(trials) and trials[number].state == OptunaState.FAIL
+
+    return failed
+
+
 def _running(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
 
@@ -554,7 +563,8 @@ def _drive(
             return runner.aborted
         if timeout is not None and time.monotonic() - started >= timeout:
             return f"the timeout ({timeout:.0f} s) was reached"
-        reap_dead_trials(study)
+        if reap_dead_trials(study):  # their MLflow runs are still RUNNING: close them
+            runner.sweep.close_orphans(_failed_in(study))
         if runner.grid_exhausted:
             return "every point of the grid was tried"
         with lock():
@@ -608,9 +618,16 @@ def _retry(study: optuna.Study, number: int) -> None:
         callback(study, study.trials[number])
 
 
-def reap_dead_trials(study: optuna.Study) -> None:
-    """Fail (and queue for retry) trials of dead workers: stale heartbeats, dead local PIDs."""
+def reap_dead_trials(study: optuna.Study) -> bool:
+    """Fail (and queue for retry) trials of dead workers: stale heartbeats, dead local PIDs.
+
+    Returns whether any trial was failed here.
+    """
+    before = len(_running(study))
+    if not before:
+        return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     recover_dead_trials(study)
+    return len(_running(study)) < before

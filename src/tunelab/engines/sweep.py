@@ -19,6 +19,7 @@ from typing import Any
 from tunelab.baseline import PUBLISHED_TEST_ACCURACY
 from tunelab.data import Splits
 from tunelab.errors import UserError
+from tunelab.redact import redact_text
 from tunelab.specs import ExperimentSpec, Scalar
 from tunelab.tracking import (
     PARENT_RUN_TAG,
@@ -177,8 +178,9 @@ class SweepTracker:
             }
         )
         run.log_dataset(splits)
-        run.log_file(spec.source, "experiment")
-        run.log_file(spec.search_space.source, "experiment")
+        for path in (spec.source, spec.search_space.source):
+            # an experiment may name its storage with a password: never record the password
+            run.log_text(redact_text(path.read_text()), f"experiment/{path.name}")
         if self.baseline is not None:
             run.log_metrics({MetricName.BASELINE_VAL_ACCURACY: self.baseline.val_accuracy})
 
@@ -359,8 +361,12 @@ class SweepTracker:
 
         return on_epoch
 
-    def close_orphans(self, live_trials: set[int]) -> int:
-        """End child runs left RUNNING by a dead worker as FAILED; returns how many."""
+    def close_orphans(self, is_dead: Callable[[int], bool]) -> int:
+        """End child runs left RUNNING by a dead worker as FAILED; returns how many.
+
+        `is_dead(trial number)` is asked after the runs are listed, so a trial another worker
+        is running (or has just finished) is never closed by mistake.
+        """
         if self.parent_run_id is None:
             return 0
         orphans = self.tracker.search(
@@ -371,7 +377,7 @@ class SweepTracker:
         closed = 0
         for orphan in orphans:
             number = int(orphan.data.tags.get(TagKey.TRIAL_NUMBER, -1))
-            if number in live_trials:
+            if not is_dead(number):
                 continue
             handle = RunHandle(self.tracker.client, orphan.info.run_id)
             handle.set_tags(

@@ -1,0 +1,5 @@
+"""`python -m tunelab ...` runs the command line (worker processes are started this way)."""
+
+from tunelab.cli import main
+
+main()

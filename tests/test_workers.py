@@ -1,0 +1,259 @@
+"""Several workers on one study in PostgreSQL, logging to one MLflow tracking server.
+
+The services are the project's own: `scripts/services.sh start` runs PostgreSQL and `mlflow
+server` (PostgreSQL backend, file artifacts) on free ports under a temporary directory, as
+`make services` does for users. Workers are real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "scripts" / "services.sh"
+
+SPACE = """
+parameters:
+  dense_units: {type: int, low: 8, high: 32}
+fixed: {optimizer: adam, learning_rate: 0.002, filters: 4, epochs: EPOCHS, batch_size: 256}
+"""
+EXPERIMENT = """
+name: NAME
+search_space: space.yaml
+engine: {name: optuna, sampler: random}
+budget: {trials: TRIALS, max_epochs: EPOCHS}
+storage: STORAGE
+seed: 11
+"""
+WORKER = """
+import sys
+from pathlib import Path
+from tunelab.data import load_npz_splits
+from tunelab.engines.launch import run_sweep
+from tunelab.specs import load_experiment
+spec = load_experiment(sys.argv[1])
+splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
+print(run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=False))
+"""
+
+
+@dataclass(frozen=True)
+class Services:
+    storage_url: str
+    tracking_uri: str
+    password: str
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """PostgreSQL + MLflow server started by the project's script; stopped afterwards."""
+    folder = tmp_path_factory.mktemp("services")
+    if os.geteuid() == 0:  # the server runs as user postgres: let it traverse pytest's folders
+        for parent in [folder, *folder.parents]:
+            if parent == Path(tempfile.gettempdir()):
+                break
+            parent.chmod(parent.stat().st_mode | 0o011)
+    env = {
+        **os.environ,
+        "TUNELAB_SERVICES_DIR": str(folder),
+        "TUNELAB_PG_PORT": str(free_port()),
+        "TUNELAB_MLFLOW_PORT": str(free_port()),
+        "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
+    }
+    started = subprocess.run(["bash", str(SERVICES), "start"], env=env, capture_output=True)
+    assert started.returncode == 0, started.stderr.decode()[-2000:]
+    values = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (folder / "env").read_text().splitlines()
+        if line.startswith("export ")
+    )
+    try:
+        yield Services(
+            values["TUNELAB_OPTUNA_STORAGE"],
+            values["MLFLOW_TRACKING_URI"],
+            (folder / "pg_password").read_text().strip(),
+        )
+    finally:
+        subprocess.run(["bash", str(SERVICES), "stop"], env=env, capture_output=True)
+
+
+def write_experiment(folder: Path, name: str, trials: int, epochs: int, storage: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", str(epochs)))
+    text = (
+        textwrap.dedent(EXPERIMENT)
+        .replace("NAME", name)
+        .replace("TRIALS", str(trials))
+        .replace("EPOCHS", str(epochs))
+        .replace("STORAGE", storage)
+    )
+    (folder / f"{name}.yaml").write_text(text)
+    return folder / f"{name}.yaml"
+
+
+def start_workers(
+    count: int, experiment: Path, tiny_npz: Path, services: Services, **env: str
+) -> list[subprocess.Popen[bytes]]:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(experiment), str(tiny_npz), services.tracking_uri],
+            cwd=experiment.parent,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+
+
+def finish(workers: list[subprocess.Popen[bytes]], limit: float = 420) -> None:
+    deadline = time.monotonic() + limit
+    for worker in workers:
+        _, errors = worker.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        assert worker.returncode == 0, errors.decode()[-3000:]
+
+
+def mlflow_record(services: Services, experiment: str) -> tuple[list, list]:  # type: ignore[type-arg]
+    tracker = Tracker(services.tracking_uri)
+    parents = tracker.search(experiment, f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    trials = tracker.search(experiment, f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    return parents, trials
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("count", [2, 4])
+def test_workers_share_one_study_with_exact_counts_and_one_parent(
+    count: int, services: Services, tiny_npz: Path, tmp_path: Path
+) -> None:
+    name, budget = f"workers{count}", 2 * count + 1
+    experiment = write_experiment(tmp_path / name, name, budget, 1, services.storage_url)
+    finish(start_workers(count, experiment, tiny_npz, services))
+    study = optuna.load_study(study_name=name, storage=services.storage_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget  # none lost, none extra
+    assert len(study.trials) == budget  # nothing asked beyond the budget
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)
+    parents, trials = mlflow_record(services, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # started at once, one parent
+    assert len(trials) == budget
+    assert {r.data.tags[PARENT_RUN_TAG] for r in trials} == {parents[0].info.run_id}
+    assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == sorted(numbers)
+    assert all(r.data.tags[TagKey.TRIAL_STATE] == "complete" for r in trials)
+    assert parents[0].data.metrics["trials_complete"] == budget
+    # the storage password is in the experiment file and the environment, and nowhere in MLflow
+    for run in [*parents, *trials]:
+        fields = [*run.data.params.values(), *run.data.tags.values(), *run.data.metrics]
+        assert not any(services.password in str(value) for value in fields)
+    tracker = Tracker(services.tracking_uri)
+    parent_id = parents[0].info.run_id
+    logged = tracker.client.download_artifacts(parent_id, f"experiment/{name}.yaml", str(tmp_path))
+    text = Path(logged).read_text()
+    assert services.password not in text and "tunelab:***@127.0.0.1" in text
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoint(
+    services: Services, tiny_npz: Path, tmp_path: Path
+) -> None:
+    name, budget = "killed", 3
+    experiment = write_experiment(tmp_path / name, name, budget, 8, services.storage_url)
+    fast_heartbeat = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "4"}
+    pair = start_workers(2, experiment, tiny_npz, services, **fast_heartbeat)
+    checkpoints = experiment.parent / "tracking" / "checkpoints" / name
+    deadline = time.monotonic() + 240
+    saved: list[Path] = []
+    while not saved:  # kill a worker once its trial has saved an epoch
+        assert all(w.poll() is None for w in pair) and time.monotonic() < deadline, "too slow"
+        saved = list(checkpoints.glob("trial_*/state.json"))
+        time.sleep(0.2)
+    number = int(saved[0].parent.name.removeprefix("trial_"))
+    study = optuna.load_study(study_name=name, storage=services.storage_url)
+    pid = int(study.trials[number].user_attrs["pid"])
+    [victim] = [w for w in pair if w.pid == pid]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finish([w for w in pair if w is not victim])  # the live worker retries the trial
+    study = optuna.load_study(study_name=name, storage=services.storage_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed attempt
+    [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    [retry] = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed.number]]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == killed.params
+    _, trials = mlflow_record(services, name)
+    by_number = {int(r.data.tags[TagKey.TRIAL_NUMBER]): r for r in trials}
+    assert by_number[killed.number].info.status == "FAILED"
+    assert by_number[killed.number].data.tags[TagKey.FAILURE_REASON].startswith("the worker")
+    resumed = by_number[retry.number]
+    assert resumed.data.tags[TagKey.RETRIES_TRIAL] == str(killed.number)
+    assert resumed.data.metrics["resumed_from_epoch"] >= 1  # continued, not started over
+    assert resumed.data.metrics["epochs_trained"] == 8
+    assert all(r.info.status != "RUNNING" for r in trials)
+    assert not list(checkpoints.glob("trial_*"))  # removed once the trials finished
+
+
+def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
+    from tunelab.engines.optuna_engine import _connect
+    from tunelab.engines.sweep import SweepError
+
+    url = f"postgresql://tunelab:hunter2@127.0.0.1:{free_port()}/optuna"
+    with pytest.raises(SweepError) as refused:
+        _connect(url)
+    message = str(refused.value)
+    assert "hunter2" not in message and "tunelab:***@127.0.0.1" in message
+    assert "make services" in message and len(message.splitlines()) == 1
+
+
+def test_tune_workers_passes_the_storage_in_the_environment_not_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.cli import main
+    from tunelab.engines import workers
+
+    experiment = write_experiment(tmp_path, "cli", 4, 1, "postgresql://u:topsecret@h/db")
+    seen: dict[str, object] = {}
+
+    def fake_popen(command: list[str], env: dict[str, str]) -> object:
+        seen.setdefault("commands", []).append(command)  # type: ignore[union-attr]
+        seen["env"] = env
+
+        class Done:
+            def wait(self) -> int:
+                return 0
+
+            def poll(self) -> int:
+                return 0
+
+        return Done()
+
+    monkeypatch.setattr(workers.subprocess, "Popen", fake_popen)
+    main(["tune", str(experiment), "--workers", "3", "--trials", "4"])
+    commands = seen["commands"]
+    assert isinstance(commands, list) and len(commands) == 3
+    assert all("topsecret" not in " ".join(c) for c in commands)
+    assert all(c[-2:] == ["--trials", "4"] for c in commands)
+    env = seen["env"]
+    assert isinstance(env, dict) and env["TUNELAB_OPTUNA_STORAGE"].endswith("u:topsecret@h/db")
