@@ -11,7 +11,7 @@ SEEDS ?= 3
 SERVE_PORT ?= 5001
 MODEL ?= tunelab-$(DATASET)
 
-.PHONY: help install data baseline tune validate ui compare confirm export serve test test-fast lint fixture bench-overhead bench-pruning bench-engines
+.PHONY: help install data baseline tune validate ui compare confirm export serve services services-stop test test-fast lint fixture bench-overhead bench-pruning bench-engines bench-workers
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,10 +51,19 @@ serve: install ## serve the registered MODEL@champion on http://127.0.0.1:$(SERV
 	  $(BIN)/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
 	  --host 127.0.0.1 --port $(SERVE_PORT)
 
+services: install ## start PostgreSQL + an MLflow server on 127.0.0.1 (installs PostgreSQL if needed)
+	bash scripts/services.sh start
+	@echo "now: source tracking/services/env   (then tunelab tune EXP --workers N)"
+
+services-stop: ## stop the PostgreSQL and MLflow servers of `make services`
+	bash scripts/services.sh stop
+
 ui: install ## MLflow UI on http://127.0.0.1:$(PORT) against the default store
 	$(BIN)/tunelab ui --port $(PORT)
 
-test: install ## run the whole test suite (slow tests included)
+test: install ## the whole suite, slow tests included (installs PostgreSQL and Chromium if missing)
+	bash scripts/services.sh install
+	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest
 
 test-fast: install ## run the tests without the slow end-to-end ones
@@ -75,3 +84,6 @@ bench-pruning: install ## the same sampler with and without pruning (prints the 
 
 bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-clock budget
 	$(BIN)/python benchmarks/engines.py
+
+bench-workers: install ## trials per minute with 1, 2 and 4 workers (starts its own services)
+	$(BIN)/python benchmarks/workers.py

@@ -425,6 +425,35 @@ _EXTENSIONS = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}
 
 
 @app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="experiment file or MLflow experiment name")],
+    study: StudyOption = None,
+    out: Annotated[Path, typer.Option(help="where to write the page")] = Path("report.html"),
+    top: Annotated[int, typer.Option(help="trials in the table and the learning curves")] = 5,
+    log: Annotated[bool, typer.Option(help="also attach it to the sweep's parent run")] = True,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """One self-contained HTML page for a sweep: table, history, importances, curves, champion."""
+    from tunelab.recorded import find_sweep
+    from tunelab.report import REPORT_ARTIFACT, build_report
+    from tunelab.tracking import RunHandle, Tracker
+
+    if top < 1:
+        raise ConfigError("--top", "value", "must be at least 1", top)
+    tracker = Tracker(tracking_uri)
+    sweep = find_sweep(tracker, experiment, study)
+    page = build_report(tracker, sweep, top=top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    if log:
+        RunHandle(tracker.client, sweep.parent_run_id).log_text(page, REPORT_ARTIFACT)
+    print(
+        f"{out} ({len(page) / 1e6:.1f} MB)"
+        + (f"; logged to run {sweep.parent_run_id}" if log else "")
+    )
+
+
+@app.command()
 def ui(
     tracking_uri: TrackingOption = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,

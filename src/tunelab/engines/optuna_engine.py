@@ -59,6 +59,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_SECONDS", "10"))
 GRACE_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_GRACE_SECONDS", "60"))
 MAX_RETRIES = 2  # a trial whose worker died runs again at most this many times
 CONNECT_ATTEMPTS = 4  # opening the storage: tries, 1 s, 2 s, 4 s apart
+SCHEMA_LOCK = "__optuna_schema__"  # lock name while creating the storage's tables
 IDLE_POLL_SECONDS = 2.0  # budget full but trials of other workers still running: look again
 # trial user attributes
 HOST, PID, FAIL_REASON, BEAT_AT_EPOCH, BEAT_SECONDS = (
@@ -141,7 +142,14 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
     if storage_url.startswith("sqlite:///"):
         path = storage_url.removeprefix("sqlite:///")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    storage = _connect(storage_url)
+    import sqlalchemy.exc
+
+    # workers starting together on a fresh database would race to create Optuna's tables
+    try:
+        with StudyLock(storage_url, SCHEMA_LOCK)():
+            storage = _connect(storage_url)
+    except sqlalchemy.exc.OperationalError:
+        storage = _connect(storage_url)  # unreachable: this retries, then explains in one line
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -179,7 +187,11 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
                     if not storage_url.startswith("sqlite")
                     else None,
                 )
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        except (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.IntegrityError,  # another process created the tables meanwhile
+        ) as error:
             problem = str(getattr(error, "orig", error)).strip().splitlines()[0]
             if attempt < CONNECT_ATTEMPTS:
                 time.sleep(delay)
@@ -497,6 +509,40 @@ def run_optuna_sweep(
     (complete, pruned, running) never exceed the budget; a worker whose budget is full waits
     while other workers' trials run, in case one dies and its trial must be retried.
     """
+    import sqlalchemy.exc
+
+    try:
+        return _run_optuna_sweep(
+            spec,
+            splits,
+            sweep,
+            progress,
+            study_name=study_name,
+            storage_url=storage_url,
+            trials=trials,
+            timeout_seconds=timeout_seconds,
+            checkpoint_root=checkpoint_root,
+        )
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        problem = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise SweepError(
+            f"lost the Optuna storage {redact_url(storage_url)} ({redact_text(problem)}); "
+            "finished trials are recorded: run the same command to resume"
+        ) from None
+
+
+def _run_optuna_sweep(
+    spec: ExperimentSpec,
+    splits: Splits,
+    sweep: SweepTracker,
+    progress: SweepProgress,
+    *,
+    study_name: str,
+    storage_url: str,
+    trials: int | None,
+    timeout_seconds: float | None,
+    checkpoint_root: Path,
+) -> SweepOutcome:
     # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(spec, study_name, storage_url)
