@@ -122,3 +122,30 @@ def test_configs_are_frozen_and_comparable() -> None:
     assert CnnConfig() == parse_config({})
     with pytest.raises(Exception, match="frozen"):
         CnnConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_serving_model_drops_augmentation_and_predicts_like_the_trained_model() -> None:
+    import numpy as np
+
+    from tunelab.cnn import serving_model
+
+    cfg = parse_config(
+        {
+            "filters": 8,
+            "dense_units": 16,
+            "augment_rotation": 8.0,
+            "augment_translation": 0.1,
+            "lr_schedule": "cosine",
+            "optimizer": "adam",
+            "learning_rate": 0.001,
+            "batch_norm": True,
+        }
+    )
+    trained = build_cnn(cfg, steps_per_epoch=10)
+    plain = serving_model(trained, cfg)
+    assert {"rot", "shift"} <= {layer.name for layer in trained.layers}
+    assert not {"rot", "shift"} & {layer.name for layer in plain.layers}
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
+    np.testing.assert_array_equal(
+        plain.predict(images, verbose=0), trained.predict(images, verbose=0)
+    )

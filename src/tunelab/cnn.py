@@ -229,7 +229,10 @@ def serving_model(model: Any, cfg: CnnConfig) -> Any:
     same config without augmentation builds the identical inference path; weights are copied
     layer by layer by name, so its predictions are the trained model's.
     """
-    plain = build_cnn(cfg.model_copy(update={"augment_translation": 0.0, "augment_rotation": 0.0}))
+    plain = build_cnn(
+        cfg.model_copy(update={"augment_translation": 0.0, "augment_rotation": 0.0}),
+        steps_per_epoch=1,  # only the optimizer's schedule needs it; inference never steps
+    )
     for layer in plain.layers:
         weights = model.get_layer(layer.name).get_weights()
         if weights:
