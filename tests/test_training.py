@@ -65,3 +65,9 @@ def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> Non
     test = evaluate_test(result.model, tiny_splits)
     assert test.predictions.shape == (1000,)
     assert test.accuracy == float(np.mean(test.predictions == tiny_splits.test.y))
+
+
+def test_a_refit_without_validation_counts_its_epochs(tiny_splits: Splits) -> None:
+    cfg = CnnConfig(filters=4, dense_units=8, epochs=2, batch_size=256)
+    result = train_and_validate(cfg, tiny_splits.for_refit(), seed=0)
+    assert result.ok and result.epochs_trained == 2 and result.best_val_accuracy is None

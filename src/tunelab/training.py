@@ -43,7 +43,8 @@ class TrialResult:
 
     @property
     def epochs_trained(self) -> int:
-        return len(self.history.get(VAL_ACCURACY, []))
+        """Epochs in the history (a refit without validation has only training metrics)."""
+        return len(self.history.get(VAL_ACCURACY) or self.history.get(LOSS, []))
 
     @property
     def best_epoch(self) -> int | None:
