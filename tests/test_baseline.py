@@ -54,6 +54,8 @@ def test_params_and_per_epoch_metrics(recorded: tuple[Tracker, str]) -> None:
         params["optimizer"] == "adadelta" and params["filters"] == "32" and params["epochs"] == "1"
     )
     assert params["data_validation_size"] == "500" and params["data_train_size"] == "2500"
+    # the same config under trial runs' names, for column-by-column comparison in the UI
+    assert params["cfg.optimizer"] == "adadelta" and params["cfg.epochs"] == "1"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "full_train_loss"):
         history = tracker.client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [1], key

@@ -89,6 +89,8 @@ def run_baseline(
     run_name = f"baseline-{splits.dataset}-{cfg.epochs}ep" + ("" if reference else "-partial")
     with tracker.run(baseline_experiment(splits.dataset), run_name, tags=tags) as run:
         run.log_params({**cfg.as_params(), **_split_params(splits)})
+        # also under the names trial runs use, so the UI compares the baseline column for column
+        run.log_params({f"cfg.{k}": v for k, v in cfg.as_params().items()})
         run.log_dataset(splits)
         with make_progress("baseline: validation stage", cfg.epochs) as show:
             validation = _train(cfg, splits, seed, run, show, prefix="")
