@@ -25,6 +25,7 @@ from tunelab.recorded import SweepRecord
 from tunelab.tracking import MetricName, Role, TagKey, Tracker
 
 REPORT_ARTIFACT = "report/report.html"
+MAX_AXES = 10  # parallel coordinates stay readable
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -90,9 +91,16 @@ def parallel_coordinates(trials: list[Any], top: int = 30) -> Figure | None:
         if MetricName.BEST_VAL_ACCURACY in r.data.metrics
         and r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
     ][-top:]
-    names = sorted(
+    candidates = sorted(
         {k for r in runs for k in r.data.params if not k.startswith(("cfg.", "tuner/", "trial_"))}
     )
+    # axes worth drawing: set in most trials (not a rarely active conditional) and varied
+    names = [
+        name
+        for name in candidates
+        if sum(name in r.data.params for r in runs) >= 0.8 * len(runs)
+        and len({r.data.params.get(name) for r in runs}) > 1
+    ][:MAX_AXES]
     if len(runs) < 2 or not names:
         return None
     columns: list[list[float]] = []
@@ -156,6 +164,13 @@ def learning_curves(
             color="grey",
             label="baseline",
         )
+    finals = [
+        float(values[-1])
+        for line in axes.get_lines()
+        if len(values := np.asarray(line.get_ydata(), dtype=float))
+    ]
+    if finals:  # zoom on where the runs end up, not on a slow first epoch
+        axes.set_ylim(max(0.0, min(finals) - 0.02), min(1.0, max(finals) + 0.005))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
     axes.grid(alpha=0.3)
