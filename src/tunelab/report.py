@@ -140,30 +140,18 @@ def learning_curves(
     """Per-epoch validation accuracy of the top trials and of the baseline."""
     figure = Figure(figsize=(9, 4), layout="constrained")
     axes = figure.subplots()
+
+    def curve(run_id: str) -> tuple[list[int], list[float]]:
+        history = sorted(
+            tracker.client.get_metric_history(run_id, MetricName.VAL_ACCURACY),
+            key=lambda m: m.step,
+        )
+        return [m.step for m in history], [m.value for m in history]
+
     for run in runs:
-        history = sorted(
-            tracker.client.get_metric_history(run.info.run_id, MetricName.VAL_ACCURACY),
-            key=lambda m: m.step,
-        )
-        axes.plot(
-            [m.step for m in history],
-            [m.value for m in history],
-            "-o",
-            ms=3,
-            label=label[run.info.run_id],
-        )
+        axes.plot(*curve(run.info.run_id), "-o", ms=3, label=label[run.info.run_id])
     if baseline_run is not None:
-        history = sorted(
-            tracker.client.get_metric_history(baseline_run.info.run_id, MetricName.VAL_ACCURACY),
-            key=lambda m: m.step,
-        )
-        axes.plot(
-            [m.step for m in history],
-            [m.value for m in history],
-            "--",
-            color="grey",
-            label="baseline",
-        )
+        axes.plot(*curve(baseline_run.info.run_id), "--", color="grey", label="baseline")
     finals = [
         float(values[-1])
         for line in axes.get_lines()
