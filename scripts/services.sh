@@ -13,7 +13,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DIR="$(mkdir -p "${TUNELAB_SERVICES_DIR:-$ROOT/tracking/services}" && cd "${TUNELAB_SERVICES_DIR:-$ROOT/tracking/services}" && pwd)"
+DIR="${TUNELAB_SERVICES_DIR:-$ROOT/tracking/services}"
+case "${1:-start}" in start|postgres-only) mkdir -p "$DIR" ;; esac
+[ ! -d "$DIR" ] || DIR="$(cd "$DIR" && pwd)"
 PG_PORT="${TUNELAB_PG_PORT:-5433}"
 MLFLOW_PORT="${TUNELAB_MLFLOW_PORT:-5050}"
 PGDATA="$DIR/pgdata"

@@ -114,14 +114,19 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     (folder / "space.yaml").write_text(textwrap.dedent(RECORDED_SPACE))
     (folder / "recorded.yaml").write_text(textwrap.dedent(RECORDED_EXPERIMENT))
     spec = load_experiment(folder / "recorded.yaml")
-    run_sweep(
-        spec,
-        splits=tiny_splits,
-        tracking_uri=uri,
-        storage_url=storage,
-        show_progress=False,
-        console=Console(quiet=True),
-    )
+    here = Path.cwd()
+    os.chdir(folder)  # session fixtures run before the per-test chdir: keep checkpoints in tmp
+    try:
+        run_sweep(
+            spec,
+            splits=tiny_splits,
+            tracking_uri=uri,
+            storage_url=storage,
+            show_progress=False,
+            console=Console(quiet=True),
+        )
+    finally:
+        os.chdir(here)
     [parent] = tracker.search("recorded", f"tags.`{TagKey.ROLE}` = 'sweep'")
     return RecordedSweep(
         tracking_uri=uri,

@@ -10,6 +10,7 @@ trial has finished (complete, pruned or failed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,5 +80,8 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
 
 
 def remove(*folders: Path) -> None:
+    """Delete trial checkpoint folders, and their study folder once it is empty."""
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # fails while other trials of the study keep checkpoints
