@@ -174,6 +174,13 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     recorded = tracker.client.get_metric_history(original.run_id, "val_accuracy")
     replayed = tracker.client.get_metric_history(again.run_id, "val_accuracy")
     assert sorted(m.step for m in replayed) == sorted(m.step for m in recorded)
+    # compare reads the same record for either engine
+    from tunelab.compare import comparison_table
+    from tunelab.recorded import find_sweep
+
+    table = comparison_table(tracker, find_sweep(tracker, "kt"), top=3)
+    assert len(table) == 3 and set(table["engine"]) == {"kerastuner"}
+    assert table["best val"].tolist() == sorted(table["best val"], reverse=True)
 
 
 def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(

@@ -151,7 +151,7 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
         trial_number=int(trial) if trial is not None else None,
         trial_state=tags.get(TagKey.TRIAL_STATE, ""),
         seed=int(tags.get(TagKey.SEED, "0")),
-        config=parse_config(_typed(config_values)),
+        config=parse_config(typed_params(config_values)),
         chosen={
             k: v
             for k, v in params.items()
@@ -181,8 +181,8 @@ def _data_record(params: Mapping[str, str], tags: Mapping[str, str]) -> DataReco
     )
 
 
-def _typed(values: Mapping[str, str]) -> dict[str, Any]:
-    """MLflow params are strings; give the config validator the Python values back."""
+def typed_params(values: Mapping[str, str]) -> dict[str, Any]:
+    """MLflow params are strings; the Python values back (bool, None, int, float, str)."""
     typed: dict[str, Any] = {}
     for key, text in values.items():
         typed[key] = _scalar(text)
@@ -212,6 +212,7 @@ class SweepRecord:
     engine: str
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
+    params: Mapping[str, str]
 
     def trial_runs(self, tracker: Tracker) -> list[Any]:
         """The sweep's trial runs (not its reproductions or confirmations), oldest first."""
@@ -273,6 +274,7 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
         engine=parent.data.tags.get(TagKey.ENGINE, ""),
         tags=dict(parent.data.tags),
         metrics=dict(parent.data.metrics),
+        params=dict(parent.data.params),
     )
 
 

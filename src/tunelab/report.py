@@ -134,6 +134,68 @@ def parallel_coordinates(trials: list[Any], top: int = 30) -> Figure | None:
     return figure
 
 
+def param_importances(tracker: Tracker, sweep: SweepRecord, trials: list[Any]) -> Figure | None:
+    """fANOVA importances of the chosen parameters, for any engine, from the MLflow record.
+
+    The sweep's search-space file (logged on its parent run) gives each parameter's
+    distribution; the complete trials' params and best val_accuracy fill an in-memory Optuna
+    study, which Optuna's importance evaluator reads. None when fewer than two trials completed.
+    """
+    import optuna
+
+    from tunelab.engines.optuna_space import distribution
+    from tunelab.recorded import typed_params
+    from tunelab.specs import load_search_space
+
+    complete = [
+        r
+        for r in trials
+        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+        and MetricName.BEST_VAL_ACCURACY in r.data.metrics
+    ]
+    space_file = sweep.params.get("search_space")
+    if len(complete) < 2 or not space_file:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(
+                sweep.parent_run_id, f"experiment/{space_file}", tmp
+            )
+        except Exception:
+            return None
+        space = load_search_space(Path(local))
+    distributions = {p.name: distribution(p) for p in space.parameters}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    for run in complete:
+        params = {k: v for k, v in typed_params(run.data.params).items() if k in distributions}
+        try:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions={k: distributions[k] for k in params},
+                    value=run.data.metrics[MetricName.BEST_VAL_ACCURACY],
+                )
+            )
+        except ValueError:
+            continue  # a value outside today's space file (the file changed since): skip it
+    try:
+        importances = optuna.importance.get_param_importances(study, normalize=True)
+    except (RuntimeError, ValueError):
+        return None
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    figure = Figure(figsize=(8, 0.35 * len(names) + 1.2), layout="constrained")
+    axes = figure.subplots()
+    axes.barh(names, [importances[n] for n in names])
+    for index, name in enumerate(names):
+        axes.text(importances[name], index, f" {importances[name]:.2f}", va="center", fontsize=8)
+    axes.set_xlabel("importance for best val_accuracy (fANOVA, normalised)")
+    axes.set_title(f"parameter importances over {len(complete)} complete trials")
+    return figure
+
+
 def learning_curves(
     tracker: Tracker, runs: list[Any], baseline_run: Any | None, label: dict[str, str]
 ) -> Figure:
@@ -190,12 +252,12 @@ def build_report(tracker: Tracker, sweep: SweepRecord, *, top: int = 5) -> str:
         _image(_png(optimization_history(trials, bar)), "optimization history"),
         "<h2>Parameter importances</h2>",
     ]
-    importances = _artifact_png(tracker, sweep.parent_run_id, "plots/param_importances.png")
+    importances = param_importances(tracker, sweep, trials)
     sections.append(
-        _image(importances, "parameter importances")
-        if importances
-        else '<p class="note">No importances: they need an Optuna study with at least two '
-        "complete trials.</p>"
+        _image(_png(importances), "parameter importances")
+        if importances is not None
+        else '<p class="note">No importances: they need at least two complete trials and the '
+        "sweep's logged search-space file.</p>"
     )
     sections.append("<h2>Parallel coordinates</h2>")
     figure = parallel_coordinates(trials)
