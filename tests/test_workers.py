@@ -175,7 +175,7 @@ def test_workers_share_one_study_with_exact_counts_and_one_parent(
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoint(
+def test_a_worker_killed_mid_trial_is_found_by_its_heartbeat_and_retried_from_its_checkpoint(
     services: Services, tiny_npz: Path, tmp_path: Path
 ) -> None:
     name, budget = "killed", 3
@@ -193,6 +193,9 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoint(
     study = optuna.load_study(study_name=name, storage=services.storage_url)
     pid = int(study.trials[number].user_attrs["pid"])
     [victim] = [w for w in pair if w.pid == pid]
+    # as if the victim ran on another machine: its PID means nothing here, only its silent
+    # heartbeat can tell the live worker that it died
+    study._storage.set_trial_user_attr(study.trials[number]._trial_id, "host", "elsewhere")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     finish([w for w in pair if w is not victim])  # the live worker retries the trial
@@ -201,6 +204,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoint(
     assert states.count(optuna.trial.TrialState.COMPLETE) == budget
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed attempt
     [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert "fail_reason" not in killed.user_attrs  # failed by the heartbeat, not a PID check
     [retry] = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed.number]]
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == killed.params
     _, trials = mlflow_record(services, name)
