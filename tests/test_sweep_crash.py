@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from rich.console import Console
 
 from tunelab.data import Splits
@@ -173,3 +174,54 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
     assert len(complete) == 2  # the budget, met after resuming; the killed trial ran again
     [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2
+
+
+@pytest.mark.parametrize(("saved_epoch", "resumed"), [(1, True), (5, False)])
+def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
+    tmp_path: Path, tiny_splits: Splits, saved_epoch: int, resumed: bool
+) -> None:
+    """The dead attempt saved epoch `saved_epoch`; this launch caps trials at 2 epochs."""
+    import json
+
+    from tunelab.cnn import build_cnn, parse_config
+    from tunelab.engines.optuna_engine import open_study
+
+    space = SPACE.replace("epochs: 30", "epochs: 2")
+    (tmp_path / "space.yaml").write_text(textwrap.dedent(space))
+    (tmp_path / "crash.yaml").write_text(
+        textwrap.dedent(EXPERIMENT).replace("trials: 2", "trials: 1")
+    )
+    spec = load_experiment(tmp_path / "crash.yaml")
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(spec, "crash", storage)
+    dead = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        params={"dense_units": 16},
+        distributions={"dense_units": optuna.distributions.IntDistribution(8, 32)},
+    )
+    study.add_trial(dead)
+    study._storage.get_heartbeat_stale_trial_callback()(study, study.trials[0])  # queue the retry
+    folder = tmp_path / "tracking" / "checkpoints" / "crash" / "trial_0"
+    folder.mkdir(parents=True)
+    values = spec.search_space.to_config_values({"dense_units": 16})
+    build_cnn(parse_config(values), steps_per_epoch=10).save(folder / "model.keras")
+    history = {"loss": [1.0] * saved_epoch, "val_accuracy": [0.5] * saved_epoch}
+    (folder / "state.json").write_text(
+        json.dumps({"epoch": saved_epoch, "history": history, "seconds": 1.0})
+    )
+    run_sweep(
+        spec,
+        splits=tiny_splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        show_progress=False,
+        console=Console(quiet=True),
+    )
+    study = optuna.load_study(study_name="crash", storage=storage)
+    [retry] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert retry.params == {"dense_units": 16}
+    [run] = Tracker(uri).search("crash", f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    assert run.data.metrics["epochs_trained"] == 2
+    assert ("resumed_from_epoch" in run.data.metrics) is resumed
+    assert run.data.tags[TagKey.RETRIES_TRIAL] == "0"
+    assert not folder.exists()  # the dead attempt's checkpoint is gone once the retry ended

@@ -151,9 +151,10 @@ def train_and_validate(
             callbacks=[EpochClock(), guard, *callbacks],
             verbose=verbose,
         )
+        earlier = earlier_history or {}
         history = {
-            key: [*(earlier_history or {}).get(key, []), *(float(v) for v in values)]
-            for key, values in fit.history.items()
+            key: [*earlier.get(key, []), *(float(v) for v in fit.history.get(key, []))]
+            for key in {**earlier, **fit.history}
         }
     except tf.errors.ResourceExhaustedError as error:
         status, reason = FAILED, f"out of memory: {str(error).splitlines()[0][:200]}"

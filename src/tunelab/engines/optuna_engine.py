@@ -274,11 +274,13 @@ class OptunaSweep:
             )
         seed = self.spec.seed + (history[0] if history else trial.number)
         own = trial_folder(self.checkpoints, self.study.study_name, trial.number)
-        earlier = (
+        found = (
             load_checkpoint(trial_folder(self.checkpoints, self.study.study_name, history[-1]))
             if history
             else None
         )
+        # a checkpoint at or past this launch's epoch cap (the budget changed): start over
+        earlier = found if found is not None and found.epoch < self._epochs(chosen) else None
         with self.sweep.trial(trial.number, chosen, seed) as run:
             trial.set_user_attr(RUN_ID, run.run_id)
             if history:
@@ -286,8 +288,13 @@ class OptunaSweep:
             if earlier is not None:
                 self._log_earlier_epochs(run, earlier)
             outcome = self._train_trial(trial, chosen, run, seed, own, earlier)
-        remove(own, *([earlier.folder] if earlier else []))
+        remove(own, *([found.folder] if found else []))
         return self._finish(trial, *outcome)
+
+    def _epochs(self, chosen: dict[str, Scalar]) -> int:
+        """Epochs this trial trains: its config's, capped by the budget's max_epochs."""
+        values = self.spec.search_space.to_config_values(chosen)
+        return min(int(values.get("epochs", 12)), self.max_epochs)
 
     @staticmethod
     def _log_earlier_epochs(run: RunHandle, earlier: Checkpoint) -> None:
@@ -308,7 +315,7 @@ class OptunaSweep:
         earlier: Checkpoint | None,
     ) -> tuple[str, TrialResult | None, str | None, int | None]:
         values = self.spec.search_space.to_config_values(chosen)
-        values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
+        values["epochs"] = self._epochs(chosen)
         try:
             cfg = parse_config(values)
         except CnnConfigError as error:
