@@ -64,11 +64,8 @@ def _stored_array(
 ) -> npt.NDArray[np.int64] | None:
     """A per-image array a run stored (predictions, labels); None if it has none."""
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracker.client.download_artifacts(run_id, artifact, tmp)
-        except Exception:
-            return None
-        return np.asarray(np.load(path), dtype=np.int64)
+        path = tracker.download_artifact(run_id, artifact, Path(tmp))
+        return None if path is None else np.asarray(np.load(path), dtype=np.int64)
 
 
 def _stored_labels(tracker: Tracker, runs: list[Any]) -> npt.NDArray[np.int64] | None:

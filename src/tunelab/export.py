@@ -109,11 +109,8 @@ def compare_with_baseline(
     if run is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracker.client.download_artifacts(
-                run.info.run_id, TEST_PREDICTIONS_ARTIFACT, tmp
-            )
-        except Exception:
+        path = tracker.download_artifact(run.info.run_id, TEST_PREDICTIONS_ARTIFACT, Path(tmp))
+        if path is None:
             return None  # a baseline recorded before predictions were stored
         theirs = np.load(path)
     if theirs.shape != predictions.shape:
@@ -185,11 +182,11 @@ def export_model(
         if not failed:
             run.log_keras_model(serving, splits.test.x[:2, ..., None].astype("float32"))
             if register:
-                version, previous = register_model(tracker, run.run_id, registered_as, alias)
+                version, previous = tracker.register_model(run.run_id, registered_as, alias)
                 card.registry = {"name": registered_as, "version": version, "alias": alias}
         (out / "card.json").write_text(card.as_json())
         (out / "card.md").write_text(card.as_markdown())
-        run.client.log_artifacts(run.run_id, str(out), BUNDLE_ARTIFACT_DIR)
+        run.log_folder(out, BUNDLE_ARTIFACT_DIR)
         if source.parent_run_id is not None:
             RunHandle(tracker.client, source.parent_run_id).set_tags(
                 {TagKey.EXPORT_RUN_ID: run.run_id}
@@ -375,31 +372,3 @@ def _card(
         versions=package_versions(),
         reproduce=command,
     )
-
-
-def register_model(tracker: Tracker, run_id: str, name: str, alias: str) -> tuple[str, str | None]:
-    """Register `runs:/<run_id>/model` as a new version of `name`; move `alias` to it.
-
-    Returns (new version, version that held the alias before, if any).
-    """
-    import mlflow
-
-    client = tracker.client
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(
-            name, description="tunelab champions; the `champion` alias is the current one"
-        )
-    previous: str | None = None
-    try:
-        previous = str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        previous = None
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = client.create_model_version(name, source, run_id=run_id)
-    client.set_registered_model_alias(name, alias, version.version)
-    client.set_model_version_tag(name, version.version, TagKey.EXPORTED_FROM_RUN_ID, run_id)
-    if previous is not None:
-        client.set_model_version_tag(name, version.version, "tunelab.replaces_version", previous)
-    return str(version.version), previous

@@ -108,15 +108,13 @@ class RecordedRun:
 
 def get_run(tracker: Tracker, run_id: str) -> Any:
     """The MLflow run, or a one-line refusal naming the store."""
-    import mlflow
-
-    try:
-        return tracker.client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    run = tracker.get_run(run_id)
+    if run is None:
         raise RunNotFound(
             f"run {run_id!r} not found in {tracker.tracking_uri} (copy a run id from the MLflow "
             "UI or `tunelab compare`)"
-        ) from None
+        )
+    return run
 
 
 def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
@@ -138,7 +136,7 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
         )
     parent_id = tags.get(PARENT_RUN_TAG)
     data_params = get_run(tracker, parent_id).data if parent_id else run.data
-    experiment = tracker.client.get_experiment(run.info.experiment_id).name
+    experiment = tracker.experiment_name(run.info.experiment_id)
     continues = tags.get(TagKey.CONTINUES_TRIAL)
     trial = tags.get(TagKey.TRIAL_NUMBER)
     return RecordedRun(
@@ -250,8 +248,8 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
     """The sweep of an experiment (file or MLflow name): the named study, else the one named
     like the experiment, else the latest. Refuses in one line when there is none."""
     name = experiment_name(target)
-    if tracker.client.get_experiment_by_name(name) is None:
-        known = sorted(e.name for e in tracker.client.search_experiments())
+    if not tracker.has_experiment(name):
+        known = tracker.experiment_names()
         raise RunNotFound(
             f"experiment {name!r} not found in {tracker.tracking_uri} "
             f"(it has: {', '.join(known) or 'nothing yet'}); run `tunelab tune` first"
@@ -280,20 +278,10 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
 
 def find_sweep_by_study(tracker: Tracker, study: str) -> SweepRecord:
     """The sweep of a study, whatever experiment holds it (the newest if several do)."""
-    experiments = [e.experiment_id for e in tracker.client.search_experiments()]
-    runs = (
-        tracker.client.search_runs(
-            experiments,
-            filter_string=(
-                f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{study}'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if experiments
-        else []
+    runs = tracker.search_all(
+        f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{study}'",
+        max_results=1,
     )
     if not runs:
         raise RunNotFound(f"no sweep with study {study!r} in {tracker.tracking_uri}")
-    name = tracker.client.get_experiment(runs[0].info.experiment_id).name
-    return find_sweep(tracker, name, study)
+    return find_sweep(tracker, tracker.experiment_name(runs[0].info.experiment_id), study)

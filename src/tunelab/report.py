@@ -52,11 +52,8 @@ def _image(uri: str, alt: str) -> str:
 
 def _artifact_png(tracker: Tracker, run_id: str, path: str) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = tracker.client.download_artifacts(run_id, path, tmp)
-        except Exception:
-            return None
-        return _data_uri(Path(local).read_bytes())
+        local = tracker.download_artifact(run_id, path, Path(tmp))
+        return None if local is None else _data_uri(local.read_bytes())
 
 
 def optimization_history(trials: list[Any], baseline: float | None) -> Figure:
@@ -157,13 +154,12 @@ def param_importances(tracker: Tracker, sweep: SweepRecord, trials: list[Any]) -
     if len(complete) < 2 or not space_file:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = tracker.client.download_artifacts(
-                sweep.parent_run_id, f"experiment/{space_file}", tmp
-            )
-        except Exception:
+        local = tracker.download_artifact(
+            sweep.parent_run_id, f"experiment/{space_file}", Path(tmp)
+        )
+        if local is None:
             return None
-        space = load_search_space(Path(local))
+        space = load_search_space(local)
     distributions = {p.name: distribution(p) for p in space.parameters}
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize")
@@ -204,11 +200,8 @@ def learning_curves(
     axes = figure.subplots()
 
     def curve(run_id: str) -> tuple[list[int], list[float]]:
-        history = sorted(
-            tracker.client.get_metric_history(run_id, MetricName.VAL_ACCURACY),
-            key=lambda m: m.step,
-        )
-        return [m.step for m in history], [m.value for m in history]
+        steps = tracker.metric_steps(run_id, MetricName.VAL_ACCURACY)
+        return [step for step, _ in steps], [value for _, value in steps]
 
     for run in runs:
         axes.plot(*curve(run.info.run_id), "-o", ms=3, label=label[run.info.run_id])

@@ -56,9 +56,8 @@ def epochs_to_retrain(tracker: Tracker, original: RecordedRun) -> int:
     A Hyperband round that continued an earlier round numbers its epochs on; retraining from
     scratch trains up to its last epoch number. A pruned trial trained only up to its pruning.
     """
-    history = tracker.client.get_metric_history(original.run_id, MetricName.VAL_ACCURACY)
-    steps = [m.step for m in history]
-    return max(steps) if steps else original.config.epochs
+    steps = tracker.metric_steps(original.run_id, MetricName.VAL_ACCURACY)
+    return steps[-1][0] if steps else original.config.epochs
 
 
 def earlier_round(tracker: Tracker, original: RecordedRun) -> RecordedRun | None:

@@ -124,6 +124,7 @@ class TagKey:
     CHAMPION_PARAMS = "tunelab.champion_params"
     EXPORT_RUN_ID = "tunelab.export_run_id"
     EXPORTED_FROM_RUN_ID = "tunelab.exported_from_run_id"
+    REPLACES_VERSION = "tunelab.replaces_version"  # registered versions: the one it took over from
 
 
 class Role:
@@ -254,6 +255,9 @@ class RunHandle:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_folder(self, folder: Path, artifact_dir: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_dir)
 
     def log_file(self, path: Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
@@ -421,6 +425,80 @@ class Tracker:
             self.experiment_id(experiment), run_name=run_name, tags=all_tags
         )
         return str(created.info.run_id)
+
+    # --- reading runs back (compare, export, report, retraining use these, not MLflow) ----
+
+    def get_run(self, run_id: str) -> Any | None:
+        """The run, or None if this store has no run with that id."""
+        try:
+            return self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return None
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return str(self.client.get_experiment(experiment_id).name)
+
+    def experiment_names(self) -> list[str]:
+        return sorted(e.name for e in self.client.search_experiments())
+
+    def has_experiment(self, name: str) -> bool:
+        return self.client.get_experiment_by_name(name) is not None
+
+    def search_all(self, filter_string: str, max_results: int = 1000) -> list[Any]:
+        """Runs of every experiment matching an MLflow filter, newest first."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return []
+        return list(
+            self.client.search_runs(
+                experiments,
+                filter_string=filter_string,
+                order_by=["attributes.start_time DESC"],
+                max_results=max_results,
+            )
+        )
+
+    def metric_steps(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A metric's history as (step, value), by step."""
+        history = self.client.get_metric_history(run_id, key)
+        return sorted((int(m.step), float(m.value)) for m in history)
+
+    def download_artifact(self, run_id: str, path: str, folder: Path) -> Path | None:
+        """One artifact of a run copied under `folder`; None if the run has no such artifact."""
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(folder)))
+        except Exception:  # MLflow raises several types for a missing file, by store
+            return None
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """Terminate a run someone else left open (a dead worker's trial run)."""
+        self.client.set_terminated(run_id, status=status)
+
+    def register_model(self, run_id: str, name: str, alias: str) -> tuple[str, str | None]:
+        """Register the run's `model/` artifact as a new version of `name`; move `alias` to it.
+
+        Returns (new version, version that held the alias before, if any). The version is tagged
+        with the run it came from and the version it replaced.
+        """
+        client = self.client
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(
+                name, description="tunelab champions; the `champion` alias is the current one"
+            )
+        previous: str | None = None
+        try:
+            previous = str(client.get_model_version_by_alias(name, alias).version)
+        except mlflow.exceptions.MlflowException:
+            previous = None
+        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        version = client.create_model_version(name, source, run_id=run_id)
+        client.set_registered_model_alias(name, alias, version.version)
+        client.set_model_version_tag(name, version.version, TagKey.EXPORTED_FROM_RUN_ID, run_id)
+        if previous is not None:
+            client.set_model_version_tag(name, version.version, TagKey.REPLACES_VERSION, previous)
+        return str(version.version), previous
 
     def search(self, experiment: str, filter_string: str, max_results: int = 1000) -> list[Any]:
         """Runs of an experiment matching an MLflow filter, oldest first."""

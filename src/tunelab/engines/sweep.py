@@ -386,7 +386,7 @@ class SweepTracker:
                     TagKey.FAILURE_REASON: "the worker running it died (killed or crashed)",
                 }
             )
-            self.tracker.client.set_terminated(orphan.info.run_id, status="FAILED")
+            self.tracker.end_run(orphan.info.run_id, "FAILED")
             closed += 1
         return closed
 
