@@ -261,3 +261,20 @@ def test_tune_workers_passes_the_storage_in_the_environment_not_argv(
     assert all(c[-2:] == ["--trials", "4"] for c in commands)
     env = seen["env"]
     assert isinstance(env, dict) and env["TUNELAB_OPTUNA_STORAGE"].endswith("u:topsecret@h/db")
+
+
+def test_workers_are_refused_for_a_keras_tuner_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tunelab.cli import main
+
+    (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", "1"))
+    (tmp_path / "kt.yaml").write_text(
+        "name: kt\nsearch_space: space.yaml\nengine: {name: kerastuner, tuner: random}\n"
+        "budget: {trials: 2}\n"
+    )
+    with pytest.raises(SystemExit) as ended:
+        main(["tune", str(tmp_path / "kt.yaml"), "--workers", "2"])
+    assert ended.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "several workers need an Optuna experiment" in error and len(error.splitlines()) == 1

@@ -484,6 +484,8 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point: quiet TensorFlow's C++ logs, turn user errors into one line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # with a tracking server MLflow prints "View run ... at" on stdout, where tables go
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         return app(args=argv, standalone_mode=False)
     except UserError as error:
