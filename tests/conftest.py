@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,6 +62,24 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def quiet_sweep(spec: Any, splits: Splits, **kwargs: Any) -> str:
+    """`run_sweep` on given splits with no display: how every test runs a sweep in-process."""
+    from rich.console import Console
+
+    from tunelab.engines.launch import run_sweep
+
+    return run_sweep(
+        spec, splits=splits, show_progress=False, console=Console(quiet=True), **kwargs
+    )
+
+
 @dataclass(frozen=True)
 class RecordedSweep:
     """A tiny baseline and a tiny finished Optuna sweep in one MLflow store (see below)."""
@@ -95,11 +115,8 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
     split, so it has a bar to beat and McNemar has baseline predictions to compare with.
     """
-    from rich.console import Console
-
     from tunelab.baseline import run_baseline
     from tunelab.cnn import parse_config
-    from tunelab.engines.launch import run_sweep
     from tunelab.specs import load_experiment
     from tunelab.tracking import TagKey, Tracker
 
@@ -117,14 +134,7 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     here = Path.cwd()
     os.chdir(folder)  # session fixtures run before the per-test chdir: keep checkpoints in tmp
     try:
-        run_sweep(
-            spec,
-            splits=tiny_splits,
-            tracking_uri=uri,
-            storage_url=storage,
-            show_progress=False,
-            console=Console(quiet=True),
-        )
+        quiet_sweep(spec, tiny_splits, tracking_uri=uri, storage_url=storage)
     finally:
         os.chdir(here)
     [parent] = tracker.search("recorded", f"tags.`{TagKey.ROLE}` = 'sweep'")

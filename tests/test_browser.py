@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RecordedSweep
+from conftest import RecordedSweep, free_port
 from tunelab.data import Splits
 from tunelab.export import export_model, resolve_source
 from tunelab.recorded import find_sweep
@@ -58,12 +57,6 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_text(driver: Any, text: str, limit: float = 60) -> str:

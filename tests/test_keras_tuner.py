@@ -9,11 +9,10 @@ from typing import Any
 import keras_tuner as kt
 import optuna
 import pytest
-from rich.console import Console
 
+from conftest import quiet_sweep
 from tunelab.data import Splits
 from tunelab.engines.keras_tuner_space import chosen_values, declare
-from tunelab.engines.launch import run_sweep
 from tunelab.engines.optuna_space import distribution, suggest
 from tunelab.specs import ExperimentSpec, SearchSpace, load_experiment, load_search_space
 from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
@@ -135,13 +134,11 @@ def experiment(folder: Path, tuner: str, trials: int, space: str = SPACE) -> Exp
 
 
 def search(spec: ExperimentSpec, splits: Splits, folder: Path, **kwargs: Any) -> str:
-    return run_sweep(
+    return quiet_sweep(
         spec,
-        splits=splits,
+        splits,
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
         keras_tuner_dir=folder / "keras_tuner",
-        show_progress=False,
-        console=Console(quiet=True),
         **kwargs,
     )
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import optuna
 import pytest
-from rich.console import Console
 
+from conftest import quiet_sweep
 from tunelab.data import Splits
 from tunelab.engines import optuna_engine
-from tunelab.engines.launch import run_sweep
 from tunelab.specs import ExperimentSpec, load_experiment
 from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
@@ -39,15 +38,7 @@ def write_experiment(folder: Path, experiment: str = EXPERIMENT) -> ExperimentSp
 
 
 def sweep(spec: ExperimentSpec, splits: Splits, uri: str, storage: str, **kwargs: Any) -> str:
-    return run_sweep(
-        spec,
-        splits=splits,
-        tracking_uri=uri,
-        storage_url=storage,
-        show_progress=False,
-        console=Console(quiet=True),
-        **kwargs,
-    )
+    return quiet_sweep(spec, splits, tracking_uri=uri, storage_url=storage, **kwargs)
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import RecordedSweep
+from conftest import RecordedSweep, free_port
 from tunelab.data import Splits
 from tunelab.export import CHAMPION_ALIAS, export_model, resolve_source
 from tunelab.tracking import Tracker
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], limit: float = 180) -> None:

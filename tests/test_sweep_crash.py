@@ -12,10 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from rich.console import Console
 
+from conftest import quiet_sweep
 from tunelab.data import Splits
-from tunelab.engines.launch import run_sweep
 from tunelab.specs import load_experiment
 from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
 
@@ -46,6 +45,17 @@ run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4]
 """
 
 
+def start_worker(script: str, folder: Path, *args: object) -> subprocess.Popen[bytes]:
+    """A real worker process running `script` on `folder`/crash.yaml, to be killed."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(folder / "crash.yaml"), *map(str, args)],
+        cwd=folder,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def wait_for_running_trial(
     storage: str, process: subprocess.Popen[bytes], limit: float = 120
 ) -> None:
@@ -67,13 +77,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
     (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
     (tmp_path / "crash.yaml").write_text(textwrap.dedent(EXPERIMENT))
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(tmp_path / "crash.yaml"), str(tiny_npz), uri, storage],
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(WORKER, tmp_path, tiny_npz, uri, storage)
     try:
         wait_for_running_trial(storage, worker)
         time.sleep(2)  # let it get into training
@@ -83,14 +87,8 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
     tracker = Tracker(uri)
     [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
     assert parent.info.status == "RUNNING"  # nothing could close it: SIGKILL
-    spec = load_experiment(tmp_path / "crash.yaml")
-    run_sweep(
-        spec,
-        splits=tiny_splits,
-        tracking_uri=uri,
-        storage_url=storage,
-        show_progress=False,
-        console=Console(quiet=True),
+    quiet_sweep(
+        load_experiment(tmp_path / "crash.yaml"), tiny_splits, tracking_uri=uri, storage_url=storage
     )
     study = optuna.load_study(study_name="crash", storage=storage)
     states = [t.state for t in study.trials]
@@ -139,13 +137,7 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
     (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
     (tmp_path / "crash.yaml").write_text(textwrap.dedent(KT_EXPERIMENT))
     uri, state = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "keras_tuner"
-    worker = subprocess.Popen(
-        [sys.executable, "-c", KT_WORKER, str(tmp_path / "crash.yaml"), str(tiny_npz), uri, state],
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(KT_WORKER, tmp_path, tiny_npz, uri, state)
     try:
         wait_for_running_child(uri, worker)
         time.sleep(2)
@@ -155,13 +147,11 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
     tracker = Tracker(uri)
     [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
     assert parent.info.status == "RUNNING"
-    run_sweep(
+    quiet_sweep(
         load_experiment(tmp_path / "crash.yaml"),
-        splits=tiny_splits,
+        tiny_splits,
         tracking_uri=uri,
         keras_tuner_dir=state,
-        show_progress=False,
-        console=Console(quiet=True),
     )
     runs = tracker.search("crash", "")
     assert all(r.info.status != "RUNNING" for r in runs)
@@ -209,14 +199,7 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     (folder / "state.json").write_text(
         json.dumps({"epoch": saved_epoch, "history": history, "seconds": 1.0})
     )
-    run_sweep(
-        spec,
-        splits=tiny_splits,
-        tracking_uri=uri,
-        storage_url=storage,
-        show_progress=False,
-        console=Console(quiet=True),
-    )
+    quiet_sweep(spec, tiny_splits, tracking_uri=uri, storage_url=storage)
     study = optuna.load_study(study_name="crash", storage=storage)
     [retry] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert retry.params == {"dense_units": 16}

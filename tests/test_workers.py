@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import free_port
 from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +57,6 @@ class Services:
     storage_url: str
     tracking_uri: str
     password: str
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

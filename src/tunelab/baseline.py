@@ -35,6 +35,11 @@ FULL_TRAIN_PREFIX = "full_train_"
 ProgressFactory = Callable[[str, int], AbstractContextManager[EpochSink]]
 
 
+def no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
+    """A ProgressFactory that shows nothing."""
+    return nullcontext(lambda epoch, logs: None)
+
+
 def baseline_experiment(dataset: str) -> str:
     """The MLflow experiment that holds a dataset's baseline runs."""
     return f"{dataset}-baseline"
@@ -64,7 +69,7 @@ def run_baseline(
     *,
     cfg: CnnConfig | None = None,
     seed: int = 0,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory = no_progress,
     log_model: bool = True,
 ) -> BaselineOutcome:
     """Train and record the baseline (both stages) in one MLflow run tagged role=baseline.
@@ -80,7 +85,6 @@ def run_baseline(
     """
     cfg = cfg or CnnConfig()
     reference = is_reference(cfg, splits)
-    make_progress = progress or (lambda title, epochs: nullcontext(lambda epoch, logs: None))
     tags = {
         TagKey.ROLE: Role.BASELINE,
         TagKey.REFERENCE: str(reference).lower(),
@@ -92,11 +96,11 @@ def run_baseline(
         # also under the names trial runs use, so the UI compares the baseline column for column
         run.log_params({f"cfg.{k}": v for k, v in cfg.as_params().items()})
         run.log_dataset(splits)
-        with make_progress("baseline: validation stage", cfg.epochs) as show:
+        with progress("baseline: validation stage", cfg.epochs) as show:
             validation = _train(cfg, splits, seed, run, show, prefix="")
         run.log_training(validation, title="baseline, validation stage")
         refit = splits.for_refit()
-        with make_progress("baseline: all training images", cfg.epochs) as show:
+        with progress("baseline: all training images", cfg.epochs) as show:
             full = _train(cfg, refit, seed, run, show, prefix=FULL_TRAIN_PREFIX)
         test = None
         if full.ok:
@@ -122,7 +126,7 @@ def _log_test(
         {
             MetricName.TEST_ACCURACY: test.accuracy,
             MetricName.TEST_LOSS: test.loss,
-            MetricName.TEST_ERRORS: float((test.predictions != test.labels).sum()),
+            MetricName.TEST_ERRORS: test.errors,
             MetricName.TEST_ACCURACY_VS_PUBLISHED: test.accuracy - PUBLISHED_TEST_ACCURACY,
             FULL_TRAIN_PREFIX + MetricName.WALL_SECONDS: full.wall_seconds,
         }

@@ -57,6 +57,16 @@ class NonFiniteLossGuard(keras.callbacks.Callback):  # type: ignore[misc]
             self.model.stop_training = True
 
 
+def fan_out(*sinks: EpochSink) -> EpochSink:
+    """One sink that hands every epoch to each of `sinks` (a run's log and a progress line)."""
+
+    def each(epoch: int, logs: dict[str, float]) -> None:
+        for sink in sinks:
+            sink(epoch, logs)
+
+    return each
+
+
 class EpochSinkCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Hands each finished epoch (1-based) and a copy of its numeric logs to a plain function."""
 

@@ -39,6 +39,18 @@ TrackingOption = Annotated[
 ]
 
 
+def _skipped(line: str) -> None:
+    """How commands report a data source that was tried and skipped."""
+    console.print(f"[yellow]skipped[/] {line}")
+
+
+def _epoch_progress(title: str, epochs: int) -> Any:
+    """The per-epoch progress display of single trainings (baseline, retraining, export)."""
+    from tunelab.progress import epoch_progress
+
+    return epoch_progress(title, epochs, console)
+
+
 @app.command()
 def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> None:
     """Fetch and verify a dataset, cache it, and print where it is."""
@@ -47,7 +59,7 @@ def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> 
     fetched = fetch_dataset(
         dataset,
         user_path=data_file,
-        report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
+        report=_skipped,
     )
     arrays = fetched.arrays
     console.print(
@@ -77,14 +89,13 @@ def baseline(
         load_splits(
             dataset,
             validation_size,
-            report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
+            report=_skipped,
         )
         if data_file is None
         else load_splits(dataset, validation_size, user_path=data_file)
     )
     # TensorFlow and MLflow load only once the input is known to be good
     from tunelab.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
-    from tunelab.progress import epoch_progress
     from tunelab.tracking import Tracker
 
     tracker = Tracker(tracking_uri)
@@ -94,7 +105,7 @@ def baseline(
         tracker,
         cfg=cfg,
         seed=seed,
-        progress=lambda title, n: epoch_progress(title, n, console),
+        progress=_epoch_progress,
     )
     best = outcome.validation.best_val_accuracy
     console.print(
@@ -222,21 +233,18 @@ def reproduce(
     data_file: DataFileOption = None,
 ) -> None:
     """Retrain a recorded trial with its recorded seed and compare its validation accuracy."""
-    from tunelab.progress import epoch_progress
     from tunelab.recorded import load_recorded_run
     from tunelab.retrain import reproduce as retrain_with_recorded_seed
     from tunelab.tracking import Tracker
 
     tracker = Tracker(tracking_uri)
     original = load_recorded_run(tracker, run_id)
-    splits = original.data.load(
-        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
-    )
+    splits = original.data.load(data_file=data_file, report=_skipped)
     again = retrain_with_recorded_seed(
         tracker,
         original,
         splits,
-        progress=lambda title, n: epoch_progress(title, n, console),
+        progress=_epoch_progress,
     )
     if again.best_val_accuracy is None or original.best_val_accuracy is None:
         console.print(f"[red]retraining failed:[/] {again.result.failure_reason}")
@@ -268,7 +276,6 @@ def confirm(
     from rich.table import Table
 
     from tunelab.confirm import confirm_sweep
-    from tunelab.progress import epoch_progress
     from tunelab.recorded import find_sweep
     from tunelab.tracking import Tracker
 
@@ -276,19 +283,14 @@ def confirm(
         raise ConfigError("--top/--seeds", "value", "must be at least 1", min(top, seeds))
     tracker = Tracker(tracking_uri)
     sweep = find_sweep(tracker, experiment, study)
-    best = sweep.top_trials(tracker, 1)
-    if not best:
-        raise UserError(f"sweep {sweep.study} has no complete trial to confirm")
-    splits = best[0].data.load(
-        data_file=data_file, report=lambda line: console.print(f"[yellow]skipped[/] {line}")
-    )
+    splits = sweep.data.load(data_file=data_file, report=_skipped)
     result = confirm_sweep(
         tracker,
         sweep,
         splits,
         top=top,
         seeds=seeds,
-        progress=lambda title, n: epoch_progress(title, n, console),
+        progress=_epoch_progress,
         report=lambda line: console.print(line, highlight=False),
     )
     table = Table(title=f"{sweep.experiment}: top {top} confirmed with {seeds} fresh seeds")
@@ -302,7 +304,7 @@ def confirm(
             f"{item.original.best_val_accuracy or float('nan'):.4f}",
             f"{summary.mean:.4f}",
             f"{summary.std:.4f}",
-            f"[{summary.interval.low:.4f}, {summary.interval.high:.4f}]",
+            summary.interval.bracket(),
             item.original.run_id,
         )
     Console().print(table)
@@ -332,7 +334,6 @@ def export(
     """Refit the champion, test it once, write and verify every format, register it."""
     from tunelab.export import export_model, resolve_source
     from tunelab.formats import FormatError, parse_formats
-    from tunelab.progress import epoch_progress
     from tunelab.tracking import Tracker
 
     try:
@@ -343,7 +344,7 @@ def export(
     source, _ = resolve_source(tracker, target, study)
     splits = source.data.load(
         data_file=data_file,
-        report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
+        report=_skipped,
         whole_training_set=refit,
     )
     folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
@@ -356,7 +357,7 @@ def export(
         formats=chosen_formats,
         refit=refit,
         model_name=model_name,
-        progress=lambda title, n: epoch_progress(title, n, console),
+        progress=_epoch_progress,
         report=lambda line: console.print(line, highlight=False),
     )
     test = result.card.test

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from tunelab.baseline import TEST_LABELS_ARTIFACT, TEST_PREDICTIONS_ARTIFACT
-from tunelab.recorded import SweepRecord
+from tunelab.recorded import SweepRecord, ranked_by_best_val
 from tunelab.stats import mcnemar_exact, wilson_interval
 from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
@@ -97,7 +97,7 @@ def _test_columns(
     interval = wilson_interval(correct, record.images)
     columns: dict[str, Any] = {
         "test acc": record.accuracy,
-        "test 95% CI": f"[{interval.low:.4f}, {interval.high:.4f}]",
+        "test 95% CI": interval.bracket(),
         "test vs baseline": None,
         "McNemar p": None,
     }
@@ -140,15 +140,11 @@ def comparison_table(
     rows: list[dict[str, Any]] = []
     if baseline_run is not None:
         rows.append(_baseline_row(baseline_run, baseline_test))
-    trials = {r.info.run_id: r for r in sweep.trial_runs(tracker)}
     exports = _latest_exports(tracker, sweep)
     if test_labels is None:
         candidates = [*exports.values(), *([baseline_run] if baseline_run is not None else [])]
         test_labels = _stored_labels(tracker, candidates)
-    ranked = sorted(
-        (r for r in trials.values() if MetricName.BEST_VAL_ACCURACY in r.data.metrics),
-        key=lambda r: -r.data.metrics[MetricName.BEST_VAL_ACCURACY],
-    )
+    ranked = ranked_by_best_val(sweep.trial_runs(tracker))
     chosen = ranked[:top]
     for run in ranked[top:]:
         if MetricName.CONFIRMED_MEAN in run.data.metrics or run.info.run_id in exports:

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunelab.baseline import ProgressFactory
+from tunelab.baseline import ProgressFactory, no_progress
 from tunelab.data import Splits
 from tunelab.errors import UserError
 from tunelab.recorded import RecordedRun, SweepRecord
-from tunelab.retrain import fresh_seeds, no_progress, retrain
+from tunelab.retrain import fresh_seeds, retrain
 from tunelab.stats import SeedSummary, seed_summary
 from tunelab.tracking import (
     MetricName,
@@ -77,7 +77,7 @@ def confirm_sweep(
     *,
     top: int,
     seeds: int,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory = no_progress,
     report: Callable[[str], None] = lambda _: None,
 ) -> Confirmation:
     """Retrain the sweep's `top` configs with `seeds` fresh seeds each; crown the best mean."""
@@ -106,7 +106,7 @@ def confirm_sweep(
                 splits,
                 seed=seed,
                 role=Role.CONFIRMATION,
-                progress=progress or no_progress,
+                progress=progress,
             )
             if done.best_val_accuracy is None:
                 raise UserError(

@@ -23,8 +23,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tunelab.baseline import TEST_LABELS_ARTIFACT, TEST_PREDICTIONS_ARTIFACT, ProgressFactory
-from tunelab.callbacks import EpochSinkCallback
+from tunelab.baseline import (
+    TEST_LABELS_ARTIFACT,
+    TEST_PREDICTIONS_ARTIFACT,
+    ProgressFactory,
+    no_progress,
+)
+from tunelab.callbacks import EpochSinkCallback, fan_out
 from tunelab.cnn import serving_model
 from tunelab.data import Splits
 from tunelab.errors import UserError
@@ -32,14 +37,13 @@ from tunelab.formats import (
     PROBABILITY_TOLERANCE,
     FormatCheck,
     check_format,
-    predict_in_batches,
     write_format,
 )
 from tunelab.model_card import ModelCard
 from tunelab.plots import confusion_counts, confusion_matrix, misclassified_examples
 from tunelab.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
-from tunelab.retrain import epochs_to_retrain, no_progress, train_as_recorded
-from tunelab.stats import mcnemar_exact, wilson_interval
+from tunelab.retrain import epochs_to_retrain, train_as_recorded
+from tunelab.stats import Interval, mcnemar_exact, wilson_interval
 from tunelab.tracking import (
     MetricName,
     Role,
@@ -156,26 +160,25 @@ def export_model(
         run.log_params({"refit": refit, "formats": ",".join(formats)})
         run.log_dataset(splits.for_refit() if refit else splits)
         result = _train(tracker, source, splits, run, refit=refit, progress=progress)
-        test = evaluate_test(result.model, splits)
-        errors = int(np.sum(test.predictions != test.labels))
-        report(f"test accuracy {test.accuracy:.4f} ({errors} errors)")
         serving = serving_model(result.model, source.config)
-        reference = predict_in_batches(
-            lambda x: np.asarray(serving.predict(x, verbose=0)), splits.test.x
-        )
+        # the serving copy predicts exactly as the trained model (tested): test it once, and its
+        # probabilities are the reference every exported format must reproduce
+        test = evaluate_test(serving, splits)
+        report(f"test accuracy {test.accuracy:.4f} ({test.errors} errors)")
         checks = []
         for fmt in formats:
             path = write_format(serving, fmt, out)
-            check = check_format(fmt, path, splits.test.x, splits.test.y, reference)
+            check = check_format(fmt, path, splits.test.x, splits.test.y, test.probabilities)
             report(
                 f"{fmt}: accuracy {check.accuracy:.4f}, largest probability difference "
                 f"{check.max_probability_difference:.1e}" + ("" if check.ok else "  FAILED")
             )
             checks.append(check)
         baseline = compare_with_baseline(tracker, splits, test.predictions)
-        card = _card(source, splits, result, test, baseline, checks, refit, formats)
+        interval = wilson_interval(test.correct, len(test.labels))
+        card = _card(source, splits, result, test, interval, baseline, checks, refit, formats)
         _write_pictures(out, splits, test, source.label)
-        _log_run(run, test, baseline, checks, result)
+        _log_run(run, test, interval, baseline, checks)
         failed = [c.name for c in checks if not c.ok]
         version = previous = None
         registered_as = model_name or registered_model_name(splits.dataset)
@@ -226,19 +229,20 @@ def _train(
     epochs = epochs_to_retrain(tracker, source)
     title = "refit on all training images" if refit else f"retrain {source.label}"
     with progress(title, epochs) as show:
-
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            run.log_metrics(logs, step=epoch)
-            show(epoch, logs)
-
-        callbacks = [EpochSinkCallback(on_epoch)]
+        callbacks = [EpochSinkCallback(fan_out(run.epoch_sink(), show))]
         if refit:
             result = train_and_validate(
                 source.config, splits.for_refit(), callbacks, seed=source.seed, epochs=epochs
             )
         else:
             result = train_as_recorded(
-                tracker, source, splits, seed=source.seed, callbacks=callbacks, replay_rounds=True
+                tracker,
+                source,
+                splits,
+                seed=source.seed,
+                callbacks=callbacks,
+                replay_rounds=True,
+                epochs=epochs,
             )
     run.log_training(result, title=title)
     if not result.ok:
@@ -250,15 +254,14 @@ def _train(
 def _log_run(
     run: RunHandle,
     test: TestEvaluation,
+    interval: Interval,
     baseline: BaselineComparison | None,
     checks: list[FormatCheck],
-    result: TrialResult,
 ) -> None:
-    interval = wilson_interval(int(np.sum(test.predictions == test.labels)), len(test.labels))
     metrics = {
         MetricName.TEST_ACCURACY: test.accuracy,
         MetricName.TEST_LOSS: test.loss,
-        MetricName.TEST_ERRORS: float(np.sum(test.predictions != test.labels)),
+        MetricName.TEST_ERRORS: test.errors,
         MetricName.TEST_ACCURACY_LOW: interval.low,
         MetricName.TEST_ACCURACY_HIGH: interval.high,
     }
@@ -290,13 +293,12 @@ def _card(
     splits: Splits,
     result: TrialResult,
     test: TestEvaluation,
+    interval: Interval,
     baseline: BaselineComparison | None,
     checks: list[FormatCheck],
     refit: bool,
     formats: tuple[str, ...],
 ) -> ModelCard:
-    correct = int(np.sum(test.predictions == test.labels))
-    interval = wilson_interval(correct, len(test.labels))
     confirmed = source.metrics.get(MetricName.CONFIRMED_MEAN)
     train_images = len(splits.train) + (len(splits.val) if refit else 0)
     command = f"tunelab export {source.run_id} --formats {','.join(formats)}" + (
@@ -331,7 +333,7 @@ def _card(
         },
         test={
             "accuracy": test.accuracy,
-            "errors": len(test.labels) - correct,
+            "errors": test.errors,
             "images": len(test.labels),
             "ci95_low": interval.low,
             "ci95_high": interval.high,

@@ -18,7 +18,7 @@ from typing import Any
 from tunelab.cnn import CnnConfig, parse_config
 from tunelab.data import Splits, load_splits
 from tunelab.errors import UserError
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker, TrialState
 
 CONFIG_PREFIX = "cfg."
 
@@ -74,13 +74,11 @@ class RecordedRun:
     """One trained configuration as recorded: config, seed, scores, data, place in a sweep."""
 
     run_id: str
-    run_name: str
     experiment: str
     role: str
     engine: str
     study: str
     trial_number: int | None
-    trial_state: str
     seed: int
     config: CnnConfig
     chosen: Mapping[str, str]
@@ -88,15 +86,10 @@ class RecordedRun:
     data: DataRecord
     parent_run_id: str | None
     continues_trial: int | None
-    status: str
 
     @property
     def best_val_accuracy(self) -> float | None:
         return self.metrics.get(MetricName.BEST_VAL_ACCURACY)
-
-    @property
-    def epochs_trained(self) -> int:
-        return int(self.metrics.get(MetricName.EPOCHS_TRAINED, self.config.epochs))
 
     @property
     def label(self) -> str:
@@ -141,13 +134,11 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
     trial = tags.get(TagKey.TRIAL_NUMBER)
     return RecordedRun(
         run_id=run_id,
-        run_name=run.info.run_name or run_id,
         experiment=experiment,
         role=role,
         engine=tags.get(TagKey.ENGINE, role),
         study=tags.get(TagKey.STUDY, ""),
         trial_number=int(trial) if trial is not None else None,
-        trial_state=tags.get(TagKey.TRIAL_STATE, ""),
         seed=int(tags.get(TagKey.SEED, "0")),
         config=parse_config(typed_params(config_values)),
         chosen={
@@ -161,7 +152,6 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
         data=_data_record(data_params.params, data_params.tags),
         parent_run_id=parent_id,
         continues_trial=int(continues) if continues is not None else None,
-        status=run.info.status,
     )
 
 
@@ -212,6 +202,11 @@ class SweepRecord:
     metrics: Mapping[str, float]
     params: Mapping[str, str]
 
+    @property
+    def data(self) -> DataRecord:
+        """The split every trial of the sweep trained and validated on."""
+        return _data_record(self.params, self.tags)
+
     def trial_runs(self, tracker: Tracker) -> list[Any]:
         """The sweep's trial runs (not its reproductions or confirmations), oldest first."""
         return tracker.search(
@@ -222,14 +217,24 @@ class SweepRecord:
 
     def top_trials(self, tracker: Tracker, k: int) -> list[RecordedRun]:
         """The `k` complete trials with the highest best validation accuracy."""
-        complete = [
-            run
-            for run in self.trial_runs(tracker)
-            if run.data.tags.get(TagKey.TRIAL_STATE) == "complete"
-            and MetricName.BEST_VAL_ACCURACY in run.data.metrics
-        ]
-        complete.sort(key=lambda run: -run.data.metrics[MetricName.BEST_VAL_ACCURACY])
-        return [load_recorded_run(tracker, run.info.run_id) for run in complete[:k]]
+        best = ranked_by_best_val(completed(self.trial_runs(tracker)))[:k]
+        return [load_recorded_run(tracker, run.info.run_id) for run in best]
+
+
+def completed(runs: list[Any]) -> list[Any]:
+    """Trial runs that completed with a best validation accuracy, in their order."""
+    return [
+        run
+        for run in runs
+        if run.data.tags.get(TagKey.TRIAL_STATE) == TrialState.COMPLETE
+        and MetricName.BEST_VAL_ACCURACY in run.data.metrics
+    ]
+
+
+def ranked_by_best_val(runs: list[Any]) -> list[Any]:
+    """Runs that have a best validation accuracy, highest first."""
+    scored = [run for run in runs if MetricName.BEST_VAL_ACCURACY in run.data.metrics]
+    return sorted(scored, key=lambda run: -run.data.metrics[MetricName.BEST_VAL_ACCURACY])
 
 
 def experiment_name(target: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tunelab.compare import comparison_table, render, sweep_line
-from tunelab.recorded import SweepRecord
+from tunelab.recorded import SweepRecord, completed, ranked_by_best_val
 from tunelab.tracking import MetricName, Role, TagKey, Tracker
 
 REPORT_ARTIFACT = "report/report.html"
@@ -62,9 +62,7 @@ def optimization_history(trials: list[Any], baseline: float | None) -> Figure:
     axes = figure.subplots()
     points = sorted(
         (int(r.data.tags[TagKey.TRIAL_NUMBER]), r.data.metrics[MetricName.BEST_VAL_ACCURACY])
-        for r in trials
-        if MetricName.BEST_VAL_ACCURACY in r.data.metrics
-        and r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+        for r in completed(trials)
     )
     if points:
         numbers, values = zip(*points, strict=True)
@@ -82,12 +80,7 @@ def optimization_history(trials: list[Any], baseline: float | None) -> Figure:
 
 def parallel_coordinates(trials: list[Any], top: int = 30) -> Figure | None:
     """Chosen parameters of complete trials, each axis scaled to [0, 1], coloured by accuracy."""
-    runs = [
-        r
-        for r in trials
-        if MetricName.BEST_VAL_ACCURACY in r.data.metrics
-        and r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
-    ][-top:]
+    runs = completed(trials)[-top:]
     candidates = sorted(
         {k for r in runs for k in r.data.params if not k.startswith(("cfg.", "tuner/", "trial_"))}
     )
@@ -144,12 +137,7 @@ def param_importances(tracker: Tracker, sweep: SweepRecord, trials: list[Any]) -
     from tunelab.recorded import typed_params
     from tunelab.specs import load_search_space
 
-    complete = [
-        r
-        for r in trials
-        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
-        and MetricName.BEST_VAL_ACCURACY in r.data.metrics
-    ]
+    complete = completed(trials)
     space_file = sweep.params.get("search_space")
     if len(complete) < 2 or not space_file:
         return None
@@ -228,10 +216,7 @@ def build_report(tracker: Tracker, sweep: SweepRecord, *, top: int = 5) -> str:
     baseline_run = tracker.find_baseline(sweep.tags.get(TagKey.DATASET, "mnist"))
     bar = sweep.metrics.get(MetricName.BASELINE_VAL_ACCURACY)
     table = comparison_table(tracker, sweep, top=top)
-    ranked = sorted(
-        (r for r in trials if MetricName.BEST_VAL_ACCURACY in r.data.metrics),
-        key=lambda r: -r.data.metrics[MetricName.BEST_VAL_ACCURACY],
-    )[:top]
+    ranked = ranked_by_best_val(trials)[:top]
     labels = {r.info.run_id: r.info.run_name or r.info.run_id for r in ranked}
     sections = [
         f"<h1>Sweep report: {html.escape(sweep.study)} ({html.escape(sweep.engine)})</h1>",

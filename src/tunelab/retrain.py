@@ -11,21 +11,16 @@ it retrains.
 from __future__ import annotations
 
 import tempfile
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.baseline import ProgressFactory
-from tunelab.callbacks import EpochSink, EpochSinkCallback
+from tunelab.baseline import ProgressFactory, no_progress
+from tunelab.callbacks import EpochSinkCallback, fan_out
 from tunelab.data import Splits
 from tunelab.recorded import RecordedRun, load_recorded_run
 from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 from tunelab.training import TrialResult, train_and_validate
-
-
-def no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
-    return nullcontext(lambda epoch, logs: None)
 
 
 @dataclass(frozen=True)
@@ -81,15 +76,16 @@ def train_as_recorded(
     seed: int,
     callbacks: list[Any],
     replay_rounds: bool,
+    epochs: int | None = None,
 ) -> TrialResult:
-    """Train the recorded config up to the recorded epoch.
+    """Train the recorded config up to the recorded epoch (`epochs`, if the caller has it).
 
     With `replay_rounds`, a Hyperband round that continued an earlier round is replayed the way
     the tuner ran it: the earlier round first (with its own recorded seed), then this round from
     its weights, numbering epochs on. Without, the config trains from scratch (confirmation
     judges the configuration, not the tuner's schedule).
     """
-    epochs = epochs_to_retrain(tracker, original)
+    epochs = epochs or epochs_to_retrain(tracker, original)
     earlier = earlier_round(tracker, original) if replay_rounds else None
     if earlier is None:
         return train_and_validate(
@@ -125,7 +121,6 @@ def retrain(
     seed: int,
     role: str,
     progress: ProgressFactory = no_progress,
-    extra_tags: dict[str, str] | None = None,
 ) -> Retraining:
     """Train `original`'s config on `splits` with `seed`; record it as a run of `role`."""
     original.data.check(splits)
@@ -142,7 +137,6 @@ def retrain(
             if original.trial_number is not None
             else {}
         ),
-        **(extra_tags or {}),
     }
     name = f"{role} of {original.label} seed {seed}"
     with tracker.run(
@@ -152,18 +146,14 @@ def retrain(
             {**original.chosen, **{f"cfg.{k}": v for k, v in original.config.as_params().items()}}
         )
         with progress(name, epochs) as show:
-
-            def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-                run.log_metrics(logs, step=epoch)
-                show(epoch, logs)
-
             result = train_as_recorded(
                 tracker,
                 original,
                 splits,
                 seed=seed,
-                callbacks=[EpochSinkCallback(on_epoch)],
+                callbacks=[EpochSinkCallback(fan_out(run.epoch_sink(), show))],
                 replay_rounds=role == Role.REPRODUCTION,
+                epochs=epochs,
             )
         run.log_training(result, title=name, reference=original.best_val_accuracy)
         if result.best_val_accuracy is not None and original.best_val_accuracy is not None:

@@ -30,8 +30,9 @@ class Interval:
     high: float
     confidence: float = CONFIDENCE
 
-    def __str__(self) -> str:
-        return f"{self.estimate:.4f} [{self.low:.4f}, {self.high:.4f}]"
+    def bracket(self) -> str:
+        """`[low, high]` to four decimals, as tables show it."""
+        return f"[{self.low:.4f}, {self.high:.4f}]"
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
@@ -57,10 +58,6 @@ class McNemar:
     only_first: int
     only_second: int
     p_value: float
-
-    @property
-    def discordant(self) -> int:
-        return self.only_first + self.only_second
 
 
 def mcnemar_exact(first_correct: npt.ArrayLike, second_correct: npt.ArrayLike) -> McNemar:

@@ -516,17 +516,10 @@ class Tracker:
 
     def find_baseline(self, dataset: str) -> Any | None:
         """The newest finished reference baseline run of a dataset, across experiments."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        if not experiments:
-            return None
-        runs = self.client.search_runs(
-            experiments,
-            filter_string=(
-                f"tags.`{TagKey.ROLE}` = '{Role.BASELINE}' "
-                f"and tags.`{TagKey.DATASET}` = '{dataset}' "
-                f"and tags.`{TagKey.REFERENCE}` = 'true' and attributes.status = 'FINISHED'"
-            ),
-            order_by=["attributes.start_time DESC"],
+        runs = self.search_all(
+            f"tags.`{TagKey.ROLE}` = '{Role.BASELINE}' "
+            f"and tags.`{TagKey.DATASET}` = '{dataset}' "
+            f"and tags.`{TagKey.REFERENCE}` = 'true' and attributes.status = 'FINISHED'",
             max_results=1,
         )
         return runs[0] if runs else None

@@ -69,12 +69,24 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class TestEvaluation:
-    """Test-set accuracy and the per-image predicted classes (kept for McNemar's test)."""
+    """Test-set accuracy, per-image class probabilities and predicted classes (for McNemar)."""
 
     accuracy: float
     loss: float
-    predictions: npt.NDArray[np.int64]
+    probabilities: npt.NDArray[np.float32]
     labels: npt.NDArray[np.uint8]
+
+    @property
+    def predictions(self) -> npt.NDArray[np.int64]:
+        return np.asarray(np.argmax(self.probabilities, axis=1), dtype=np.int64)
+
+    @property
+    def correct(self) -> int:
+        return int(np.sum(self.predictions == self.labels))
+
+    @property
+    def errors(self) -> int:
+        return len(self.labels) - self.correct
 
 
 def make_dataset(split: Split, batch_size: int, *, shuffle: bool, seed: int) -> Any:
@@ -172,18 +184,12 @@ def train_and_validate(
     )
 
 
-def predict_classes(model: Any, split: Split, batch_size: int = 1024) -> npt.NDArray[np.int64]:
-    """Predicted class of every image of a split."""
-    probabilities = model.predict(make_dataset(split, batch_size, shuffle=False, seed=0), verbose=0)
-    return np.asarray(np.argmax(probabilities, axis=1), dtype=np.int64)
-
-
 def evaluate_test(model: Any, splits: Splits, batch_size: int = 1024) -> TestEvaluation:
     """Evaluate on the test split. Only the baseline and export may call this (rule 1)."""
     dataset = make_dataset(splits.test, batch_size, shuffle=False, seed=0)
     loss, _ = model.evaluate(dataset, verbose=0)
-    predictions = predict_classes(model, splits.test, batch_size)
-    accuracy = float(np.mean(predictions == splits.test.y))
+    probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == splits.test.y))
     return TestEvaluation(
-        accuracy=accuracy, loss=float(loss), predictions=predictions, labels=splits.test.y
+        accuracy=accuracy, loss=float(loss), probabilities=probabilities, labels=splits.test.y
     )

@@ -13,7 +13,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,14 +193,19 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
             sqlalchemy.exc.InterfaceError,
             sqlalchemy.exc.IntegrityError,  # another process created the tables meanwhile
         ) as error:
-            problem = str(getattr(error, "orig", error)).strip().splitlines()[0]
+            problem = _first_line(error)
             if attempt < CONNECT_ATTEMPTS:
                 time.sleep(delay)
                 delay *= 2
     raise SweepError(
         f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
-        f"attempts ({redact_text(problem)}); is the database running (`make services`)?"
+        f"attempts ({problem}); is the database running (`make services`)?"
     )
+
+
+def _first_line(error: Exception) -> str:
+    """A database error's first line, passwords masked (the driver's own message if wrapped)."""
+    return redact_text(str(getattr(error, "orig", error)).strip().splitlines()[0])
 
 
 def make_pruning_reporter(trial: optuna.Trial, monitor: str, pruning: bool) -> Any:
@@ -480,7 +486,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             study._storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it first (and queued the retry)
-        _retry(study, trial.number)
+        _retry(study, trial)
         failed.append(trial.number)
     return failed
 
@@ -516,72 +522,55 @@ def run_optuna_sweep(
     (complete, pruned, running) never exceed the budget; a worker whose budget is full waits
     while other workers' trials run, in case one dies and its trial must be retried.
     """
+    # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with _storage_errors_in_one_line(storage_url):
+        study = open_study(spec, study_name, storage_url)
+        lock = StudyLock(storage_url, study_name)
+        runner = OptunaSweep(spec, splits, sweep, study, progress, checkpoint_root)
+        with sweep.parent(splits, lock=lock) as parent:
+            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            reaped = reap_dead_trials(study)
+            closed = sweep.close_orphans(_failed_in(study))
+            if reaped or closed:
+                progress.note(
+                    f"resumed: failed {reaped} trial(s) of a dead process (to be retried), "
+                    f"closed {closed} MLflow run(s) left RUNNING"
+                )
+            before = study_records(study)
+            progress.begin(
+                before, best_record(study, before), total=trials, timeout=timeout_seconds
+            )
+            try:
+                stopped = _drive(study, runner, lock, trials=trials, timeout=timeout_seconds)
+            finally:
+                # other workers still training keep the shared parent open; the last closes it
+                parent.keep_open = bool(_running(study))
+            if runner.aborted:
+                parent.status_on_exit = "FAILED"
+            from tunelab.engines.optuna_plots import log_study_plots
+
+            log_study_plots(
+                study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None
+            )
+        records = study_records(study)
+        if runner.aborted:
+            raise SweepError(runner.aborted)
+        return SweepOutcome(study, parent.run_id, records, stopped)
+
+
+@contextmanager
+def _storage_errors_in_one_line(storage_url: str) -> Iterator[None]:
+    """A storage lost mid-sweep ends it with one line (password masked), not SQLAlchemy's stack."""
     import sqlalchemy.exc
 
     try:
-        return _run_optuna_sweep(
-            spec,
-            splits,
-            sweep,
-            progress,
-            study_name=study_name,
-            storage_url=storage_url,
-            trials=trials,
-            timeout_seconds=timeout_seconds,
-            checkpoint_root=checkpoint_root,
-        )
+        yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
-        problem = str(getattr(error, "orig", error)).strip().splitlines()[0]
         raise SweepError(
-            f"lost the Optuna storage {redact_url(storage_url)} ({redact_text(problem)}); "
+            f"lost the Optuna storage {redact_url(storage_url)} ({_first_line(error)}); "
             "finished trials are recorded: run the same command to resume"
         ) from None
-
-
-def _run_optuna_sweep(
-    spec: ExperimentSpec,
-    splits: Splits,
-    sweep: SweepTracker,
-    progress: SweepProgress,
-    *,
-    study_name: str,
-    storage_url: str,
-    trials: int | None,
-    timeout_seconds: float | None,
-    checkpoint_root: Path,
-) -> SweepOutcome:
-    # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = open_study(spec, study_name, storage_url)
-    lock = StudyLock(storage_url, study_name)
-    recovered = recover_dead_trials(study)
-    runner = OptunaSweep(spec, splits, sweep, study, progress, checkpoint_root)
-    with sweep.parent(splits, lock=lock) as parent:
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
-        closed = sweep.close_orphans(_failed_in(study))
-        if recovered or closed:
-            progress.note(
-                f"resumed: failed {len(recovered)} trial(s) of a dead process (to be retried), "
-                f"closed {closed} MLflow run(s) left RUNNING"
-            )
-        before = study_records(study)
-        progress.begin(before, best_record(study, before), total=trials, timeout=timeout_seconds)
-        try:
-            stopped = _drive(study, runner, lock, trials=trials, timeout=timeout_seconds)
-        finally:
-            # other workers still training keep the shared parent run open; the last one closes it
-            parent.keep_open = bool(_running(study))
-        if runner.aborted:
-            parent.status_on_exit = "FAILED"
-        from tunelab.engines.optuna_plots import log_study_plots
-
-        log_study_plots(
-            study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None
-        )
-    records = study_records(study)
-    if runner.aborted:
-        raise SweepError(runner.aborted)
-    return SweepOutcome(study, parent.run_id, records, stopped)
 
 
 COUNTED = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING)
@@ -647,7 +636,7 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
         except BaseException:
             # Ctrl-C, or a fatal error: fail it and queue its retry (the same command resumes it)
             study.tell(trial, state=OptunaState.FAIL)
-            _retry(study, trial.number)
+            _retry(study, study._storage.get_trial(trial._trial_id))
             raise
     try:
         study.tell(trial, values, state=state)
@@ -655,7 +644,7 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
         if "Study.stop" not in str(error):
             raise
         runner.grid_exhausted = True  # (the trial's state was stored before the sampler spoke)
-    runner.after_trial(study, study.trials[trial.number])
+    runner.after_trial(study, study._storage.get_trial(trial._trial_id))
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
@@ -664,23 +653,23 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
-def _retry(study: optuna.Study, number: int) -> None:
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial's retry the way Optuna does for trials whose heartbeat stopped."""
     callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
     if callback is not None:
-        callback(study, study.trials[number])
+        callback(study, trial)
 
 
-def reap_dead_trials(study: optuna.Study) -> bool:
+def reap_dead_trials(study: optuna.Study) -> int:
     """Fail (and queue for retry) trials of dead workers: stale heartbeats, dead local PIDs.
 
-    Returns whether any trial was failed here.
+    Returns how many running trials were failed (by this worker or, meanwhile, by another).
     """
     before = len(_running(study))
     if not before:
-        return False
+        return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     recover_dead_trials(study)
-    return len(_running(study)) < before
+    return max(0, before - len(_running(study)))
