@@ -21,10 +21,10 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.data import load_splits
+from tunelab.define.data import load_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.specs import EngineSpec, ExperimentSpec, load_experiment
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.define.specs import EngineSpec, ExperimentSpec, load_experiment
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 ENGINES = {
     "optuna tpe + hyperband": EngineSpec(name="optuna", sampler="tpe", pruner="hyperband"),

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import keras
 
-from tunelab.callbacks import EpochSinkCallback
-from tunelab.cnn import CnnConfig, build_cnn
-from tunelab.data import Splits, load_splits
-from tunelab.tracking import Role, TagKey, Tracker
-from tunelab.training import train_and_validate
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.define.cnn import CnnConfig, build_cnn
+from tunelab.define.data import Splits, load_splits
+from tunelab.record.store import Role, TagKey, Tracker
+from tunelab.training.train import train_and_validate
 
 
 def bare_fit(cfg: CnnConfig, splits: Splits, seed: int) -> float:

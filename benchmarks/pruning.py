@@ -19,9 +19,9 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from tunelab.data import load_splits
+from tunelab.define.data import load_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.specs import ExperimentSpec, load_experiment
+from tunelab.define.specs import ExperimentSpec, load_experiment
 
 
 def measure(spec: ExperimentSpec, trials: int, folder: Path, splits: object) -> dict[str, float]:

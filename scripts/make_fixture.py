@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.data import array_digest, fetch_dataset
+from tunelab.define.data import array_digest, fetch_dataset
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 

@@ -20,7 +20,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tunelab.data import Splits, array_digest, load_npz_splits, read_npz
+from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_NPZ = FIXTURES / "mnist_tiny.npz"
@@ -115,10 +115,10 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
     split, so it has a bar to beat and McNemar has baseline predictions to compare with.
     """
-    from tunelab.baseline import run_baseline
-    from tunelab.cnn import parse_config
-    from tunelab.specs import load_experiment
-    from tunelab.tracking import TagKey, Tracker
+    from tunelab.training.baseline import run_baseline
+    from tunelab.define.cnn import parse_config
+    from tunelab.define.specs import load_experiment
+    from tunelab.record.store import TagKey, Tracker
 
     folder = tmp_path_factory.mktemp("recorded")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import yaml
 
-from tunelab.baseline import (
+from tunelab.training.baseline import (
     PUBLISHED_TEST_ACCURACY,
     TEST_PREDICTIONS_ARTIFACT,
     is_reference,
     run_baseline,
 )
-from tunelab.cnn import CnnConfig
-from tunelab.data import Splits
-from tunelab.tracking import MetricName, Role, TagKey, Tracker
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Splits
+from tunelab.record.store import MetricName, Role, TagKey, Tracker
 
 
 @pytest.fixture(scope="module")

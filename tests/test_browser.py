@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from conftest import RecordedSweep, free_port
-from tunelab.data import Splits
-from tunelab.export import export_model, resolve_source
-from tunelab.recorded import find_sweep
-from tunelab.report import build_report
-from tunelab.tracking import MetricName, Tracker
+from tunelab.define.data import Splits
+from tunelab.delivery.export import export_model, resolve_source
+from tunelab.record.recorded import find_sweep
+from tunelab.analysis.report import build_report
+from tunelab.record.store import MetricName, Tracker
 
 pytestmark = pytest.mark.slow
 

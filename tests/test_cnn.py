@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tunelab.cnn import CnnConfig, CnnConfigError, build_cnn, count_parameters, parse_config
+from tunelab.define.cnn import CnnConfig, CnnConfigError, build_cnn, count_parameters, parse_config
 
 BASELINE_LAYERS = [
     ("Conv2D", 32),
@@ -127,7 +127,7 @@ def test_configs_are_frozen_and_comparable() -> None:
 def test_serving_model_drops_augmentation_and_predicts_like_the_trained_model() -> None:
     import numpy as np
 
-    from tunelab.cnn import serving_model
+    from tunelab.define.cnn import serving_model
 
     cfg = parse_config(
         {

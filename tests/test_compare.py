@@ -8,12 +8,12 @@ import pytest
 
 from conftest import RecordedSweep
 from tunelab.cli import main
-from tunelab.compare import COLUMNS, comparison_table, render
-from tunelab.data import Splits
-from tunelab.export import export_model, resolve_source
-from tunelab.recorded import find_sweep
-from tunelab.stats import wilson_interval
-from tunelab.tracking import Tracker
+from tunelab.analysis.compare import COLUMNS, comparison_table, render
+from tunelab.define.data import Splits
+from tunelab.delivery.export import export_model, resolve_source
+from tunelab.record.recorded import find_sweep
+from tunelab.analysis.stats import wilson_interval
+from tunelab.record.store import Tracker
 
 
 def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_statistics(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import RecordedSweep
-from tunelab.confirm import CONFIRMATION_ARTIFACT, confirm_sweep
-from tunelab.data import Splits
+from tunelab.analysis.confirm import CONFIRMATION_ARTIFACT, confirm_sweep
+from tunelab.define.data import Splits
 from tunelab.errors import UserError
-from tunelab.recorded import RunNotFound, find_sweep
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.record.recorded import RunNotFound, find_sweep
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 
 def test_top_configurations_are_retrained_with_fresh_seeds_and_the_best_mean_is_champion(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tunelab import data
-from tunelab.data import (
+from tunelab.define.data import (
     DATASET_INFO,
     IDX_FILES,
     DataError,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import RecordedSweep
-from tunelab.data import Splits
-from tunelab.export import CHAMPION_ALIAS, export_model, resolve_source
-from tunelab.formats import FORMATS, PROBABILITY_TOLERANCE, load_predictor, parse_formats
-from tunelab.recorded import RunNotFound
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.define.data import Splits
+from tunelab.delivery.export import CHAMPION_ALIAS, export_model, resolve_source
+from tunelab.delivery.formats import FORMATS, PROBABILITY_TOLERANCE, load_predictor, parse_formats
+from tunelab.record.recorded import RunNotFound
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 
 def test_export_writes_every_format_that_reproduces_the_keras_model_and_registers_it(

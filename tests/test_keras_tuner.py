@@ -11,11 +11,11 @@ import optuna
 import pytest
 
 from conftest import quiet_sweep
-from tunelab.data import Splits
-from tunelab.engines.keras_tuner_space import chosen_values, declare
-from tunelab.engines.optuna_space import distribution, suggest
-from tunelab.specs import ExperimentSpec, SearchSpace, load_experiment, load_search_space
-from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.define.data import Splits
+from tunelab.engines.kerastuner.space import chosen_values, declare
+from tunelab.engines.optuna.space import distribution, suggest
+from tunelab.define.specs import ExperimentSpec, SearchSpace, load_experiment, load_search_space
+from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -162,8 +162,8 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     assert parent.data.metrics["trials_complete"] == len(children)
     assert parent.data.tags[TagKey.BEST_RUN_ID] in {c.info.run_id for c in children}
     # the reported model comes back: a continued round is replayed as the tuner ran it
-    from tunelab.recorded import load_recorded_run
-    from tunelab.retrain import reproduce
+    from tunelab.record.recorded import load_recorded_run
+    from tunelab.training.retrain import reproduce
 
     original = load_recorded_run(tracker, continued[-1].info.run_id)
     again = reproduce(tracker, original, tiny_splits)
@@ -172,8 +172,8 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     replayed = tracker.client.get_metric_history(again.run_id, "val_accuracy")
     assert sorted(m.step for m in replayed) == sorted(m.step for m in recorded)
     # compare reads the same record for either engine
-    from tunelab.compare import comparison_table
-    from tunelab.recorded import find_sweep
+    from tunelab.analysis.compare import comparison_table
+    from tunelab.record.recorded import find_sweep
 
     table = comparison_table(tracker, find_sweep(tracker, "kt"), top=3)
     assert len(table) == 3 and set(table["engine"]) == {"kerastuner"}
@@ -218,7 +218,7 @@ def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits
 def test_ctrl_c_closes_the_trial_run_and_the_same_command_resumes(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunelab.engines import keras_tuner_engine
+    from tunelab.engines.kerastuner import engine as keras_tuner_engine
 
     spec = experiment(tmp_path, "random", 2, SPACE.replace("values: [1, 4]", "values: [1]"))
     real = keras_tuner_engine.train_and_validate

@@ -10,10 +10,10 @@ import optuna
 import pytest
 
 from conftest import quiet_sweep
-from tunelab.data import Splits
-from tunelab.engines import optuna_engine
-from tunelab.specs import ExperimentSpec, load_experiment
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.define.data import Splits
+from tunelab.engines.optuna import engine as optuna_engine
+from tunelab.define.specs import ExperimentSpec, load_experiment
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 # lr 1e-6 learns nothing (pruned by the median rule); conv_blocks 4 cannot be built (failed)
 SPACE = """
@@ -203,7 +203,7 @@ def test_time_to_beat_the_baseline_counts_earlier_trials_and_the_beating_epoch(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
     from tunelab.engines.sweep import BaselineBar, SweepTracker
-    from tunelab.progress import SweepProgress
+    from tunelab.training.progress import SweepProgress
 
     spec = write_experiment(tmp_path)
     sweep_tracker = SweepTracker(

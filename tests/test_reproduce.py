@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import RecordedSweep
-from tunelab.data import Splits
+from tunelab.define.data import Splits
 from tunelab.errors import UserError
-from tunelab.recorded import RunNotFound, load_recorded_run
-from tunelab.retrain import reproduce
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.record.recorded import RunNotFound, load_recorded_run
+from tunelab.training.retrain import reproduce
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 
 def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
@@ -37,7 +37,7 @@ def test_a_retraining_does_not_count_as_a_trial_of_the_sweep(
     recorded_sweep: RecordedSweep,
 ) -> None:
     from tunelab.engines.sweep import SweepTracker
-    from tunelab.specs import load_experiment
+    from tunelab.define.specs import load_experiment
 
     tracker = Tracker(recorded_sweep.tracking_uri)
     spec = load_experiment(recorded_sweep.folder / "recorded.yaml")

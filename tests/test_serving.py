@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import RecordedSweep, free_port
-from tunelab.data import Splits
-from tunelab.export import CHAMPION_ALIAS, export_model, resolve_source
-from tunelab.tracking import Tracker
+from tunelab.define.data import Splits
+from tunelab.delivery.export import CHAMPION_ALIAS, export_model, resolve_source
+from tunelab.record.store import Tracker
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], limit: float = 180) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.specs import ConfigError, load_experiment, load_search_space, parse_duration
+from tunelab.define.specs import ConfigError, load_experiment, load_search_space, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = Path(__file__).parent / "invalid_specs"

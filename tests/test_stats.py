@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tunelab.stats import mcnemar_exact, seed_summary, wilson_interval
+from tunelab.analysis.stats import mcnemar_exact, seed_summary, wilson_interval
 
 
 def test_wilson_interval_of_8_in_10() -> None:

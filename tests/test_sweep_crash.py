@@ -14,9 +14,9 @@ import optuna
 import pytest
 
 from conftest import quiet_sweep
-from tunelab.data import Splits
-from tunelab.specs import load_experiment
-from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.define.data import Splits
+from tunelab.define.specs import load_experiment
+from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
 
 SPACE = """
 parameters:
@@ -33,9 +33,9 @@ WORKER = """
 import sys
 from dataclasses import replace
 from pathlib import Path
-from tunelab.data import load_npz_splits
+from tunelab.define.data import load_npz_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.specs import load_experiment
+from tunelab.define.specs import load_experiment
 spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 # 30 epochs a trial: long enough to be killed in the middle of the first one
@@ -173,8 +173,8 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     """The dead attempt saved epoch `saved_epoch`; this launch caps trials at 2 epochs."""
     import json
 
-    from tunelab.cnn import build_cnn, parse_config
-    from tunelab.engines.optuna_engine import open_study
+    from tunelab.define.cnn import build_cnn, parse_config
+    from tunelab.engines.optuna.engine import open_study
 
     space = SPACE.replace("epochs: 30", "epochs: 2")
     (tmp_path / "space.yaml").write_text(textwrap.dedent(space))

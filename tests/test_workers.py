@@ -22,7 +22,7 @@ import optuna
 import pytest
 
 from conftest import free_port
-from tunelab.tracking import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -43,9 +43,9 @@ seed: 11
 WORKER = """
 import sys
 from pathlib import Path
-from tunelab.data import load_npz_splits
+from tunelab.define.data import load_npz_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.specs import load_experiment
+from tunelab.define.specs import load_experiment
 spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 print(run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=False))
@@ -214,7 +214,7 @@ def test_a_worker_killed_mid_trial_is_found_by_its_heartbeat_and_retried_from_it
 
 
 def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
-    from tunelab.engines.optuna_engine import _connect
+    from tunelab.engines.optuna.engine import _connect
     from tunelab.engines.sweep import SweepError
 
     url = f"postgresql://tunelab:hunter2@127.0.0.1:{free_port()}/optuna"

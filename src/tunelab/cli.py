@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.data import DATASETS
+from tunelab.define.data import DATASETS
 from tunelab.errors import UserError
-from tunelab.specs import ConfigError
+from tunelab.define.specs import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -46,7 +46,7 @@ def _skipped(line: str) -> None:
 
 def _epoch_progress(title: str, epochs: int) -> Any:
     """The per-epoch progress display of single trainings (baseline, retraining, export)."""
-    from tunelab.progress import epoch_progress
+    from tunelab.training.progress import epoch_progress
 
     return epoch_progress(title, epochs, console)
 
@@ -54,7 +54,7 @@ def _epoch_progress(title: str, epochs: int) -> Any:
 @app.command()
 def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> None:
     """Fetch and verify a dataset, cache it, and print where it is."""
-    from tunelab.data import fetch_dataset
+    from tunelab.define.data import fetch_dataset
 
     fetched = fetch_dataset(
         dataset,
@@ -81,8 +81,8 @@ def baseline(
     ] = None,
 ) -> None:
     """Train the classic Keras MNIST CNN, evaluate the test set, record it as the baseline."""
-    from tunelab.cnn import CnnConfig, parse_config
-    from tunelab.data import load_splits
+    from tunelab.define.cnn import CnnConfig, parse_config
+    from tunelab.define.data import load_splits
 
     cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
     splits = (
@@ -95,8 +95,8 @@ def baseline(
         else load_splits(dataset, validation_size, user_path=data_file)
     )
     # TensorFlow and MLflow load only once the input is known to be good
-    from tunelab.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
-    from tunelab.tracking import Tracker
+    from tunelab.training.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
+    from tunelab.record.store import Tracker
 
     tracker = Tracker(tracking_uri)
     console.print(f"tracking to {tracker.tracking_uri}; data from {splits.source}")
@@ -129,7 +129,7 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="experiment or search-space YAML files")],
 ) -> None:
     """Check experiment and search-space files without running anything."""
-    from tunelab.specs import load_experiment, load_search_space, read_yaml
+    from tunelab.define.specs import load_experiment, load_search_space, read_yaml
 
     for path in files:
         is_experiment = "search_space" in read_yaml(path)
@@ -166,7 +166,7 @@ def tune(
 ) -> None:
     """Run a tuning sweep; the same command resumes an interrupted one."""
     from tunelab.engines.launch import resolve_storage, run_sweep
-    from tunelab.specs import load_experiment, parse_duration
+    from tunelab.define.specs import load_experiment, parse_duration
 
     spec = load_experiment(experiment)
     seconds = None if timeout is None else parse_duration(timeout, Path("--timeout"), "value")
@@ -179,8 +179,8 @@ def tune(
             raise ConfigError(
                 "--workers", "value", "several workers need an Optuna experiment", workers
             )
-        from tunelab.engines.workers import run_workers
-        from tunelab.redact import redact_url
+        from tunelab.engines.optuna.workers import run_workers
+        from tunelab.record.redact import redact_url
 
         url = resolve_storage(storage, spec)
         if url.startswith("sqlite"):
@@ -233,9 +233,9 @@ def reproduce(
     data_file: DataFileOption = None,
 ) -> None:
     """Retrain a recorded trial with its recorded seed and compare its validation accuracy."""
-    from tunelab.recorded import load_recorded_run
-    from tunelab.retrain import reproduce as retrain_with_recorded_seed
-    from tunelab.tracking import Tracker
+    from tunelab.record.recorded import load_recorded_run
+    from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
+    from tunelab.record.store import Tracker
 
     tracker = Tracker(tracking_uri)
     original = load_recorded_run(tracker, run_id)
@@ -275,9 +275,9 @@ def confirm(
     """Retrain the top configurations with fresh seeds; the champion is the best mean."""
     from rich.table import Table
 
-    from tunelab.confirm import confirm_sweep
-    from tunelab.recorded import find_sweep
-    from tunelab.tracking import Tracker
+    from tunelab.analysis.confirm import confirm_sweep
+    from tunelab.record.recorded import find_sweep
+    from tunelab.record.store import Tracker
 
     if top < 1 or seeds < 1:
         raise ConfigError("--top/--seeds", "value", "must be at least 1", min(top, seeds))
@@ -332,9 +332,9 @@ def export(
     data_file: DataFileOption = None,
 ) -> None:
     """Refit the champion, test it once, write and verify every format, register it."""
-    from tunelab.export import export_model, resolve_source
-    from tunelab.formats import FormatError, parse_formats
-    from tunelab.tracking import Tracker
+    from tunelab.delivery.export import export_model, resolve_source
+    from tunelab.delivery.formats import FormatError, parse_formats
+    from tunelab.record.store import Tracker
 
     try:
         chosen_formats = parse_formats(formats)
@@ -387,15 +387,15 @@ def compare(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The best trials and finalists against the baseline, with intervals and McNemar p."""
-    from tunelab.compare import (
+    from tunelab.analysis.compare import (
         TABLE_FORMATS,
         comparison_table,
         render,
         sweep_line,
         write_table,
     )
-    from tunelab.recorded import find_sweep, find_sweep_by_study
-    from tunelab.tracking import RunHandle, Tracker
+    from tunelab.record.recorded import find_sweep, find_sweep_by_study
+    from tunelab.record.store import RunHandle, Tracker
 
     if fmt not in TABLE_FORMATS:
         raise ConfigError("--format", "value", f"choose from {', '.join(TABLE_FORMATS)}", fmt)
@@ -435,9 +435,9 @@ def report(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """One self-contained HTML page for a sweep: table, history, importances, curves, champion."""
-    from tunelab.recorded import find_sweep
-    from tunelab.report import REPORT_ARTIFACT, build_report
-    from tunelab.tracking import RunHandle, Tracker
+    from tunelab.record.recorded import find_sweep
+    from tunelab.analysis.report import REPORT_ARTIFACT, build_report
+    from tunelab.record.store import RunHandle, Tracker
 
     if top < 1:
         raise ConfigError("--top", "value", "must be at least 1", top)
@@ -460,7 +460,7 @@ def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 against the tracking store."""
-    from tunelab.tracking import Tracker
+    from tunelab.record.store import Tracker
 
     tracker = Tracker(tracking_uri)  # creates the local store folder if needed
     command = [

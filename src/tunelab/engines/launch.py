@@ -7,11 +7,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.data import Splits, load_splits
+from tunelab.define.data import Splits, load_splits
 from tunelab.engines.sweep import SweepTracker, best_of, find_baseline_bar, max_trial_epochs
-from tunelab.progress import SweepProgress
-from tunelab.specs import ExperimentSpec
-from tunelab.tracking import Tracker, TrialState
+from tunelab.training.progress import SweepProgress
+from tunelab.define.specs import ExperimentSpec
+from tunelab.record.store import Tracker, TrialState
 
 TRIAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
 
@@ -21,7 +21,7 @@ DEFAULT_KERAS_TUNER_DIR = Path("tracking/keras_tuner")
 
 def resolve_storage(explicit: str | None, spec: ExperimentSpec) -> str:
     """--storage, else the experiment's storage, else $TUNELAB_OPTUNA_STORAGE, else SQLite."""
-    from tunelab.engines.optuna_engine import DEFAULT_STORAGE
+    from tunelab.engines.optuna.engine import DEFAULT_STORAGE
 
     return explicit or spec.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
@@ -68,7 +68,7 @@ def run_sweep(
     sweep = SweepTracker(tracker, spec, study, spec.engine.name, baseline)
     with SweepProgress(console, show=show_progress) as progress:
         if spec.engine.name == "kerastuner":
-            from tunelab.engines.keras_tuner_engine import run_keras_tuner_sweep
+            from tunelab.engines.kerastuner.engine import run_keras_tuner_sweep
 
             parent_run_id, records, stopped = run_keras_tuner_sweep(
                 spec,
@@ -82,7 +82,7 @@ def run_sweep(
                 directory=keras_tuner_dir or DEFAULT_KERAS_TUNER_DIR,
             )
         else:
-            from tunelab.engines.optuna_engine import run_optuna_sweep
+            from tunelab.engines.optuna.engine import run_optuna_sweep
 
             outcome = run_optuna_sweep(
                 spec,

@@ -16,12 +16,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.baseline import PUBLISHED_TEST_ACCURACY
-from tunelab.data import Splits
+from tunelab.training.baseline import PUBLISHED_TEST_ACCURACY
+from tunelab.define.data import Splits
 from tunelab.errors import UserError
-from tunelab.redact import redact_text
-from tunelab.specs import ExperimentSpec, Scalar
-from tunelab.tracking import (
+from tunelab.record.redact import redact_text
+from tunelab.define.specs import ExperimentSpec, Scalar
+from tunelab.record.store import (
     PARENT_RUN_TAG,
     MetricName,
     Role,
@@ -30,7 +30,7 @@ from tunelab.tracking import (
     Tracker,
     TrialState,
 )
-from tunelab.training import TrialResult
+from tunelab.training.train import TrialResult
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
 

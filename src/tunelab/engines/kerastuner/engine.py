@@ -16,10 +16,10 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from tunelab.callbacks import EpochSinkCallback
-from tunelab.cnn import CnnConfig, CnnConfigError, build_cnn, parse_config, steps_per_epoch
-from tunelab.data import Splits
-from tunelab.engines.keras_tuner_space import chosen_values, declare
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.define.cnn import CnnConfig, CnnConfigError, build_cnn, parse_config, steps_per_epoch
+from tunelab.define.data import Splits
+from tunelab.engines.kerastuner.space import chosen_values, declare
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
@@ -27,10 +27,10 @@ from tunelab.engines.sweep import (
     best_of,
     describe_exception,
 )
-from tunelab.progress import SweepProgress
-from tunelab.specs import ExperimentSpec
-from tunelab.tracking import RunHandle, TagKey, TrialState
-from tunelab.training import VAL_ACCURACY, TrialResult, train_and_validate
+from tunelab.training.progress import SweepProgress
+from tunelab.define.specs import ExperimentSpec
+from tunelab.record.store import RunHandle, TagKey, TrialState
+from tunelab.training.train import VAL_ACCURACY, TrialResult, train_and_validate
 
 DEFAULT_DIRECTORY = Path("tracking/keras_tuner")
 OBJECTIVE = kt.Objective(VAL_ACCURACY, direction="max")

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.baseline import ProgressFactory, no_progress
-from tunelab.callbacks import EpochSinkCallback, fan_out
-from tunelab.data import Splits
-from tunelab.recorded import RecordedRun, load_recorded_run
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
-from tunelab.training import TrialResult, train_and_validate
+from tunelab.training.baseline import ProgressFactory, no_progress
+from tunelab.training.callbacks import EpochSinkCallback, fan_out
+from tunelab.define.data import Splits
+from tunelab.record.recorded import RecordedRun, load_recorded_run
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.training.train import TrialResult, train_and_validate
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from tunelab.baseline import TEST_LABELS_ARTIFACT, TEST_PREDICTIONS_ARTIFACT
-from tunelab.recorded import SweepRecord, ranked_by_best_val
-from tunelab.stats import mcnemar_exact, wilson_interval
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.training.baseline import TEST_LABELS_ARTIFACT, TEST_PREDICTIONS_ARTIFACT
+from tunelab.record.recorded import SweepRecord, ranked_by_best_val
+from tunelab.analysis.stats import mcnemar_exact, wilson_interval
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 TABLE_FORMATS = ("table", "csv", "markdown", "html")
 KEY_PARAMS = 4

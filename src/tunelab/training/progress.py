@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tunelab.callbacks import EpochSink
+from tunelab.training.callbacks import EpochSink
 
 
 @contextmanager

@@ -19,11 +19,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.callbacks import EpochSink, EpochSinkCallback
-from tunelab.cnn import CnnConfig
-from tunelab.data import Splits
-from tunelab.tracking import MetricName, Role, RunHandle, TagKey, Tracker
-from tunelab.training import TestEvaluation, TrialResult, evaluate_test, train_and_validate
+from tunelab.training.callbacks import EpochSink, EpochSinkCallback
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Splits
+from tunelab.record.store import MetricName, Role, RunHandle, TagKey, Tracker
+from tunelab.training.train import TestEvaluation, TrialResult, evaluate_test, train_and_validate
 
 PUBLISHED_TEST_ACCURACY = 0.9925
 FULL_TRAIN_SIZE = 60_000

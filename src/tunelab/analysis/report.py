@@ -1,6 +1,6 @@
 """`tunelab report`: one self-contained HTML page per sweep, built from the MLflow record.
 
-The page holds the comparison table against the baseline (`tunelab.compare`), the optimization
+The page holds the comparison table against the baseline (`tunelab.analysis.compare`), the optimization
 history with the baseline's validation accuracy as a line, parameter importances and parallel
 coordinates, the learning curves of the top trials next to the baseline's, and the champion's
 confusion matrix and misclassified test digits (from its export bundle). Pictures are inline PNGs
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tunelab.compare import comparison_table, render, sweep_line
-from tunelab.recorded import SweepRecord, completed, ranked_by_best_val
-from tunelab.tracking import MetricName, Role, TagKey, Tracker
+from tunelab.analysis.compare import comparison_table, render, sweep_line
+from tunelab.record.recorded import SweepRecord, completed, ranked_by_best_val
+from tunelab.record.store import MetricName, Role, TagKey, Tracker
 
 REPORT_ARTIFACT = "report/report.html"
 MAX_AXES = 10  # parallel coordinates stay readable
@@ -133,9 +133,9 @@ def param_importances(tracker: Tracker, sweep: SweepRecord, trials: list[Any]) -
     """
     import optuna
 
-    from tunelab.engines.optuna_space import distribution
-    from tunelab.recorded import typed_params
-    from tunelab.specs import load_search_space
+    from tunelab.engines.optuna.space import distribution
+    from tunelab.record.recorded import typed_params
+    from tunelab.define.specs import load_search_space
 
     complete = completed(trials)
     space_file = sweep.params.get("search_space")

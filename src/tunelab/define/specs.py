@@ -35,8 +35,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from tunelab.cnn import CnnConfig, CnnConfigError, parse_config
-from tunelab.data import DATASETS
+from tunelab.define.cnn import CnnConfig, CnnConfigError, parse_config
+from tunelab.define.data import DATASETS
 from tunelab.errors import UserError
 
 Scalar = bool | int | float | str

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunelab.baseline import ProgressFactory, no_progress
-from tunelab.data import Splits
+from tunelab.training.baseline import ProgressFactory, no_progress
+from tunelab.define.data import Splits
 from tunelab.errors import UserError
-from tunelab.recorded import RecordedRun, SweepRecord
-from tunelab.retrain import fresh_seeds, retrain
-from tunelab.stats import SeedSummary, seed_summary
-from tunelab.tracking import (
+from tunelab.record.recorded import RecordedRun, SweepRecord
+from tunelab.training.retrain import fresh_seeds, retrain
+from tunelab.analysis.stats import SeedSummary, seed_summary
+from tunelab.record.store import (
     MetricName,
     Role,
     RunHandle,

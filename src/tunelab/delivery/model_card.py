@@ -97,7 +97,7 @@ class ModelCard:
             )
         lines += [
             "",
-            f"Tolerance: {self.tolerance:g} in probability (see `tunelab.formats`).",
+            f"Tolerance: {self.tolerance:g} in probability (see `tunelab.delivery.formats`).",
             "",
             "## Configuration",
             "",

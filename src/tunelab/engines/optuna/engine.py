@@ -24,21 +24,21 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
-from tunelab.callbacks import EpochSinkCallback
-from tunelab.checkpoints import (
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.training.checkpoints import (
     DEFAULT_ROOT as DEFAULT_CHECKPOINTS,
 )
-from tunelab.checkpoints import (
+from tunelab.training.checkpoints import (
     Checkpoint,
     EpochCheckpoint,
     load_checkpoint,
     remove,
     trial_folder,
 )
-from tunelab.cnn import CnnConfigError, parse_config
-from tunelab.data import Splits
-from tunelab.engines.optuna_space import grid, suggest
-from tunelab.engines.study_lock import StudyLock
+from tunelab.define.cnn import CnnConfigError, parse_config
+from tunelab.define.data import Splits
+from tunelab.engines.optuna.space import grid, suggest
+from tunelab.engines.optuna.lock import StudyLock
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
@@ -46,11 +46,11 @@ from tunelab.engines.sweep import (
     describe_exception,
     max_trial_epochs,
 )
-from tunelab.progress import SweepProgress
-from tunelab.redact import redact_text, redact_url
-from tunelab.specs import ExperimentSpec, Scalar
-from tunelab.tracking import MetricName, RunHandle, TagKey, TrialState
-from tunelab.training import VAL_ACCURACY, TrialResult, train_and_validate
+from tunelab.training.progress import SweepProgress
+from tunelab.record.redact import redact_text, redact_url
+from tunelab.define.specs import ExperimentSpec, Scalar
+from tunelab.record.store import MetricName, RunHandle, TagKey, TrialState
+from tunelab.training.train import VAL_ACCURACY, TrialResult, train_and_validate
 
 DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
 MONITOR = VAL_ACCURACY
@@ -548,7 +548,7 @@ def run_optuna_sweep(
                 parent.keep_open = bool(_running(study))
             if runner.aborted:
                 parent.status_on_exit = "FAILED"
-            from tunelab.engines.optuna_plots import log_study_plots
+            from tunelab.engines.optuna.plots import log_study_plots
 
             log_study_plots(
                 study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None

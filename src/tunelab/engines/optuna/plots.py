@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from tunelab.tracking import RunHandle
+from tunelab.record.store import RunHandle
 
 
 def log_study_plots(study: optuna.Study, run: RunHandle, *, baseline: float | None) -> list[str]:

@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from tunelab.callbacks import EpochClock, NonFiniteLossGuard
-from tunelab.cnn import CnnConfig, build_cnn, count_parameters, steps_per_epoch
-from tunelab.data import Split, Splits
+from tunelab.training.callbacks import EpochClock, NonFiniteLossGuard
+from tunelab.define.cnn import CnnConfig, build_cnn, count_parameters, steps_per_epoch
+from tunelab.define.data import Split, Splits
 
 # Keys of the per-epoch logs as Keras names them (EpochClock adds epoch_seconds, learning_rate).
 LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY = "loss", "accuracy", "val_loss", "val_accuracy"

@@ -3,7 +3,7 @@
 `export_model` takes a recorded trial (the sweep's confirmed champion, else its best trial, or a
 run id), trains it again, by default on all training images (train + validation: the refit the
 classic example does) with the trial's seed, evaluates the test set once, and writes a bundle:
-every requested format (see `tunelab.formats`), loaded back and checked against the Keras model,
+every requested format (see `tunelab.delivery.formats`), loaded back and checked against the Keras model,
 a model card, the confusion matrix and misclassified test images. The export is an MLflow run
 (role `export`, nested under the sweep) holding the bundle and the model; unless a format fails
 its check, the model is registered and the registry alias (`champion`) moves to it.
@@ -23,28 +23,28 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tunelab.baseline import (
+from tunelab.training.baseline import (
     TEST_LABELS_ARTIFACT,
     TEST_PREDICTIONS_ARTIFACT,
     ProgressFactory,
     no_progress,
 )
-from tunelab.callbacks import EpochSinkCallback, fan_out
-from tunelab.cnn import serving_model
-from tunelab.data import Splits
+from tunelab.training.callbacks import EpochSinkCallback, fan_out
+from tunelab.define.cnn import serving_model
+from tunelab.define.data import Splits
 from tunelab.errors import UserError
-from tunelab.formats import (
+from tunelab.delivery.formats import (
     PROBABILITY_TOLERANCE,
     FormatCheck,
     check_format,
     write_format,
 )
-from tunelab.model_card import ModelCard
-from tunelab.plots import confusion_counts, confusion_matrix, misclassified_examples
-from tunelab.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
-from tunelab.retrain import epochs_to_retrain, train_as_recorded
-from tunelab.stats import Interval, mcnemar_exact, wilson_interval
-from tunelab.tracking import (
+from tunelab.delivery.model_card import ModelCard
+from tunelab.record.figures import confusion_counts, confusion_matrix, misclassified_examples
+from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
+from tunelab.training.retrain import epochs_to_retrain, train_as_recorded
+from tunelab.analysis.stats import Interval, mcnemar_exact, wilson_interval
+from tunelab.record.store import (
     MetricName,
     Role,
     RunHandle,
@@ -52,7 +52,7 @@ from tunelab.tracking import (
     Tracker,
     package_versions,
 )
-from tunelab.training import TestEvaluation, TrialResult, evaluate_test, train_and_validate
+from tunelab.training.train import TestEvaluation, TrialResult, evaluate_test, train_and_validate
 
 CHAMPION_ALIAS = "champion"
 RUN_ID = re.compile(r"[0-9a-f]{32}")

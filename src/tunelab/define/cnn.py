@@ -173,7 +173,7 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
         A compiled keras.Model taking raw pixels (N, 28, 28, 1) in [0, 255] and returning class
         probabilities; rescaling and augmentation are layers of the model.
     """
-    import keras  # imported here so that importing tunelab.cnn stays cheap
+    import keras  # imported here so that importing tunelab.define.cnn stays cheap
 
     layers = keras.layers
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.cnn import CnnConfig, parse_config
-from tunelab.data import Splits, load_splits
+from tunelab.define.cnn import CnnConfig, parse_config
+from tunelab.define.data import Splits, load_splits
 from tunelab.errors import UserError
-from tunelab.tracking import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker, TrialState
+from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker, TrialState
 
 CONFIG_PREFIX = "cfg."
 
@@ -243,7 +243,7 @@ def experiment_name(target: str) -> str:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise RunNotFound(f"experiment file {target} does not exist")
-        from tunelab.specs import load_experiment
+        from tunelab.define.specs import load_experiment
 
         return load_experiment(path).name
     return target

@@ -28,10 +28,10 @@ import numpy.typing as npt
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from tunelab.callbacks import EpochSink
-from tunelab.data import Splits
-from tunelab.plots import confusion_counts, confusion_matrix, learning_curves
-from tunelab.training import TrialResult
+from tunelab.training.callbacks import EpochSink
+from tunelab.define.data import Splits
+from tunelab.record.figures import confusion_counts, confusion_matrix, learning_curves
+from tunelab.training.train import TrialResult
 
 DEFAULT_TRACKING_URI = "sqlite:///tracking/mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
