@@ -22,14 +22,16 @@ from typing import Any
 from rich.console import Console
 
 from tunelab.define.data import load_splits
+from tunelab.define.experiment import EngineSettings, ExperimentSpec, load_experiment
 from tunelab.engines.launch import run_sweep
-from tunelab.define.specs import EngineSpec, ExperimentSpec, load_experiment
-from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.record.names import MetricName, Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
 
 ENGINES = {
-    "optuna tpe + hyperband": EngineSpec(name="optuna", sampler="tpe", pruner="hyperband"),
-    "kerastuner hyperband": EngineSpec(name="kerastuner", tuner="hyperband"),
-    "kerastuner bayesian": EngineSpec(name="kerastuner", tuner="bayesian"),
+    "optuna tpe + hyperband": EngineSettings(name="optuna", sampler="tpe", pruner="hyperband"),
+    "kerastuner hyperband": EngineSettings(name="kerastuner", tuner="hyperband"),
+    "kerastuner bayesian": EngineSettings(name="kerastuner", tuner="bayesian"),
 }
 
 
@@ -59,13 +61,13 @@ def measure(spec: ExperimentSpec, folder: Path, splits: Any, target: float) -> d
         splits=splits,
         tracking_uri=uri,
         storage_url=f"sqlite:///{folder / 'optuna.db'}",
-        keras_tuner_dir=folder / "keras_tuner",
+        state_dir=folder / "keras_tuner",
         show_progress=False,
         console=Console(quiet=True),
     )
     tracker = Tracker(uri)
-    [parent] = tracker.search(spec.name, f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
-    trials = tracker.search(spec.name, f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'")
+    [parent] = tracker.search(spec.name, Query.of(role=Role.SWEEP))
+    trials = tracker.search(spec.name, Query.of(parent=parent.info.run_id))
     finished = [t for t in trials if t.data.tags.get(TagKey.TRIAL_STATE) in ("complete", "pruned")]
     return {
         "finished": len(finished),

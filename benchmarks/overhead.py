@@ -22,10 +22,12 @@ from pathlib import Path
 
 import keras
 
-from tunelab.training.callbacks import EpochSinkCallback
-from tunelab.define.cnn import CnnConfig, build_cnn
+from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits, load_splits
-from tunelab.record.store import Role, TagKey, Tracker
+from tunelab.record.names import Role, TagKey
+from tunelab.record.store import Tracker
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.training.model import build_cnn
 from tunelab.training.train import train_and_validate
 
 

@@ -20,8 +20,8 @@ import optuna
 from rich.console import Console
 
 from tunelab.define.data import load_splits
+from tunelab.define.experiment import ExperimentSpec, load_experiment
 from tunelab.engines.launch import run_sweep
-from tunelab.define.specs import ExperimentSpec, load_experiment
 
 
 def measure(spec: ExperimentSpec, trials: int, folder: Path, splits: object) -> dict[str, float]:

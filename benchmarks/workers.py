@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.define.specs import load_experiment
+from tunelab.define.experiment import load_experiment
 spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=False)

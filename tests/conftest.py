@@ -69,7 +69,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def quiet_sweep(spec: Any, splits: Splits, **kwargs: Any) -> str:
+def quiet_sweep(spec: Any, splits: Splits, **kwargs: Any) -> Any:
     """`run_sweep` on given splits with no display: how every test runs a sweep in-process."""
     from rich.console import Console
 
@@ -115,10 +115,12 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
     split, so it has a bar to beat and McNemar has baseline predictions to compare with.
     """
-    from tunelab.training.baseline import run_baseline
     from tunelab.define.cnn import parse_config
-    from tunelab.define.specs import load_experiment
-    from tunelab.record.store import TagKey, Tracker
+    from tunelab.define.experiment import load_experiment
+    from tunelab.record.names import Role, TagKey
+    from tunelab.record.query import Query
+    from tunelab.record.store import Tracker
+    from tunelab.training.baseline import run_baseline
 
     folder = tmp_path_factory.mktemp("recorded")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -137,7 +139,7 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
         quiet_sweep(spec, tiny_splits, tracking_uri=uri, storage_url=storage)
     finally:
         os.chdir(here)
-    [parent] = tracker.search("recorded", f"tags.`{TagKey.ROLE}` = 'sweep'")
+    [parent] = tracker.search("recorded", Query.of(role=Role.SWEEP))
     return RecordedSweep(
         tracking_uri=uri,
         storage_url=storage,

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 
 from conftest import RecordedSweep, free_port
+from tunelab.analysis.report import build_report
 from tunelab.define.data import Splits
 from tunelab.delivery.export import export_model, resolve_source
+from tunelab.record.names import MetricName
 from tunelab.record.recorded import find_sweep
-from tunelab.analysis.report import build_report
-from tunelab.record.store import MetricName, Tracker
+from tunelab.record.store import Tracker
 
 pytestmark = pytest.mark.slow
 

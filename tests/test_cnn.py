@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from tunelab.define.cnn import CnnConfig, CnnConfigError, build_cnn, count_parameters, parse_config
+from tunelab.define.cnn import (
+    RECIPE,
+    CnnConfig,
+    CnnConfigError,
+    count_parameters,
+    parse_config,
+    training_flops,
+)
+from tunelab.training.model import build_cnn
 
 BASELINE_LAYERS = [
     ("Conv2D", 32),
@@ -72,6 +80,12 @@ def test_default_config_is_the_classic_keras_mnist_cnn() -> None:
         {"dense_layers": 0, "conv_dropout": 0.0, "dense_dropout": 0.0, "pooling": "none"},
         # the deepest valid stack: 28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1
         {"conv_blocks": 3, "convs_per_block": 1, "filters": 8},
+        # strided downsampling, bias-free convs, a conv head; three convs per block
+        {"conv_blocks": 2, "convs_per_block": 3, "batch_norm": True, "conv_bias": False,
+         "pooling": "strided", "head": "conv", "dense_layers": 1, "filter_growth_per": "block"},
+        {"conv_blocks": 3, "convs_per_block": 4, "padding": "same", "pooling": "strided",
+         "filters": 8, "filter_growth_per": "block", "strided_kernel_size": 3, "head": "conv",
+         "head_filters": 32, "dense_layers": 0},
         {"filters": 1, "filter_growth": 1.0, "dense_units": 1},
     ],
 )
@@ -124,28 +138,102 @@ def test_configs_are_frozen_and_comparable() -> None:
         CnnConfig().epochs = 3  # type: ignore[misc]
 
 
-def test_serving_model_drops_augmentation_and_predicts_like_the_trained_model() -> None:
+def test_the_hand_recipe_is_a_config_with_its_published_parameter_count() -> None:
+    """326,826 parameters, counted without Keras and by Keras; its layers as the recipe says."""
+    assert count_parameters(RECIPE) == 326_826
+    model = build_cnn(RECIPE, steps_per_epoch=10)
+    assert model.count_params() == 326_826
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert [(c.filters, c.kernel_size[0], c.strides[0], c.padding, c.use_bias) for c in convs] == [
+        (32, 3, 1, "valid", False),
+        (32, 3, 1, "valid", False),
+        (32, 5, 2, "same", False),
+        (64, 3, 1, "valid", False),
+        (64, 3, 1, "valid", False),
+        (64, 5, 2, "same", False),
+        (128, 4, 1, "valid", False),  # the head: one conv over the remaining 4x4 map
+    ]
+    assert not any(type(layer).__name__ == "MaxPooling2D" for layer in model.layers)
+    assert sum(type(layer).__name__ == "BatchNormalization" for layer in model.layers) == 7
+    assert [layer.units for layer in model.layers if type(layer).__name__ == "Dense"] == [10]
+
+
+def test_flops_per_training_image() -> None:
+    """What an epoch costs per image: the seed model ~72 MFLOP, the recipe ~91 MFLOP."""
+    assert training_flops(CnnConfig()) / 1e6 == pytest.approx(72.2, abs=0.5)
+    assert training_flops(RECIPE) / 1e6 == pytest.approx(91.0, abs=0.5)
+
+
+def test_precision_is_per_model_and_never_leaks_into_the_next_model() -> None:
+    import keras
+
+    mixed = build_cnn(RECIPE.model_copy(update={"precision": "mixed_bfloat16"}), 10)
+    conv = next(layer for layer in mixed.layers if type(layer).__name__ == "Conv2D")
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert mixed.layers[-1].compute_dtype == "float32"  # probabilities stay float32
+    assert keras.config.dtype_policy().name == "float32"
+    plain = build_cnn(RECIPE, 10)
+    assert all(layer.compute_dtype == "float32" for layer in plain.layers)
+
+
+def test_serving_copy_is_float32_and_predicts_like_the_trained_model() -> None:
     import numpy as np
 
-    from tunelab.define.cnn import serving_model
+    from tunelab.training.model import serving_model
 
-    cfg = parse_config(
-        {
-            "filters": 8,
-            "dense_units": 16,
-            "augment_rotation": 8.0,
-            "augment_translation": 0.1,
-            "lr_schedule": "cosine",
-            "optimizer": "adam",
-            "learning_rate": 0.001,
-            "batch_norm": True,
-        }
-    )
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
+    cfg = RECIPE.model_copy(update={"precision": "mixed_bfloat16"})
     trained = build_cnn(cfg, steps_per_epoch=10)
     plain = serving_model(trained, cfg)
-    assert {"rot", "shift"} <= {layer.name for layer in trained.layers}
-    assert not {"rot", "shift"} & {layer.name for layer in plain.layers}
-    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
-    np.testing.assert_array_equal(
-        plain.predict(images, verbose=0), trained.predict(images, verbose=0)
+    assert all(layer.compute_dtype == "float32" for layer in plain.layers)
+    np.testing.assert_allclose(
+        plain.predict(images, verbose=0), trained.predict(images, verbose=0), atol=2e-2
     )
+    exact = build_cnn(RECIPE, steps_per_epoch=10)
+    np.testing.assert_array_equal(
+        serving_model(exact, RECIPE).predict(images, verbose=0), exact.predict(images, verbose=0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "first", "peak_step", "last_below"),
+    [
+        ("cosine", 0.0, 1e-2, 0, 1e-4),  # no warm-up: starts at the peak
+        ("cosine", 1.0, 0.0, 10, 1e-4),  # one epoch (10 steps) rising from zero
+        ("one_cycle", 0.0, 1e-2 / 25, 30, 1e-5),  # 30 % of 100 steps rising from peak / 25
+    ],
+)
+def test_learning_rate_schedules_run_to_their_end(
+    schedule: str, warmup: float, first: float, peak_step: int, last_below: float
+) -> None:
+    from tunelab.training.model import learning_rate
+
+    cfg = CnnConfig(
+        optimizer="adam", learning_rate=1e-2, lr_schedule=schedule, warmup_epochs=warmup, epochs=10
+    )
+    rate = learning_rate(cfg, steps_per_epoch=10)
+    assert float(rate(0)) == pytest.approx(first, abs=1e-7)
+    assert float(rate(peak_step)) == pytest.approx(1e-2, rel=1e-3)
+    assert float(rate(100)) < last_below
+
+
+def test_label_smoothing_matches_smoothed_one_hot_targets() -> None:
+    import keras
+    import numpy as np
+
+    from tunelab.training.model import SmoothedSparseCrossentropy
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
+    labels = np.array([0, 2])
+    ours = SmoothedSparseCrossentropy(0.1)(labels, probabilities)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        np.eye(3)[labels], probabilities
+    )
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_a_warm_up_needs_a_schedule_and_must_end_before_training_does() -> None:
+    with pytest.raises(CnnConfigError, match="warmup_epochs: a warm-up needs"):
+        parse_config({"warmup_epochs": 1.0})
+    with pytest.raises(CnnConfigError, match="warmup_epochs: must be shorter"):
+        parse_config({"lr_schedule": "cosine", "warmup_epochs": 12.0})

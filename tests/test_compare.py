@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from conftest import RecordedSweep
-from tunelab.cli import main
 from tunelab.analysis.compare import COLUMNS, comparison_table, render
+from tunelab.analysis.stats import wilson_interval
+from tunelab.cli import main
 from tunelab.define.data import Splits
 from tunelab.delivery.export import export_model, resolve_source
 from tunelab.record.recorded import find_sweep
-from tunelab.analysis.stats import wilson_interval
 from tunelab.record.store import Tracker
 
 

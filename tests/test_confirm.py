@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from conftest import RecordedSweep
-from tunelab.analysis.confirm import CONFIRMATION_ARTIFACT, confirm_sweep
+from tunelab.analysis.confirm import confirm_sweep
 from tunelab.define.data import Splits
 from tunelab.errors import UserError
+from tunelab.record.names import PARENT_RUN_TAG, Artifact, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound, find_sweep
-from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.record.store import Tracker
 
 
 def test_top_configurations_are_retrained_with_fresh_seeds_and_the_best_mean_is_champion(
@@ -35,7 +36,7 @@ def test_top_configurations_are_retrained_with_fresh_seeds_and_the_best_mean_is_
     parent = tracker.client.get_run(sweep.parent_run_id)
     assert parent.data.tags[TagKey.CHAMPION_RUN_ID] == result.champion.original.run_id
     assert parent.data.metrics[MetricName.CHAMPION_MEAN] == pytest.approx(means[0])
-    assert CONFIRMATION_ARTIFACT in {
+    assert Artifact.CONFIRMATION in {
         a.path for a in tracker.client.list_artifacts(parent.info.run_id)
     }
     # the same command again reuses the finished retrainings instead of training again

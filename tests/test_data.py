@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunelab import data
+from tunelab.define import data
 from tunelab.define.data import (
     DATASET_INFO,
     IDX_FILES,

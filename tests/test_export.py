@@ -12,8 +12,9 @@ from conftest import RecordedSweep
 from tunelab.define.data import Splits
 from tunelab.delivery.export import CHAMPION_ALIAS, export_model, resolve_source
 from tunelab.delivery.formats import FORMATS, PROBABILITY_TOLERANCE, load_predictor, parse_formats
+from tunelab.record.names import PARENT_RUN_TAG, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound
-from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
+from tunelab.record.store import Tracker
 
 
 def test_export_writes_every_format_that_reproduces_the_keras_model_and_registers_it(

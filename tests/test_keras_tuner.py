@@ -12,10 +12,13 @@ import pytest
 
 from conftest import quiet_sweep
 from tunelab.define.data import Splits
+from tunelab.define.experiment import ExperimentSpec, load_experiment
+from tunelab.define.space import SearchSpace, load_search_space
 from tunelab.engines.kerastuner.space import chosen_values, declare
 from tunelab.engines.optuna.space import distribution, suggest
-from tunelab.define.specs import ExperimentSpec, SearchSpace, load_experiment, load_search_space
-from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.record.names import Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -138,7 +141,7 @@ def search(spec: ExperimentSpec, splits: Splits, folder: Path, **kwargs: Any) ->
         spec,
         splits,
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        keras_tuner_dir=folder / "keras_tuner",
+        state_dir=folder / "keras_tuner",
         **kwargs,
     )
 
@@ -149,9 +152,9 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     spec = experiment(tmp_path, "hyperband", 20, SPACE.replace("values: [1, 4]", "values: [1]"))
     search(spec, tiny_splits, tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    [parent] = tracker.search("kt", Query.of(role=Role.SWEEP))
     assert parent.info.status == "FINISHED" and parent.data.tags[TagKey.ENGINE] == "kerastuner"
-    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'")
+    children = tracker.search("kt", Query.of(parent=parent.info.run_id))
     assert children and all(c.info.status == "FINISHED" for c in children)
     assert {c.data.params["tuner/epochs"] for c in children} >= {"1", "3"}
     continued = [c for c in children if TagKey.CONTINUES_TRIAL in c.data.tags]
@@ -186,8 +189,8 @@ def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(
     spec = experiment(tmp_path, "random", 3)
     search(spec, tiny_splits, tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
-    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}'")
+    [parent] = tracker.search("kt", Query.of(role=Role.SWEEP))
+    children = tracker.search("kt", Query.of(parent=parent.info.run_id))
     failed = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "failed"]
     complete = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "complete"]
     assert failed and len(complete) == 3
@@ -206,9 +209,9 @@ def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits
     spec = experiment(tmp_path, "random", 3, continuous)
     search(spec, tiny_splits, tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parents = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    parents = tracker.search("kt", Query.of(role=Role.SWEEP))
     assert len(parents) == 1
-    children = tracker.search("kt", f"tags.`{PARENT_RUN_TAG}` = '{parents[0].info.run_id}'")
+    children = tracker.search("kt", Query.of(parent=parents[0].info.run_id))
     complete = [c for c in children if c.data.tags[TagKey.TRIAL_STATE] == "complete"]
     assert len(complete) == 3
     numbers = [int(c.data.tags[TagKey.TRIAL_NUMBER]) for c in children]
@@ -234,15 +237,15 @@ def test_ctrl_c_closes_the_trial_run_and_the_same_command_resumes(
     with pytest.raises(KeyboardInterrupt):
         search(spec, tiny_splits, tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [parent] = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    [parent] = tracker.search("kt", Query.of(role=Role.SWEEP))
     assert parent.info.status == "KILLED"
-    trials = tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    trials = tracker.search("kt", Query.of(role=Role.TRIAL))
     killed = [r for r in trials if r.info.status == "KILLED"]
     assert any(r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interrupted") for r in killed)
     monkeypatch.setattr(keras_tuner_engine, "train_and_validate", real)
     search(spec, tiny_splits, tmp_path)
-    runs = tracker.search("kt", "")
+    runs = tracker.search("kt", Query())
     assert all(r.info.status != "RUNNING" for r in runs)
     complete = [r for r in runs if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"]
     assert len(complete) == 2
-    assert len(tracker.search("kt", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
+    assert len(tracker.search("kt", Query.of(role=Role.SWEEP))) == 1

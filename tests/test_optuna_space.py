@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tunelab.define.space import SearchSpace, load_search_space
 from tunelab.engines.optuna.space import distribution, suggest
-from tunelab.define.specs import SearchSpace, load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))

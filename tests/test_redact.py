@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.record.redact import redact_text, redact_url
+from tunelab.redact import redact_text, redact_url
 
 
 def test_redact_url_masks_only_the_password() -> None:

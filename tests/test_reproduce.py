@@ -7,9 +7,10 @@ import pytest
 from conftest import RecordedSweep
 from tunelab.define.data import Splits
 from tunelab.errors import UserError
+from tunelab.record.names import PARENT_RUN_TAG, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound, load_recorded_run
+from tunelab.record.store import Tracker
 from tunelab.training.retrain import reproduce
-from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker
 
 
 def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
@@ -36,8 +37,8 @@ def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
 def test_a_retraining_does_not_count_as_a_trial_of_the_sweep(
     recorded_sweep: RecordedSweep,
 ) -> None:
+    from tunelab.define.experiment import load_experiment
     from tunelab.engines.sweep import SweepTracker
-    from tunelab.define.specs import load_experiment
 
     tracker = Tracker(recorded_sweep.tracking_uri)
     spec = load_experiment(recorded_sweep.folder / "recorded.yaml")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.define.specs import ConfigError, load_experiment, load_search_space, parse_duration
+from tunelab.define.experiment import load_experiment
+from tunelab.define.files import ConfigError, parse_duration
+from tunelab.define.space import load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = Path(__file__).parent / "invalid_specs"

@@ -9,14 +9,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 from conftest import quiet_sweep
 from tunelab.define.data import Splits
-from tunelab.define.specs import load_experiment
-from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.define.experiment import load_experiment
+from tunelab.record.names import PARENT_RUN_TAG, Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
 
 SPACE = """
 parameters:
@@ -35,11 +38,11 @@ from dataclasses import replace
 from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.define.specs import load_experiment
+from tunelab.define.experiment import load_experiment
 spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 # 30 epochs a trial: long enough to be killed in the middle of the first one
-spec = replace(spec, budget=replace(spec.budget, max_epochs=30))
+spec = replace(spec, budget=spec.budget.model_copy(update={"max_epochs": 30}))
 run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4],
           show_progress=False)
 """
@@ -85,7 +88,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     tracker = Tracker(uri)
-    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    [parent] = tracker.search("crash", Query.of(role=Role.SWEEP))
     assert parent.info.status == "RUNNING"  # nothing could close it: SIGKILL
     quiet_sweep(
         load_experiment(tmp_path / "crash.yaml"), tiny_splits, tracking_uri=uri, storage_url=storage
@@ -95,14 +98,14 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_spli
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed trial
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2  # the budget, met after resuming
     assert optuna.trial.TrialState.RUNNING not in states
-    runs = tracker.search("crash", "")
+    runs = tracker.search("crash", Query())
     assert all(r.info.status != "RUNNING" for r in runs)
     killed = [
         r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("the worker")
     ]
     assert len(killed) == 1 and killed[0].data.tags[PARENT_RUN_TAG] == parent.info.run_id
     assert killed[0].info.status == "FAILED"
-    assert len(tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")) == 1
+    assert len(tracker.search("crash", Query.of(role=Role.SWEEP))) == 1
 
 
 KT_EXPERIMENT = """
@@ -111,7 +114,7 @@ search_space: space.yaml
 engine: {name: kerastuner, tuner: random}
 budget: {trials: 2, max_epochs: 2}
 """
-KT_WORKER = WORKER.replace("storage_url=sys.argv[4],", "keras_tuner_dir=Path(sys.argv[4]),")
+KT_WORKER = WORKER.replace("storage_url=sys.argv[4],", "state_dir=Path(sys.argv[4]),")
 
 
 def wait_for_running_child(uri: str, process: subprocess.Popen[bytes], limit: float = 120) -> None:
@@ -120,8 +123,7 @@ def wait_for_running_child(uri: str, process: subprocess.Popen[bytes], limit: fl
         assert process.poll() is None, "the worker ended before it could be killed"
         try:
             running = Tracker(uri).search(
-                "crash",
-                f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}' and attributes.status = 'RUNNING'",
+                "crash", Query.of(role=Role.TRIAL, status="RUNNING")
             )
             if running:
                 return
@@ -145,15 +147,15 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     tracker = Tracker(uri)
-    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    [parent] = tracker.search("crash", Query.of(role=Role.SWEEP))
     assert parent.info.status == "RUNNING"
     quiet_sweep(
         load_experiment(tmp_path / "crash.yaml"),
         tiny_splits,
         tracking_uri=uri,
-        keras_tuner_dir=state,
+        state_dir=state,
     )
-    runs = tracker.search("crash", "")
+    runs = tracker.search("crash", Query())
     assert all(r.info.status != "RUNNING" for r in runs)
     killed = [
         r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("the worker")
@@ -162,19 +164,23 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
     assert killed[0].data.tags[PARENT_RUN_TAG] == parent.info.run_id
     complete = [r for r in runs if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"]
     assert len(complete) == 2  # the budget, met after resuming; the killed trial ran again
-    [parent] = tracker.search("crash", f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    [parent] = tracker.search("crash", Query.of(role=Role.SWEEP))
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2
 
 
 @pytest.mark.parametrize(("saved_epoch", "resumed"), [(1, True), (5, False)])
 def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
-    tmp_path: Path, tiny_splits: Splits, saved_epoch: int, resumed: bool
+    tmp_path: Path, tiny_splits: Splits, saved_epoch: int, resumed: bool, monkeypatch: Any
 ) -> None:
-    """The dead attempt saved epoch `saved_epoch`; this launch caps trials at 2 epochs."""
-    import json
+    """The dead attempt saved step `saved_epoch` on its MLflow run; this launch caps trials at 2.
 
-    from tunelab.define.cnn import build_cnn, parse_config
-    from tunelab.engines.optuna.engine import open_study
+    The retry runs in another working directory than the dead attempt: the checkpoint comes
+    from the tracking store, not from a local folder.
+    """
+    from tunelab.define.cnn import parse_config
+    from tunelab.engines.optuna.engine import open_study, retry_crashed
+    from tunelab.training.checkpoints import CheckpointWriter
+    from tunelab.training.model import build_cnn
 
     space = SPACE.replace("epochs: 30", "epochs: 2")
     (tmp_path / "space.yaml").write_text(textwrap.dedent(space))
@@ -183,28 +189,40 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     )
     spec = load_experiment(tmp_path / "crash.yaml")
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = open_study(spec, "crash", storage)
-    dead = optuna.trial.create_trial(
-        state=optuna.trial.TrialState.FAIL,
-        params={"dense_units": 16},
-        distributions={"dense_units": optuna.distributions.IntDistribution(8, 32)},
+    tracker = Tracker(uri)
+    dead_run = tracker.create_run(
+        "crash", "dead attempt", tags={TagKey.ROLE: Role.TRIAL, TagKey.TRIAL_NUMBER: "0"}
     )
-    study.add_trial(dead)
-    study._storage.get_heartbeat_stale_trial_callback()(study, study.trials[0])  # queue the retry
-    folder = tmp_path / "tracking" / "checkpoints" / "crash" / "trial_0"
-    folder.mkdir(parents=True)
-    values = spec.search_space.to_config_values({"dense_units": 16})
-    build_cnn(parse_config(values), steps_per_epoch=10).save(folder / "model.keras")
+    tracker.end_run(dead_run, "FAILED")
+    study = open_study(spec, "crash", storage, len(tiny_splits.train))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL,
+            params={"dense_units": 16},
+            distributions={"dense_units": optuna.distributions.IntDistribution(8, 32)},
+            user_attrs={"mlflow_run_id": dead_run},
+        )
+    )
+    retry_crashed(study, study.trials[0])  # what the heartbeat does for a dead worker
+    cfg = parse_config({**spec.config_values({"dense_units": 16}), "epochs": 2})
+    model = build_cnn(cfg, steps_per_epoch=20)
+    model.fit(tiny_splits.train.x[:256, ..., None], tiny_splits.train.y[:256], verbose=0)
     history = {"loss": [1.0] * saved_epoch, "val_accuracy": [0.5] * saved_epoch}
-    (folder / "state.json").write_text(
-        json.dumps({"epoch": saved_epoch, "history": history, "seconds": 1.0})
-    )
+    CheckpointWriter(tracker, dead_run).save(model, saved_epoch, history, 1.0)
+    elsewhere = tmp_path / "another_machine"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     quiet_sweep(spec, tiny_splits, tracking_uri=uri, storage_url=storage)
     study = optuna.load_study(study_name="crash", storage=storage)
     [retry] = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert retry.params == {"dense_units": 16}
-    [run] = Tracker(uri).search("crash", f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    runs = tracker.search("crash", Query.of(role=Role.TRIAL))
+    [run] = [r for r in runs if r.data.tags.get(TagKey.RETRIES_TRIAL) == "0"]
     assert run.data.metrics["epochs_trained"] == 2
     assert ("resumed_from_epoch" in run.data.metrics) is resumed
-    assert run.data.tags[TagKey.RETRIES_TRIAL] == "0"
-    assert not folder.exists()  # the dead attempt's checkpoint is gone once the retry ended
+    if resumed:
+        steps = tracker.metric_steps(run.info.run_id, "val_accuracy")
+        assert steps[0] == (1, 0.5)  # the dead attempt's epoch, then this attempt's own
+    # every attempt's checkpoint is gone once the trial ended
+    assert not tracker.list_artifacts(dead_run, "checkpoint")
+    assert not tracker.list_artifacts(run.info.run_id, "checkpoint")

@@ -7,10 +7,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits
-from tunelab.training.train import FAILED, evaluate_test, train_and_validate
+from tunelab.record.results import FAILED
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.training.train import evaluate_test, train_and_validate
 
 SMALL = CnnConfig(filters=8, dense_units=32, epochs=2, batch_size=64)
 

@@ -22,7 +22,9 @@ import optuna
 import pytest
 
 from conftest import free_port
-from tunelab.record.store import PARENT_RUN_TAG, Role, TagKey, Tracker
+from tunelab.record.names import PARENT_RUN_TAG, Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -45,7 +47,7 @@ import sys
 from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.engines.launch import run_sweep
-from tunelab.define.specs import load_experiment
+from tunelab.define.experiment import load_experiment
 spec = load_experiment(sys.argv[1])
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 print(run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=False))
@@ -131,8 +133,8 @@ def finish(workers: list[subprocess.Popen[bytes]], limit: float = 420) -> None:
 
 def mlflow_record(services: Services, experiment: str) -> tuple[list, list]:  # type: ignore[type-arg]
     tracker = Tracker(services.tracking_uri)
-    parents = tracker.search(experiment, f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
-    trials = tracker.search(experiment, f"tags.`{TagKey.ROLE}` = '{Role.TRIAL}'")
+    parents = tracker.search(experiment, Query.of(role=Role.SWEEP))
+    trials = tracker.search(experiment, Query.of(role=Role.TRIAL))
     return parents, trials
 
 
@@ -229,7 +231,7 @@ def test_tune_workers_passes_the_storage_in_the_environment_not_argv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tunelab.cli import main
-    from tunelab.engines import workers
+    from tunelab.engines.optuna import workers
 
     experiment = write_experiment(tmp_path, "cli", 4, 1, "postgresql://u:topsecret@h/db")
     seen: dict[str, object] = {}
@@ -247,14 +249,23 @@ def test_tune_workers_passes_the_storage_in_the_environment_not_argv(
 
         return Done()
 
+    def fake_prepare(spec: object, study: str, storage: str, tracking: str) -> None:
+        assert "commands" not in seen, "stores are created before any worker starts"
+        seen["prepared"] = (storage, tracking)
+
     monkeypatch.setattr(workers.subprocess, "Popen", fake_popen)
-    main(["tune", str(experiment), "--workers", "3", "--trials", "4"])
+    monkeypatch.setattr(workers, "prepare_stores", fake_prepare)
+    tracking = "http://mlflow:trackingsecret@h:5050"
+    main(["tune", str(experiment), "--workers", "3", "--trials", "4", "--tracking-uri", tracking])
+    assert seen["prepared"] == ("postgresql://u:topsecret@h/db", tracking)
     commands = seen["commands"]
     assert isinstance(commands, list) and len(commands) == 3
     assert all("topsecret" not in " ".join(c) for c in commands)
+    assert all("trackingsecret" not in " ".join(c) for c in commands)
     assert all(c[-2:] == ["--trials", "4"] for c in commands)
     env = seen["env"]
     assert isinstance(env, dict) and env["TUNELAB_OPTUNA_STORAGE"].endswith("u:topsecret@h/db")
+    assert env["MLFLOW_TRACKING_URI"] == tracking
 
 
 def test_workers_are_refused_for_a_keras_tuner_experiment(

@@ -1,8 +1,12 @@
-"""Command line: parses arguments and delegates; user errors become one line, exit code 2."""
+"""Command line: parses arguments and delegates to `tunelab.api`; user errors are one line, exit 2.
+
+Tables and results go to stdout, progress and notes to stderr. Every command that trains or
+reads the record starts quietly: TensorFlow's start-up lines are kept out of the terminal
+(`tunelab.quiet`), unless `--verbose`.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,9 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from tunelab import __version__
 from tunelab.define.data import DATASETS
+from tunelab.define.files import ConfigError
 from tunelab.errors import UserError
-from tunelab.define.specs import ConfigError
+from tunelab.quiet import import_tensorflow, quiet_environment
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +27,24 @@ app = typer.Typer(
     help="Tune Keras CNNs with Optuna and KerasTuner, record in MLflow, compare with the baseline.",
 )
 console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tunelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="show TensorFlow's and the libraries' own logs")
+    ] = False,
+) -> None:
+    quiet_environment(verbose=verbose)
 
 
 DatasetOption = Annotated[
@@ -37,11 +61,17 @@ TrackingOption = Annotated[
         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///tracking/mlflow.db)",
     ),
 ]
+StudyOption = Annotated[
+    str | None, typer.Option(help="the sweep's study (default: the one named like the experiment)")
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage URL (default: $TUNELAB_OPTUNA_STORAGE or SQLite)"),
+]
 
 
-def _skipped(line: str) -> None:
-    """How commands report a data source that was tried and skipped."""
-    console.print(f"[yellow]skipped[/] {line}")
+def _say(line: str) -> None:
+    console.print(line, highlight=False)
 
 
 def _epoch_progress(title: str, epochs: int) -> Any:
@@ -51,18 +81,19 @@ def _epoch_progress(title: str, epochs: int) -> Any:
     return epoch_progress(title, epochs, console)
 
 
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(name, "value", "must be a positive integer", value)
+
+
 @app.command()
 def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> None:
     """Fetch and verify a dataset, cache it, and print where it is."""
     from tunelab.define.data import fetch_dataset
 
-    fetched = fetch_dataset(
-        dataset,
-        user_path=data_file,
-        report=_skipped,
-    )
+    fetched = fetch_dataset(dataset, user_path=data_file, report=_say)
     arrays = fetched.arrays
-    console.print(
+    _say(
         f"[green]verified[/] {dataset} from {fetched.source}: train {arrays.x_train.shape}, "
         f"test {arrays.x_test.shape}, digest {fetched.digest}"
     )
@@ -81,42 +112,26 @@ def baseline(
     ] = None,
 ) -> None:
     """Train the classic Keras MNIST CNN, evaluate the test set, record it as the baseline."""
-    from tunelab.define.cnn import CnnConfig, parse_config
+    from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, parse_config
     from tunelab.define.data import load_splits
-
-    cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
-    splits = (
-        load_splits(
-            dataset,
-            validation_size,
-            report=_skipped,
-        )
-        if data_file is None
-        else load_splits(dataset, validation_size, user_path=data_file)
-    )
-    # TensorFlow and MLflow load only once the input is known to be good
-    from tunelab.training.baseline import PUBLISHED_TEST_ACCURACY, run_baseline
     from tunelab.record.store import Tracker
 
+    if seed < 0:
+        raise ConfigError("--seed", "value", "must be zero or positive", seed)
+    cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
+    splits = load_splits(dataset, validation_size, user_path=data_file, report=_say)
     tracker = Tracker(tracking_uri)
-    console.print(f"tracking to {tracker.tracking_uri}; data from {splits.source}")
-    outcome = run_baseline(
-        splits,
-        tracker,
-        cfg=cfg,
-        seed=seed,
-        progress=_epoch_progress,
-    )
+    from tunelab.training.baseline import run_baseline
+
+    _say(f"tracking to {tracker.shown_uri}; data from {splits.source}")
+    outcome = run_baseline(splits, tracker, cfg=cfg, seed=seed, progress=_epoch_progress)
     best = outcome.validation.best_val_accuracy
-    console.print(
-        f"validation stage: best val_accuracy {best:.4f}" if best else "validation failed"
-    )
+    _say(f"validation stage: best val_accuracy {best:.4f}" if best else "validation failed")
     if outcome.test is None:
-        reason = outcome.full_train.failure_reason
-        console.print(f"[red]test stage failed:[/] {reason}")
+        _say(f"[red]test stage failed:[/] {outcome.full_train.failure_reason}")
         raise typer.Exit(1)
     delta = outcome.test.accuracy - PUBLISHED_TEST_ACCURACY
-    console.print(
+    _say(
         f"[bold]test accuracy {outcome.test.accuracy:.4f}[/] ({delta * 100:+.2f} points vs the "
         f"published {PUBLISHED_TEST_ACCURACY:.2%}); "
         f"{outcome.full_train.wall_seconds + outcome.validation.wall_seconds:.0f} s of training; "
@@ -129,14 +144,17 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="experiment or search-space YAML files")],
 ) -> None:
     """Check experiment and search-space files without running anything."""
-    from tunelab.define.specs import load_experiment, load_search_space, read_yaml
+    from tunelab.define.experiment import load_experiment
+    from tunelab.define.files import read_yaml
+    from tunelab.define.space import load_search_space
 
     for path in files:
-        is_experiment = "search_space" in read_yaml(path)
-        if is_experiment:
+        if "search_space" in read_yaml(path):
             spec = load_experiment(path)
+            engine = spec.engine
+            algorithm = engine.tuner if engine.name == "kerastuner" else engine.sampler
             print(
-                f"ok {path}: experiment {spec.name}, {spec.engine.name}/{spec.engine.sampler}, "
+                f"ok {path}: experiment {spec.name}, {engine.name}/{algorithm}, "
                 f"{len(spec.search_space.parameters)} parameters"
             )
         else:
@@ -149,71 +167,143 @@ def tune(
     experiment: Annotated[Path, typer.Argument(help="experiment file (experiments/*.yaml)")],
     trials: Annotated[int | None, typer.Option(help="trial budget (overrides the file's)")] = None,
     timeout: Annotated[
-        str | None, typer.Option(help="wall-clock budget of this launch: 90s, 30m, 1h30m")
+        str | None,
+        typer.Option(help="time budget of all launches together: 90s, 30m, 1h30m (a deadline)"),
     ] = None,
     study: Annotated[
         str | None, typer.Option(help="study name (default: the experiment's name)")
     ] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default: sqlite:///tracking/optuna.db)")
-    ] = None,
+    storage: StorageOption = None,
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
+    warm_start_from: Annotated[
+        str | None, typer.Option(help="give the sampler this finished study's fitting trials")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no live progress display")] = False,
     workers: Annotated[
         int, typer.Option(help="local worker processes sharing the study (Optuna engine)")
     ] = 1,
 ) -> None:
     """Run a tuning sweep; the same command resumes an interrupted one."""
-    from tunelab.engines.launch import resolve_storage, run_sweep
-    from tunelab.define.specs import load_experiment, parse_duration
+    from tunelab import api
+    from tunelab.define.files import parse_duration
 
-    spec = load_experiment(experiment)
-    seconds = None if timeout is None else parse_duration(timeout, Path("--timeout"), "value")
-    if trials is not None and trials < 1:
-        raise ConfigError("--trials", "value", "must be a positive integer", trials)
-    if workers < 1:
-        raise ConfigError("--workers", "value", "must be a positive integer", workers)
+    spec = api.load_experiment(experiment)
+    if timeout is not None:
+        parse_duration(timeout, "--timeout", "value")
+    _positive("--trials", trials)
+    _positive("--workers", workers)
     if workers > 1:
-        if spec.engine.name != "optuna":
-            raise ConfigError(
-                "--workers", "value", "several workers need an Optuna experiment", workers
-            )
-        from tunelab.engines.optuna.workers import run_workers
-        from tunelab.record.redact import redact_url
+        _start_workers(
+            spec, experiment, workers, trials, timeout, study, storage, tracking_uri, data_file
+        )
+        return
+    _terminate_as_interrupt()
+    result = api.tune(
+        spec,
+        trials=trials,
+        timeout=timeout,
+        study=study,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        data_file=data_file,
+        warm_start_from=warm_start_from,
+        show_progress=not quiet,
+    )
+    _say(result.summary())
 
-        url = resolve_storage(storage, spec)
-        if url.startswith("sqlite"):
-            console.print(
-                "[yellow]note:[/] several workers on SQLite share one machine's disk; for "
-                "more, use PostgreSQL (`make services`, then `source tracking/services/env`)"
-            )
-        console.print(f"{workers} workers on study storage {redact_url(url)}", highlight=False)
-        passed = [
+
+def _start_workers(
+    spec: Any,
+    experiment: Path,
+    workers: int,
+    trials: int | None,
+    timeout: str | None,
+    study: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    data_file: Path | None,
+) -> None:
+    from tunelab.define.algorithms import ENGINES
+    from tunelab.engines.launch import resolve_storage
+    from tunelab.engines.optuna.workers import run_workers
+    from tunelab.redact import redact_url
+
+    if not ENGINES[spec.engine.name].workers:
+        raise ConfigError(
+            "--workers", "value", "several workers need an Optuna experiment", workers
+        )
+    url = resolve_storage(storage, spec)
+    _say(f"{workers} workers on study storage {redact_url(url)}")
+    codes = run_workers(
+        experiment,
+        workers,
+        storage_url=url,
+        tracking_uri=tracking_uri,
+        arguments=[
             *(["--trials", str(trials)] if trials is not None else []),
             *(["--timeout", timeout] if timeout is not None else []),
             *(["--study", study] if study is not None else []),
-            *(["--tracking-uri", tracking_uri] if tracking_uri is not None else []),
             *(["--data-file", str(data_file)] if data_file is not None else []),
-        ]
-        codes = run_workers(experiment, workers, storage_url=url, arguments=passed)
-        console.print(f"workers finished with exit codes {codes}")
-        if any(codes):
-            raise typer.Exit(max(codes))
-        return
+        ],
+        spec=spec,
+        study=study,
+    )
+    _say(f"workers finished with exit codes {codes}")
+    if any(codes):
+        raise typer.Exit(max(codes))
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="experiment file (experiments/*.yaml)")],
+    budget: Annotated[
+        str | None,
+        typer.Option(help="wall clock for search + confirmation + final model: 30m, 1h"),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            help="record the baseline first if missing (--no-baseline: compare "
+            "with the published 99.25 % only)"
+        ),
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="bundle folder (default: exports/<name>)")
+    ] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
+    data_file: DataFileOption = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress display")] = False,
+) -> None:
+    """Search, confirm and export the champion under one budget; the same command resumes."""
+    from tunelab.define.experiment import load_experiment
+    from tunelab.define.files import parse_duration
+    from tunelab.pipeline import run_pipeline
+
+    spec = load_experiment(experiment)
+    seconds = None if budget is None else parse_duration(budget, "--budget", "value")
     _terminate_as_interrupt()
-    summary = run_sweep(
+    result = run_pipeline(
         spec,
-        trials=trials,
-        timeout_seconds=seconds,
-        study_name=study,
-        storage_url=storage,
+        budget=seconds,
         tracking_uri=tracking_uri,
+        storage_url=storage,
         data_file=data_file,
+        baseline=baseline,
+        out=out,
         console=console,
         show_progress=not quiet,
+        progress=_epoch_progress if not quiet else _no_progress(),
     )
-    console.print(summary, highlight=False)
+    for line in result.lines():
+        print(line)
+
+
+def _no_progress() -> Any:
+    from tunelab.training.progress import no_progress
+
+    return no_progress
 
 
 def _terminate_as_interrupt() -> None:
@@ -232,22 +322,17 @@ def reproduce(
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
 ) -> None:
-    """Retrain a recorded trial with its recorded seed and compare its validation accuracy."""
+    """Retrain a recorded trial with its recorded seed and compare it epoch by epoch."""
     from tunelab.record.recorded import load_recorded_run
-    from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
     from tunelab.record.store import Tracker
+    from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
 
     tracker = Tracker(tracking_uri)
     original = load_recorded_run(tracker, run_id)
-    splits = original.data.load(data_file=data_file, report=_skipped)
-    again = retrain_with_recorded_seed(
-        tracker,
-        original,
-        splits,
-        progress=_epoch_progress,
-    )
+    splits = original.data.load(data_file=data_file, report=_say)
+    again = retrain_with_recorded_seed(tracker, original, splits, progress=_epoch_progress)
     if again.best_val_accuracy is None or original.best_val_accuracy is None:
-        console.print(f"[red]retraining failed:[/] {again.result.failure_reason}")
+        _say(f"[red]retraining failed:[/] {again.result.failure_reason}")
         raise typer.Exit(1)
     print(
         f"{original.label} (run {run_id}, seed {original.seed}): recorded best val_accuracy "
@@ -256,11 +341,13 @@ def reproduce(
         f"{round(abs(again.difference or 0.0) * len(splits.val))} of {len(splits.val)} "
         f"validation images); run {again.run_id}"
     )
-
-
-StudyOption = Annotated[
-    str | None, typer.Option(help="the sweep's study (default: the one named like the experiment)")
-]
+    largest = ", ".join(f"{k} {v:.2g}" for k, v in again.epoch_differences.items())
+    print(f"largest per-epoch difference from the record: {largest or 'no epochs to compare'}")
+    if original.resumed:
+        print(
+            "the recorded trial was continued from a checkpoint: its dropout randomness "
+            "restarted there, so an uninterrupted retraining is not expected to be bit-identical"
+        )
 
 
 @app.command()
@@ -269,6 +356,9 @@ def confirm(
     study: StudyOption = None,
     top: Annotated[int, typer.Option(help="how many of the best configurations")] = 3,
     seeds: Annotated[int, typer.Option(help="fresh seeds per configuration")] = 3,
+    keep_models: Annotated[
+        bool, typer.Option(help="keep each retrained model (ensemble members for export)")
+    ] = False,
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
 ) -> None:
@@ -279,11 +369,11 @@ def confirm(
     from tunelab.record.recorded import find_sweep
     from tunelab.record.store import Tracker
 
-    if top < 1 or seeds < 1:
-        raise ConfigError("--top/--seeds", "value", "must be at least 1", min(top, seeds))
+    _positive("--top", top)
+    _positive("--seeds", seeds)
     tracker = Tracker(tracking_uri)
     sweep = find_sweep(tracker, experiment, study)
-    splits = sweep.data.load(data_file=data_file, report=_skipped)
+    splits = sweep.data.load(data_file=data_file, report=_say)
     result = confirm_sweep(
         tracker,
         sweep,
@@ -291,7 +381,8 @@ def confirm(
         top=top,
         seeds=seeds,
         progress=_epoch_progress,
-        report=lambda line: console.print(line, highlight=False),
+        report=_say,
+        keep_models=keep_models,
     )
     table = Table(title=f"{sweep.experiment}: top {top} confirmed with {seeds} fresh seeds")
     for column in ("rank", "trial", "recorded best", "mean", "std", "95 % CI", "run id"):
@@ -325,6 +416,12 @@ def export(
     refit: Annotated[
         bool, typer.Option(help="refit on all training images (--no-refit: the trial's own split)")
     ] = True,
+    epochs: Annotated[
+        int | None, typer.Option(help="refit for this many epochs (the schedule spans them)")
+    ] = None,
+    ensemble: Annotated[
+        int, typer.Option(help="also deliver the averaged softmax of this many trained members")
+    ] = 0,
     model_name: Annotated[
         str | None, typer.Option(help="registered model name (default: tunelab-<dataset>)")
     ] = None,
@@ -332,46 +429,33 @@ def export(
     data_file: DataFileOption = None,
 ) -> None:
     """Refit the champion, test it once, write and verify every format, register it."""
-    from tunelab.delivery.export import export_model, resolve_source
-    from tunelab.delivery.formats import FormatError, parse_formats
-    from tunelab.record.store import Tracker
+    from tunelab import api
 
-    try:
-        chosen_formats = parse_formats(formats)
-    except FormatError as error:
-        raise ConfigError("--formats", "value", str(error), formats) from None
-    tracker = Tracker(tracking_uri)
-    source, _ = resolve_source(tracker, target, study)
-    splits = source.data.load(
-        data_file=data_file,
-        report=_skipped,
-        whole_training_set=refit,
-    )
-    folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
-    console.print(f"exporting {source.label} (run {source.run_id}) to {folder}", highlight=False)
-    result = export_model(
-        tracker,
-        source,
-        splits,
-        out=folder,
-        formats=chosen_formats,
+    result = api.export(
+        target,
+        study=study,
+        out=out,
+        formats=tuple(part.strip() for part in formats.split(",")),
         refit=refit,
+        epochs=epochs,
+        ensemble=ensemble,
         model_name=model_name,
-        progress=_epoch_progress,
-        report=lambda line: console.print(line, highlight=False),
+        tracking_uri=tracking_uri,
+        data_file=data_file,
     )
-    test = result.card.test
-    line = f"test accuracy {test['accuracy']:.4f} [{test['ci95_low']:.4f}, {test['ci95_high']:.4f}]"
+    line = f"{result.label}: test accuracy {result.test.accuracy:.4f} {result.interval.bracket()}"
     if result.baseline is not None:
         line += (
             f", {(result.test.accuracy - result.baseline.accuracy) * 100:+.2f} points vs the "
             f"baseline (McNemar p = {result.baseline.p_value:.3g})"
         )
+    if result.versus_single is not None:
+        line += f", vs the single champion McNemar p = {result.versus_single.p_value:.3g}"
     if result.version is not None:
         line += f"; registered {result.model_name} v{result.version} as @champion"
         if result.previous_version:
             line += f" (was v{result.previous_version})"
-    print(f"{line}; bundle {folder}; run {result.run_id}")
+    print(f"{line}; bundle {result.folder}; run {result.run_id}")
 
 
 @app.command()
@@ -387,42 +471,48 @@ def compare(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The best trials and finalists against the baseline, with intervals and McNemar p."""
-    from tunelab.analysis.compare import (
-        TABLE_FORMATS,
-        comparison_table,
-        render,
-        sweep_line,
-        write_table,
-    )
+    from tunelab.analysis.compare import TABLE_FORMATS, comparison_table, render, sweep_line
     from tunelab.record.recorded import find_sweep, find_sweep_by_study
     from tunelab.record.store import RunHandle, Tracker
 
     if fmt not in TABLE_FORMATS:
         raise ConfigError("--format", "value", f"choose from {', '.join(TABLE_FORMATS)}", fmt)
-    if top < 1:
-        raise ConfigError("--top", "value", "must be at least 1", top)
+    _positive("--top", top)
     if experiment is None and study is None:
         raise UserError("name an experiment (file or MLflow name) or a --study to compare")
+    _check_writable(out)
     tracker = Tracker(tracking_uri)
     sweep = (
         find_sweep(tracker, experiment, study)
         if experiment is not None
         else find_sweep_by_study(tracker, study or "")
     )
-    text = render(comparison_table(tracker, sweep, top=top), fmt)
-    console.print(sweep_line(sweep), highlight=False)
-    print(text, end="")
+    table = comparison_table(tracker, sweep, top=top)
+    _say(sweep_line(sweep))
+    print(render(table, fmt), end="")
     if out is not None:
-        write_table(text, out)
-        console.print(f"written to {out}")
+        out.write_text(render(table, fmt))
+        _say(f"written to {out}")
     if log:
+        extension = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}[fmt]
         RunHandle(tracker.client, sweep.parent_run_id).log_text(
-            text, f"comparison/comparison.{_EXTENSIONS[fmt]}"
+            render(table, fmt), f"comparison/comparison.{extension}"
         )
-        console.print(f"logged to run {sweep.parent_run_id} (comparison/)")
+        _say(f"logged to run {sweep.parent_run_id} (comparison/)")
 
 
-_EXTENSIONS = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}
+def _check_writable(out: Path | None) -> None:
+    """Refuse an output file that cannot be written before any work is done."""
+    if out is None:
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            "--out", "value", f"cannot write there ({error.strerror})", str(out)
+        ) from None
 
 
 @app.command()
@@ -435,19 +525,19 @@ def report(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """One self-contained HTML page for a sweep: table, history, importances, curves, champion."""
+    from tunelab.analysis.report import build_report
+    from tunelab.record.names import Artifact
     from tunelab.record.recorded import find_sweep
-    from tunelab.analysis.report import REPORT_ARTIFACT, build_report
     from tunelab.record.store import RunHandle, Tracker
 
-    if top < 1:
-        raise ConfigError("--top", "value", "must be at least 1", top)
+    _positive("--top", top)
+    _check_writable(out)
     tracker = Tracker(tracking_uri)
     sweep = find_sweep(tracker, experiment, study)
     page = build_report(tracker, sweep, top=top)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     if log:
-        RunHandle(tracker.client, sweep.parent_run_id).log_text(page, REPORT_ARTIFACT)
+        RunHandle(tracker.client, sweep.parent_run_id).log_text(page, Artifact.REPORT)
     print(
         f"{out} ({len(page) / 1e6:.1f} MB)"
         + (f"; logged to run {sweep.parent_run_id}" if log else "")
@@ -461,32 +551,23 @@ def ui(
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 against the tracking store."""
     from tunelab.record.store import Tracker
+    from tunelab.services import exec_mlflow_ui
 
     tracker = Tracker(tracking_uri)  # creates the local store folder if needed
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        tracker.tracking_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    console.print(
-        f"MLflow UI on http://127.0.0.1:{port} (store {tracker.tracking_uri}); Ctrl-C stops"
-    )
-    os.execv(sys.executable, command)
+    _say(f"MLflow UI on http://127.0.0.1:{port} (store {tracker.shown_uri}); Ctrl-C stops")
+    exec_mlflow_ui(tracker.tracking_uri, port)
+
+
+TENSORFLOW_COMMANDS = {"tune", "run", "baseline", "export", "confirm", "reproduce", "data"}
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: quiet TensorFlow's C++ logs, turn user errors into one line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # with a tracking server MLflow prints "View run ... at" on stdout, where tables go
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    """Entry point: quiet start-up, user errors as one line (exit 2), Ctrl-C as a note."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    quiet_environment(verbose="--verbose" in arguments)
+    command = next((a for a in arguments if not a.startswith("-")), "")
+    if command in TENSORFLOW_COMMANDS and "--help" not in arguments:
+        import_tensorflow()
     try:
         return app(args=argv, standalone_mode=False)
     except UserError as error:
@@ -502,7 +583,7 @@ def main(argv: list[str] | None = None) -> Any:
 
         if isinstance(error, click.exceptions.ClickException):
             error.show()
-            raise SystemExit(error.exit_code) from None
+            raise SystemExit(2) from None
         if isinstance(error, click.exceptions.Abort):
             raise SystemExit(1) from None
         raise

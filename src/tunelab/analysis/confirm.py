@@ -6,7 +6,9 @@ top K configurations with S fresh seeds (validation only, never the test set), r
 retraining as a `confirmation` run under the sweep's parent, and summarises each configuration
 by its mean, standard deviation and 95 % t-interval over the fresh seeds. The champion is the
 configuration with the best mean; the parent run records it (tag `tunelab.champion_run_id`), and
-export uses it. An interrupted confirmation resumes: finished retrainings are reused.
+export uses it. An interrupted confirmation resumes: finished retrainings are reused, a paused
+one continues from its checkpoint. Under a deadline (`tunelab run`), what is not confirmed when
+it comes is left out, and the champion is crowned from the configurations that were.
 """
 
 from __future__ import annotations
@@ -14,26 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunelab.training.baseline import ProgressFactory, no_progress
+from tunelab.analysis.stats import SeedSummary, seed_summary
 from tunelab.define.data import Splits
 from tunelab.errors import UserError
+from tunelab.record.names import Artifact, MetricName, Role, TagKey
+from tunelab.record.query import Query
 from tunelab.record.recorded import RecordedRun, SweepRecord
+from tunelab.record.store import RunHandle, Tracker
+from tunelab.training.deadline import Deadline
+from tunelab.training.progress import ProgressFactory, no_progress
 from tunelab.training.retrain import fresh_seeds, retrain
-from tunelab.analysis.stats import SeedSummary, seed_summary
-from tunelab.record.store import (
-    MetricName,
-    Role,
-    RunHandle,
-    TagKey,
-    Tracker,
-)
-
-CONFIRMATION_ARTIFACT = "confirmation.csv"
 
 
 @dataclass(frozen=True)
 class Confirmed:
-    """One configuration's fresh-seed retrainings."""
+    """One configuration's fresh-seed retrainings (finished ones only)."""
 
     original: RecordedRun
     seeds: tuple[int, ...]
@@ -47,21 +44,27 @@ class Confirmation:
 
     sweep: SweepRecord
     confirmed: list[Confirmed]
+    complete: bool = True  # False when a deadline left retrainings undone
 
     @property
     def champion(self) -> Confirmed:
         return self.confirmed[0]
 
+    @property
+    def member_runs(self) -> list[str]:
+        """Every finished retraining, champion's first (candidate ensemble members)."""
+        return [run_id for item in self.confirmed for run_id in item.run_ids]
 
-def _finished_retraining(
+
+def finished_retraining(
     tracker: Tracker, original: RecordedRun, seed: int
 ) -> tuple[str, float] | None:
     """An earlier confirmation run of this config and seed that finished (resume)."""
     runs = tracker.search(
         original.experiment,
-        f"tags.`{TagKey.ROLE}` = '{Role.CONFIRMATION}' "
-        f"and tags.`{TagKey.RETRAINS_RUN_ID}` = '{original.run_id}' "
-        f"and tags.`{TagKey.SEED}` = '{seed}' and attributes.status = 'FINISHED'",
+        Query.of(role=Role.CONFIRMATION, status="FINISHED").and_tags(
+            **{TagKey.RETRAINS_RUN_ID: original.run_id, TagKey.SEED: str(seed)}
+        ),
     )
     for run in reversed(runs):
         value = run.data.metrics.get(MetricName.BEST_VAL_ACCURACY)
@@ -79,6 +82,8 @@ def confirm_sweep(
     seeds: int,
     progress: ProgressFactory = no_progress,
     report: Callable[[str], None] = lambda _: None,
+    deadline: Deadline | None = None,
+    keep_models: bool = False,
 ) -> Confirmation:
     """Retrain the sweep's `top` configs with `seeds` fresh seeds each; crown the best mean."""
     if top < 1 or seeds < 1:
@@ -89,16 +94,15 @@ def confirm_sweep(
             f"sweep {sweep.study} of {sweep.experiment} has no complete trial to confirm"
         )
     confirmed: list[Confirmed] = []
-    for original in originals:
-        values: list[float] = []
-        run_ids: list[str] = []
-        chosen_seeds = fresh_seeds(original, seeds)
-        for seed in chosen_seeds:
-            earlier = _finished_retraining(tracker, original, seed)
+    complete = True
+    for seed_index in range(seeds):  # every configuration's first seed, then the second, ...
+        for original in originals:
+            seed = fresh_seeds(original, seeds)[seed_index]
+            earlier = finished_retraining(tracker, original, seed)
             if earlier is not None:
-                run_ids.append(earlier[0])
-                values.append(earlier[1])
                 report(f"{original.label} seed {seed}: {earlier[1]:.4f} (recorded earlier)")
+                continue
+            if not complete:
                 continue
             done = retrain(
                 tracker,
@@ -107,20 +111,38 @@ def confirm_sweep(
                 seed=seed,
                 role=Role.CONFIRMATION,
                 progress=progress,
+                deadline=deadline,
+                keep_model=keep_models,
             )
+            if done.result.paused:
+                complete = False
+                report(f"{original.label} seed {seed}: paused at the deadline")
+                continue
             if done.best_val_accuracy is None:
                 raise UserError(
                     f"confirmation of {original.label} with seed {seed} failed "
                     f"({done.result.failure_reason}); run {done.run_id}"
                 )
-            run_ids.append(done.run_id)
-            values.append(done.best_val_accuracy)
             report(f"{original.label} seed {seed}: {done.best_val_accuracy:.4f}")
-        summary = seed_summary(values)
-        confirmed.append(Confirmed(original, tuple(chosen_seeds), tuple(run_ids), summary))
-        _record_on_trial(tracker, original, summary)
+    for original in originals:
+        values, run_ids, used = [], [], []
+        for seed in fresh_seeds(original, seeds):
+            found = finished_retraining(tracker, original, seed)
+            if found is not None:
+                run_ids.append(found[0])
+                values.append(found[1])
+                used.append(seed)
+        if values:
+            summary = seed_summary(values)
+            confirmed.append(Confirmed(original, tuple(used), tuple(run_ids), summary))
+            _record_on_trial(tracker, original, summary)
+    if not confirmed:
+        raise UserError(
+            "no configuration was confirmed before the deadline: give the confirmation stage a "
+            "larger share, or run `tunelab confirm` without a deadline"
+        )
     confirmed.sort(key=lambda c: -c.summary.mean)
-    confirmation = Confirmation(sweep, confirmed)
+    confirmation = Confirmation(sweep, confirmed, complete)
     _record_on_parent(tracker, confirmation)
     return confirmation
 
@@ -155,7 +177,7 @@ def _record_on_parent(tracker: Tracker, confirmation: Confirmation) -> None:
             MetricName.CHAMPION_HIGH: champion.summary.interval.high,
         }
     )
-    parent.log_text(confirmation_csv(confirmation), CONFIRMATION_ARTIFACT)
+    parent.log_text(confirmation_csv(confirmation), Artifact.CONFIRMATION)
 
 
 def confirmation_rows(confirmation: Confirmation) -> list[dict[str, object]]:

@@ -1,10 +1,11 @@
 """`tunelab report`: one self-contained HTML page per sweep, built from the MLflow record.
 
-The page holds the comparison table against the baseline (`tunelab.analysis.compare`), the optimization
-history with the baseline's validation accuracy as a line, parameter importances and parallel
-coordinates, the learning curves of the top trials next to the baseline's, and the champion's
-confusion matrix and misclassified test digits (from its export bundle). Pictures are inline PNGs
-(data URIs), so the file can be mailed or attached to the parent run (`report/report.html`).
+The page holds the comparison table against the baseline (`tunelab.analysis.compare`), the
+optimization history with the baseline's validation accuracy as a line, parameter importances and
+parallel coordinates, the learning curves of the top trials next to the baseline's, and the
+champion's confusion matrix and misclassified test digits (from its export bundle). Pictures are
+inline PNGs (data URIs), so the file can be mailed or attached to the parent run
+(`report/report.html`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tunelab.analysis.compare import comparison_table, render, sweep_line
+from tunelab.record.names import Artifact, MetricName, Role, TagKey
 from tunelab.record.recorded import SweepRecord, completed, ranked_by_best_val
-from tunelab.record.store import MetricName, Role, TagKey, Tracker
+from tunelab.record.store import Tracker
 
-REPORT_ARTIFACT = "report/report.html"
+REPORT_ARTIFACT = Artifact.REPORT
 MAX_AXES = 10  # parallel coordinates stay readable
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -133,9 +135,9 @@ def param_importances(tracker: Tracker, sweep: SweepRecord, trials: list[Any]) -
     """
     import optuna
 
+    from tunelab.define.space import load_search_space
     from tunelab.engines.optuna.space import distribution
     from tunelab.record.recorded import typed_params
-    from tunelab.define.specs import load_search_space
 
     complete = completed(trials)
     space_file = sweep.params.get("search_space")
@@ -264,11 +266,7 @@ def build_report(tracker: Tracker, sweep: SweepRecord, *, top: int = 5) -> str:
 
 
 def _champion_section(tracker: Tracker, sweep: SweepRecord) -> list[str]:
-    exports = tracker.search(
-        sweep.experiment,
-        f"tags.`{TagKey.ROLE}` = '{Role.EXPORT}' and attributes.status = 'FINISHED' "
-        f"and tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'",
-    )
+    exports = [r for r in sweep.runs_of(tracker, Role.EXPORT) if r.info.status == "FINISHED"]
     if not exports:
         return [
             '<p class="note">Not exported yet: <code>tunelab export '

@@ -1,12 +1,21 @@
-"""Export the champion as a verified bundle, record it in MLflow and crown it in the registry.
+"""Export the champion (or an ensemble) as a verified bundle, record it, crown it in the registry.
 
 `export_model` takes a recorded trial (the sweep's confirmed champion, else its best trial, or a
 run id), trains it again, by default on all training images (train + validation: the refit the
-classic example does) with the trial's seed, evaluates the test set once, and writes a bundle:
-every requested format (see `tunelab.delivery.formats`), loaded back and checked against the Keras model,
-a model card, the confusion matrix and misclassified test images. The export is an MLflow run
-(role `export`, nested under the sweep) holding the bundle and the model; unless a format fails
-its check, the model is registered and the registry alias (`champion`) moves to it.
+classic example does) with the trial's seed, optionally for a planned number of epochs, and
+`deliver`s it: evaluate the test set once, write every requested format (see
+`tunelab.delivery.formats`), load each back and check it against the Keras model, write a model
+card, the confusion matrix and misclassified test images. `export_ensemble` delivers the
+averaged softmax of several trained members the same way, with McNemar's test against the
+single champion too.
+
+Every export is an MLflow run (role `export`, nested under the sweep) holding the bundle and the
+model; only when every format passes its check is the model registered, the registry alias
+(`champion`) moved and the sweep's parent pointed at it. The refit checkpoints after each epoch
+on its export run: an interrupted or paused export is continued by the next call. What can be
+checked before training is (the output folder must be writable). Each test-set evaluation is
+counted on the sweep's parent, and testing a second configuration of one sweep is warned about:
+the best of several test scores is a biased estimate.
 
 `--no-refit` retrains on the trial's own split with its seed instead: on this CPU that gives the
 trial's weights bit for bit (see `tunelab reproduce`), so no trial needs to store its weights.
@@ -14,53 +23,48 @@ trial's weights bit for bit (see `tunelab reproduce`), so no trial needs to stor
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tunelab.training.baseline import (
-    TEST_LABELS_ARTIFACT,
-    TEST_PREDICTIONS_ARTIFACT,
-    ProgressFactory,
-    no_progress,
-)
-from tunelab.training.callbacks import EpochSinkCallback, fan_out
-from tunelab.define.cnn import serving_model
-from tunelab.define.data import Splits
-from tunelab.errors import UserError
-from tunelab.delivery.formats import (
-    PROBABILITY_TOLERANCE,
-    FormatCheck,
-    check_format,
-    write_format,
-)
-from tunelab.delivery.model_card import ModelCard
-from tunelab.record.figures import confusion_counts, confusion_matrix, misclassified_examples
-from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
-from tunelab.training.retrain import epochs_to_retrain, train_as_recorded
 from tunelab.analysis.stats import Interval, mcnemar_exact, wilson_interval
-from tunelab.record.store import (
-    MetricName,
-    Role,
-    RunHandle,
-    TagKey,
-    Tracker,
-    package_versions,
-)
-from tunelab.training.train import TestEvaluation, TrialResult, evaluate_test, train_and_validate
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Splits
+from tunelab.delivery.ensemble import Member, ensemble_model
+from tunelab.delivery.formats import PROBABILITY_TOLERANCE, FormatCheck, write_and_check
+from tunelab.delivery.model_card import ModelCard
+from tunelab.errors import UserError
+from tunelab.record.figures import confusion_counts, confusion_matrix, misclassified_examples
+from tunelab.record.names import Artifact, MetricName, Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
+from tunelab.record.results import TestEvaluation, TrialResult
+from tunelab.record.store import RunHandle, Tracker, package_versions
+from tunelab.training.callbacks import EpochSinkCallback, fan_out
+from tunelab.training.checkpoints import CheckpointWriter, load_checkpoint, remove_checkpoints
+from tunelab.training.deadline import Deadline
+from tunelab.training.model import serving_model
+from tunelab.training.progress import ProgressFactory, no_progress
+from tunelab.training.retrain import epochs_to_retrain, train_as_recorded
+from tunelab.training.train import evaluate_test, score_test, train_and_validate
 
 CHAMPION_ALIAS = "champion"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-BUNDLE_ARTIFACT_DIR = "bundle"
 
 
 class ExportError(UserError):
     """The export could not produce a verified bundle (one line; what was recorded is kept)."""
+
+
+class ExportPaused(UserError):
+    """The deadline came before the refit's last epoch; the next call continues it."""
 
 
 def registered_model_name(dataset: str) -> str:
@@ -82,12 +86,27 @@ def resolve_source(
     return load_recorded_run(tracker, run_id), sweep
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before any training starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tunelab-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ExportError(
+            f"--out {out}: cannot write there ({error.strerror or error}); choose another folder"
+        ) from None
+
+
 @dataclass(frozen=True)
-class BaselineComparison:
+class PairedComparison:
+    """McNemar's exact test of this model against another on the same test images."""
+
     run_id: str
     accuracy: float
     only_model: int
-    only_baseline: int
+    only_other: int
     p_value: float
 
 
@@ -95,34 +114,40 @@ class BaselineComparison:
 class ExportResult:
     run_id: str
     folder: Path
-    source: RecordedRun
+    label: str
     test: TestEvaluation
     checks: list[FormatCheck]
-    baseline: BaselineComparison | None
+    baseline: PairedComparison | None
     model_name: str | None
     version: str | None
     previous_version: str | None
     card: ModelCard
+    interval: Interval
+    versus_single: PairedComparison | None = None
+    model: Any = field(default=None, repr=False)
+    config: CnnConfig | None = None
 
 
-def compare_with_baseline(
-    tracker: Tracker, splits: Splits, predictions: npt.NDArray[np.int64]
-) -> BaselineComparison | None:
-    """McNemar against the reference baseline's stored per-image test predictions, if any."""
-    run = tracker.find_baseline(splits.dataset)
-    if run is None:
-        return None
+def stored_predictions(tracker: Tracker, run_id: str) -> npt.NDArray[np.int64] | None:
+    """A run's per-image test predictions, if it stored them."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracker.download_artifact(run.info.run_id, TEST_PREDICTIONS_ARTIFACT, Path(tmp))
-        if path is None:
-            return None  # a baseline recorded before predictions were stored
-        theirs = np.load(path)
-    if theirs.shape != predictions.shape:
+        path = tracker.download_artifact(run_id, Artifact.TEST_PREDICTIONS, Path(tmp))
+        return None if path is None else np.asarray(np.load(path), dtype=np.int64)
+
+
+def compare_paired(
+    tracker: Tracker, other_run: Any, splits: Splits, predictions: npt.NDArray[np.int64]
+) -> PairedComparison | None:
+    """McNemar against another run's stored per-image test predictions, if it has them."""
+    if other_run is None:
+        return None
+    theirs = stored_predictions(tracker, other_run.info.run_id)
+    if theirs is None or theirs.shape != predictions.shape:
         return None
     labels = splits.test.y
     result = mcnemar_exact(predictions == labels, theirs == labels)
-    return BaselineComparison(
-        run.info.run_id,
+    return PairedComparison(
+        other_run.info.run_id,
         float(np.mean(theirs == labels)),
         result.only_first,
         result.only_second,
@@ -138,15 +163,25 @@ def export_model(
     out: Path,
     formats: tuple[str, ...],
     refit: bool = True,
+    epochs: int | None = None,
     model_name: str | None = None,
     alias: str = CHAMPION_ALIAS,
     register: bool = True,
+    deadline: Deadline | None = None,
     progress: ProgressFactory = no_progress,
     report: Callable[[str], None] = lambda _: None,
 ) -> ExportResult:
-    """Train, test once, write and verify every format, record, register; see the module doc."""
+    """Train the source again (refit), then deliver it; see the module doc.
+
+    Raises:
+        ExportPaused: the deadline came first; the export run keeps its checkpoint.
+        ExportError: training failed, or a format failed its check (nothing registered).
+    """
+    check_out_folder(out)
     source.data.check(splits)
-    out.mkdir(parents=True, exist_ok=True)
+    config = (
+        source.config if epochs is None else source.config.model_copy(update={"epochs": epochs})
+    )
     tags = {
         TagKey.ROLE: Role.EXPORT,
         TagKey.EXPORTED_FROM_RUN_ID: source.run_id,
@@ -155,84 +190,104 @@ def export_model(
         **({TagKey.STUDY: source.study} if source.study else {}),
     }
     name = f"export of {source.label}" + (" (refit on all training images)" if refit else "")
-    with tracker.run(source.experiment, name, tags=tags, parent_run_id=source.parent_run_id) as run:
-        run.log_params({f"cfg.{k}": v for k, v in source.config.as_params().items()})
-        run.log_params({"refit": refit, "formats": ",".join(formats)})
-        run.log_dataset(splits.for_refit() if refit else splits)
-        result = _train(tracker, source, splits, run, refit=refit, progress=progress)
-        serving = serving_model(result.model, source.config)
-        # the serving copy predicts exactly as the trained model (tested): test it once, and its
-        # probabilities are the reference every exported format must reproduce
-        test = evaluate_test(serving, splits)
-        report(f"test accuracy {test.accuracy:.4f} ({test.errors} errors)")
-        checks = []
-        for fmt in formats:
-            path = write_format(serving, fmt, out)
-            check = check_format(fmt, path, splits.test.x, splits.test.y, test.probabilities)
-            report(
-                f"{fmt}: accuracy {check.accuracy:.4f}, largest probability difference "
-                f"{check.max_probability_difference:.1e}" + ("" if check.ok else "  FAILED")
-            )
-            checks.append(check)
-        baseline = compare_with_baseline(tracker, splits, test.predictions)
-        interval = wilson_interval(test.correct, len(test.labels))
-        card = _card(source, splits, result, test, interval, baseline, checks, refit, formats)
-        _write_pictures(out, splits, test, source.label)
-        _log_run(run, test, interval, baseline, checks)
-        failed = [c.name for c in checks if not c.ok]
-        version = previous = None
-        registered_as = model_name or registered_model_name(splits.dataset)
-        if not failed:
-            run.log_keras_model(serving, splits.test.x[:2, ..., None].astype("float32"))
-            if register:
-                version, previous = tracker.register_model(run.run_id, registered_as, alias)
-                card.registry = {"name": registered_as, "version": version, "alias": alias}
-        (out / "card.json").write_text(card.as_json())
-        (out / "card.md").write_text(card.as_markdown())
-        run.log_folder(out, BUNDLE_ARTIFACT_DIR)
-        if source.parent_run_id is not None:
-            RunHandle(tracker.client, source.parent_run_id).set_tags(
-                {TagKey.EXPORT_RUN_ID: run.run_id}
-            )
-        if failed:
-            run.status_on_exit = "FAILED"
-            run.set_tags(
-                {TagKey.FAILURE_REASON: f"format(s) {', '.join(failed)} disagree with Keras"}
-            )
-            raise ExportError(
-                f"format(s) {', '.join(failed)} disagree with the Keras model beyond "
-                f"{PROBABILITY_TOLERANCE:g} (see {out / 'card.md'}); nothing was registered"
-            )
-        return ExportResult(
-            run.run_id,
-            out,
+    again = _unfinished_export(tracker, source, config) if refit else None
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tracker.run(
+            source.experiment,
+            name,
+            tags=tags,
+            parent_run_id=source.parent_run_id,
+            resume_run_id=again,
+        ) as run,
+    ):
+        if again is None:
+            run.log_config(config)
+            run.log_params({"refit": refit, "formats": ",".join(formats)})
+            run.log_dataset(splits.for_refit() if refit else splits)
+        resume = load_checkpoint(tracker, again, Path(tmp)) if again else None
+        result = _train(
+            tracker,
             source,
-            test,
-            checks,
-            baseline,
-            registered_as if register else None,
-            version,
-            previous,
-            card,
+            config,
+            splits,
+            run,
+            refit=refit,
+            resume=resume,
+            deadline=deadline,
+            progress=progress,
         )
+        if result.paused:
+            run.status_on_exit = "KILLED"
+            raise ExportPaused(
+                f"the deadline came after {result.epochs_trained} of {config.epochs} refit epochs; "
+                "the same command continues it"
+            )
+        remove_checkpoints(tracker, run.run_id)
+        serving = serving_model(result.model, config)
+        train_images = len(splits.train) + (len(splits.val) if refit else 0)
+        card = _card_for_source(source, splits, result, refit, formats, train_images)
+        return deliver(
+            tracker,
+            run,
+            serving,
+            splits,
+            out=out,
+            formats=formats,
+            card=card,
+            label=source.label,
+            parent_run_id=source.parent_run_id,
+            tested=source.run_id,
+            model_name=model_name,
+            alias=alias,
+            register=register,
+            report=report,
+            config=config,
+        )
+
+
+def _unfinished_export(tracker: Tracker, source: RecordedRun, config: CnnConfig) -> str | None:
+    """An earlier refit of this source, with these epochs, that did not finish (to continue)."""
+    runs = tracker.search(
+        source.experiment,
+        Query.of(role=Role.EXPORT).and_tags(**{TagKey.EXPORTED_FROM_RUN_ID: source.run_id}),
+        newest_first=True,
+    )
+    for run in runs:
+        if run.info.status == "FINISHED" or TagKey.ENSEMBLE_MEMBERS in run.data.tags:
+            continue
+        if run.data.params.get("cfg.epochs") == str(config.epochs) and tracker.list_artifacts(
+            run.info.run_id, Artifact.CHECKPOINT_DIR
+        ):
+            return str(run.info.run_id)
+    return None
 
 
 def _train(
     tracker: Tracker,
     source: RecordedRun,
+    config: CnnConfig,
     splits: Splits,
     run: RunHandle,
     *,
     refit: bool,
+    resume: Any,
+    deadline: Deadline | None,
     progress: ProgressFactory,
 ) -> TrialResult:
-    epochs = epochs_to_retrain(tracker, source)
+    epochs = config.epochs if refit else epochs_to_retrain(tracker, source)
     title = "refit on all training images" if refit else f"retrain {source.label}"
     with progress(title, epochs) as show:
         callbacks = [EpochSinkCallback(fan_out(run.epoch_sink(), show))]
         if refit:
             result = train_and_validate(
-                source.config, splits.for_refit(), callbacks, seed=source.seed, epochs=epochs
+                config,
+                splits.for_refit(),
+                callbacks,
+                seed=source.seed,
+                resume=resume,
+                deadline=deadline,
+                checkpoint=CheckpointWriter(tracker, run.run_id),
             )
         else:
             result = train_as_recorded(
@@ -245,17 +300,193 @@ def _train(
                 epochs=epochs,
             )
     run.log_training(result, title=title)
-    if not result.ok:
+    if not result.ok and not result.paused:
         run.status_on_exit = "FAILED"
         raise ExportError(f"training the export failed: {result.failure_reason}")
     return result
+
+
+def export_ensemble(
+    tracker: Tracker,
+    sweep: SweepRecord,
+    members: list[Member],
+    splits: Splits,
+    *,
+    out: Path,
+    formats: tuple[str, ...],
+    single: ExportResult | None = None,
+    model_name: str | None = None,
+    alias: str = CHAMPION_ALIAS,
+    register: bool = True,
+    report: Callable[[str], None] = lambda _: None,
+) -> ExportResult:
+    """Deliver the averaged softmax of `members` as one model; see the module doc."""
+    check_out_folder(out)
+    tags = {
+        TagKey.ROLE: Role.EXPORT,
+        TagKey.ENSEMBLE_MEMBERS: ",".join(m.run_id for m in members),
+        TagKey.DATASET: splits.dataset,
+        TagKey.STUDY: sweep.study,
+    }
+    if single is not None:
+        tags[TagKey.EXPORTED_FROM_RUN_ID] = single.run_id
+    name = f"export of an ensemble of {len(members)}"
+    with tracker.run(sweep.experiment, name, tags=tags, parent_run_id=sweep.parent_run_id) as run:
+        model = ensemble_model(members)
+        run.log_params({"members": len(members), "formats": ",".join(formats)})
+        run.log_text(
+            json.dumps([{"run_id": m.run_id, **m.config.as_params()} for m in members], indent=1),
+            "members.json",
+        )
+        card = _card_for_ensemble(members, splits, model)
+        return deliver(
+            tracker,
+            run,
+            model,
+            splits,
+            out=out,
+            formats=formats,
+            card=card,
+            label=f"ensemble of {len(members)}",
+            parent_run_id=sweep.parent_run_id,
+            tested=None,
+            model_name=model_name,
+            alias=alias,
+            register=register,
+            report=report,
+            single=single,
+        )
+
+
+def deliver(
+    tracker: Tracker,
+    run: RunHandle,
+    model: Any,
+    splits: Splits,
+    *,
+    out: Path,
+    formats: tuple[str, ...],
+    card: ModelCard,
+    label: str,
+    parent_run_id: str | None,
+    tested: str | None,
+    model_name: str | None,
+    alias: str,
+    register: bool,
+    report: Callable[[str], None],
+    single: ExportResult | None = None,
+    config: CnnConfig | None = None,
+) -> ExportResult:
+    """Test once, write and check every format, card and pictures; register when all pass."""
+    test = evaluate_test(model, splits)
+    count_test_evaluation(tracker, parent_run_id, tested, report)
+    report(f"{label}: test accuracy {test.accuracy:.4f} ({test.errors} errors)")
+    checks = []
+    for fmt in formats:
+        check = write_and_check(model, fmt, out, splits.test.x, splits.test.y, test.probabilities)
+        report(
+            f"{fmt}: "
+            + (
+                f"accuracy {check.accuracy:.4f}, largest probability difference "
+                f"{check.max_probability_difference:.1e}"
+                if not check.problem
+                else check.problem
+            )
+            + ("" if check.ok else "  FAILED")
+        )
+        checks.append(check)
+    baseline_run = tracker.find_baseline(splits.dataset)
+    baseline = compare_paired(tracker, baseline_run, splits, test.predictions)
+    versus_single = None
+    if single is not None:
+        versus_single = PairedComparison(
+            single.run_id,
+            single.test.accuracy,
+            *_discordant(test.predictions, single.test.predictions, splits),
+        )
+    interval = wilson_interval(test.correct, len(test.labels))
+    _fill_card(card, test, interval, baseline, versus_single, checks)
+    _write_pictures(out, splits, test, label)
+    _log_run(run, test, interval, baseline, versus_single, checks)
+    failed = [c.name for c in checks if not c.ok]
+    version = previous = None
+    registered_as = model_name or registered_model_name(splits.dataset)
+    if not failed:
+        run.log_keras_model(model, splits.test.x[:2, ..., None].astype("float32"))
+        if register:
+            version, previous = tracker.register_model(run.run_id, registered_as, alias)
+            card.registry = {"name": registered_as, "version": version, "alias": alias}
+    (out / "card.json").write_text(card.as_json())
+    (out / "card.md").write_text(card.as_markdown())
+    run.log_folder(out, Artifact.BUNDLE_DIR)
+    if failed:
+        run.status_on_exit = "FAILED"
+        run.set_tags({TagKey.FAILURE_REASON: f"format(s) {', '.join(failed)} disagree with Keras"})
+        raise ExportError(
+            f"format(s) {', '.join(failed)} failed their check against the Keras model "
+            f"(tolerance {PROBABILITY_TOLERANCE:g}; see {out / 'card.md'}); nothing was registered"
+        )
+    if parent_run_id is not None:  # only a verified export becomes the sweep's export
+        RunHandle(tracker.client, parent_run_id).set_tags({TagKey.EXPORT_RUN_ID: run.run_id})
+    return ExportResult(
+        run.run_id,
+        out,
+        label,
+        test,
+        checks,
+        baseline,
+        registered_as if register else None,
+        version,
+        previous,
+        card,
+        interval,
+        versus_single,
+        model,
+        config,
+    )
+
+
+def _discordant(
+    ours: npt.NDArray[np.int64], theirs: npt.NDArray[np.int64], splits: Splits
+) -> tuple[int, int, float]:
+    labels = splits.test.y
+    result = mcnemar_exact(ours == labels, theirs == labels)
+    return result.only_first, result.only_second, result.p_value
+
+
+def count_test_evaluation(
+    tracker: Tracker,
+    parent_run_id: str | None,
+    tested: str | None,
+    report: Callable[[str], None],
+) -> None:
+    """Count one more test-set evaluation on the sweep; warn when a second config is tested."""
+    if parent_run_id is None:
+        return
+    parent = tracker.get_run(parent_run_id)
+    if parent is None:
+        return
+    count = int(parent.data.metrics.get(MetricName.TEST_EVALUATIONS, 0)) + 1
+    configs: list[str] = json.loads(parent.data.tags.get(TagKey.TESTED_CONFIGS, "[]"))
+    if tested is not None and tested not in configs:
+        configs.append(tested)
+    handle = RunHandle(tracker.client, parent_run_id)
+    handle.log_metrics({MetricName.TEST_EVALUATIONS: count}, step=count)
+    handle.set_tags({TagKey.TESTED_CONFIGS: json.dumps(configs)})
+    if len(configs) > 1:
+        report(
+            f"warning: the test set has now scored {len(configs)} configurations of this sweep "
+            f"({count} evaluations): picking the best of them by test accuracy would be tuning "
+            "on the test set; choose on validation (confirm) and report the one chosen"
+        )
 
 
 def _log_run(
     run: RunHandle,
     test: TestEvaluation,
     interval: Interval,
-    baseline: BaselineComparison | None,
+    baseline: PairedComparison | None,
+    versus_single: PairedComparison | None,
     checks: list[FormatCheck],
 ) -> None:
     metrics = {
@@ -268,14 +499,17 @@ def _log_run(
     if baseline is not None:
         metrics[MetricName.TEST_ACCURACY_VS_BASELINE] = test.accuracy - baseline.accuracy
         metrics[MetricName.MCNEMAR_P_VALUE] = baseline.p_value
+    if versus_single is not None:
+        metrics[MetricName.MCNEMAR_P_VS_SINGLE] = versus_single.p_value
     for check in checks:
         metrics[f"format_{check.name}_accuracy"] = check.accuracy
         metrics[f"format_{check.name}_max_probability_difference"] = (
             check.max_probability_difference
         )
     run.log_metrics(metrics)
-    run.log_array(test.predictions, TEST_PREDICTIONS_ARTIFACT)
-    run.log_array(test.labels, TEST_LABELS_ARTIFACT)
+    run.log_array(test.predictions, Artifact.TEST_PREDICTIONS)
+    run.log_array(test.labels, Artifact.TEST_LABELS)
+    run.log_array(test.probabilities, Artifact.TEST_PROBABILITIES)
 
 
 def _write_pictures(out: Path, splits: Splits, test: TestEvaluation, label: str) -> None:
@@ -288,22 +522,20 @@ def _write_pictures(out: Path, splits: Splits, test: TestEvaluation, label: str)
     ).savefig(out / "misclassified.png", dpi=110)
 
 
-def _card(
+def _card_for_source(
     source: RecordedRun,
     splits: Splits,
     result: TrialResult,
-    test: TestEvaluation,
-    interval: Interval,
-    baseline: BaselineComparison | None,
-    checks: list[FormatCheck],
     refit: bool,
     formats: tuple[str, ...],
+    train_images: int,
 ) -> ModelCard:
     confirmed = source.metrics.get(MetricName.CONFIRMED_MEAN)
-    train_images = len(splits.train) + (len(splits.val) if refit else 0)
     command = f"tunelab export {source.run_id} --formats {','.join(formats)}" + (
         "" if refit else " --no-refit"
     )
+    if refit and result.config.epochs != source.config.epochs:
+        command += f" --epochs {result.config.epochs}"
     return ModelCard(
         title=f"tunelab {splits.dataset} model: {source.label}",
         source={
@@ -315,15 +547,9 @@ def _card(
             "trial": source.trial_number,
             "best_val_accuracy": source.best_val_accuracy,
         },
-        config=source.config.as_params(),
+        config=result.config.as_params(),
         param_count=result.param_count,
-        data={
-            "dataset": splits.dataset,
-            "digest": splits.digest,
-            "source": splits.source,
-            "validation_size": len(splits.val),
-            "test_images": len(splits.test),
-        },
+        data=_data_section(splits),
         training={
             "mode": "refit on train + validation" if refit else "the trial's own split",
             "images": train_images,
@@ -331,24 +557,8 @@ def _card(
             "seed": result.seed,
             "wall_seconds": result.wall_seconds,
         },
-        test={
-            "accuracy": test.accuracy,
-            "errors": test.errors,
-            "images": len(test.labels),
-            "ci95_low": interval.low,
-            "ci95_high": interval.high,
-            "loss": test.loss,
-        },
-        baseline=None
-        if baseline is None
-        else {
-            "run_id": baseline.run_id,
-            "accuracy": baseline.accuracy,
-            "difference": test.accuracy - baseline.accuracy,
-            "only_model": baseline.only_model,
-            "only_baseline": baseline.only_baseline,
-            "p_value": baseline.p_value,
-        },
+        test={},
+        baseline=None,
         confirmation=None
         if confirmed is None
         else {
@@ -358,19 +568,101 @@ def _card(
             "ci95_high": source.metrics.get(MetricName.CONFIRMED_HIGH, float("nan")),
             "seeds": int(source.metrics.get(MetricName.CONFIRMED_SEEDS, 0)),
         },
-        formats=[
-            {
-                "name": c.name,
-                "file": c.path.name,
-                "accuracy": c.accuracy,
-                "max_probability_difference": c.max_probability_difference,
-                "flipped_predictions": c.flipped_predictions,
-                "size_bytes": c.size_bytes,
-                "ok": c.ok,
-            }
-            for c in checks
-        ],
+        formats=[],
         tolerance=PROBABILITY_TOLERANCE,
         versions=package_versions(),
         reproduce=command,
     )
+
+
+def _card_for_ensemble(members: list[Member], splits: Splits, model: Any) -> ModelCard:
+    from tunelab.text import short_value
+
+    def summary(config: CnnConfig) -> str:
+        shown = ("optimizer", "learning_rate", "filters", "conv_blocks", "epochs")
+        return ", ".join(f"{k}={short_value(getattr(config, k))}" for k in shown)
+
+    return ModelCard(
+        title=f"tunelab {splits.dataset} model: ensemble of {len(members)}",
+        source={"label": f"ensemble of {len(members)}", "run_id": "", "experiment": ""},
+        config={"members": [m.config.as_params() for m in members]},
+        param_count=int(model.count_params()),
+        data=_data_section(splits),
+        training={
+            "mode": "members trained elsewhere (see the table)",
+            "images": len(splits.train) + len(splits.val),
+            "epochs": max(m.config.epochs for m in members),
+            "seed": "per member",
+            "wall_seconds": 0.0,
+        },
+        test={},
+        baseline=None,
+        confirmation=None,
+        formats=[],
+        tolerance=PROBABILITY_TOLERANCE,
+        versions=package_versions(),
+        reproduce="tunelab export EXPERIMENT --ensemble " + str(len(members)),
+        members=[
+            {"run_id": m.run_id, "label": m.label, "summary": summary(m.config)} for m in members
+        ],
+    )
+
+
+def _data_section(splits: Splits) -> dict[str, Any]:
+    return {
+        "dataset": splits.dataset,
+        "digest": splits.digest,
+        "source": splits.source,
+        "validation_size": len(splits.val),
+        "test_images": len(splits.test),
+    }
+
+
+def _fill_card(
+    card: ModelCard,
+    test: TestEvaluation,
+    interval: Interval,
+    baseline: PairedComparison | None,
+    versus_single: PairedComparison | None,
+    checks: list[FormatCheck],
+) -> None:
+    card.test = {
+        "accuracy": test.accuracy,
+        "errors": test.errors,
+        "images": len(test.labels),
+        "ci95_low": interval.low,
+        "ci95_high": interval.high,
+        "loss": test.loss,
+    }
+    card.baseline = (
+        None
+        if baseline is None
+        else {
+            "run_id": baseline.run_id,
+            "accuracy": baseline.accuracy,
+            "difference": test.accuracy - baseline.accuracy,
+            "only_model": baseline.only_model,
+            "only_baseline": baseline.only_other,
+            "p_value": baseline.p_value,
+        }
+    )
+    card.versus_single = None if versus_single is None else dict(versus_single.__dict__)
+    card.formats = [
+        {
+            "name": c.name,
+            "file": c.path.name,
+            "accuracy": c.accuracy,
+            "max_probability_difference": c.max_probability_difference,
+            "flipped_predictions": c.flipped_predictions,
+            "size_bytes": c.size_bytes,
+            "ok": c.ok,
+            "problem": c.problem,
+        }
+        for c in checks
+    ]
+
+
+def ensemble_probabilities(results: list[TestEvaluation], splits: Splits) -> TestEvaluation:
+    """The test evaluation of averaged probabilities (what the ensemble model computes)."""
+    averaged = np.mean([r.probabilities for r in results], axis=0)
+    return score_test(averaged, splits)

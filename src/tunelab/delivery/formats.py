@@ -1,18 +1,18 @@
 """Exported model formats, each written, loaded back and run on the test set.
 
-A bundle holds the champion as `model.keras`, a TensorFlow SavedModel (`saved_model/`), a
-TensorFlow Lite flat buffer (`model.tflite`) and an ONNX graph (`model.onnx`). Each is written
-from the serving model (no augmentation layers), loaded back by its own runtime (Keras,
-`tf.saved_model.load`, the TFLite interpreter, ONNX Runtime) and predicts the test images; its
-accuracy and its largest class-probability difference from the Keras model are recorded.
+A bundle holds the champion (or an ensemble, as one model) as `model.keras`, a TensorFlow SavedModel
+(`saved_model/`), a TensorFlow Lite flat buffer (`model.tflite`) and an ONNX graph (`model.onnx`).
+Each is written from the serving model (no augmentation layers), loaded back by its own runtime
+(Keras, `tf.saved_model.load`, the TFLite interpreter, ONNX Runtime) and predicts the test images;
+its accuracy and its largest class-probability difference from the Keras model are recorded.
 
 Tolerance: `PROBABILITY_TOLERANCE` = 1e-4. The formats compute the same float32 network with
-different kernels (oneDNN, XNNPACK, MLAS) that sum in different orders; for this network size
-that moved a softmax output by at most 1.3e-6 (TFLite) and 7.7e-7 (ONNX) on the 10,000 test
-images (the README's export row). 1e-4 is two orders of magnitude above that, yet a conversion
-bug (a wrong layout, a dropped layer or rescaling) changes outputs wholesale. A predicted class may
-flip only where the Keras model's top two probabilities are within twice the tolerance; any other
-flip fails the export too.
+different kernels (oneDNN, XNNPACK, MLAS) that sum in different orders; for this network size that
+moved a softmax output by at most 1.3e-6 (TFLite) and 7.7e-7 (ONNX) on the 10,000 test images (the
+README's export row). 1e-4 is two orders of magnitude above that, yet a conversion bug (a wrong
+layout, a dropped layer or rescaling) changes outputs wholesale. A predicted class may flip only
+where the Keras model's top two probabilities are within twice the tolerance; any other flip fails
+the export too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+from tunelab.define.experiment import EXPORT_FORMATS
+from tunelab.text import first_line
+
+FORMATS = EXPORT_FORMATS
 PROBABILITY_TOLERANCE = 1e-4
 FILE_NAMES = {
     "keras": "model.keras",
@@ -68,11 +71,22 @@ class FormatCheck:
     flipped_predictions: int
     unexplained_flips: int
     size_bytes: int
+    problem: str = ""  # the writer or the runtime failed: why (the check then fails)
 
     @property
     def ok(self) -> bool:
         return (
-            self.max_probability_difference <= PROBABILITY_TOLERANCE and self.unexplained_flips == 0
+            not self.problem
+            and self.max_probability_difference <= PROBABILITY_TOLERANCE
+            and self.unexplained_flips == 0
+        )
+
+    @classmethod
+    def broken(cls, name: str, path: Path, problem: str) -> FormatCheck:
+        """A format that could not be written or run: failed, with the reason."""
+        nan = float("nan")
+        return cls(
+            name, path, nan, float("inf"), 0, 0, _size(path) if path.exists() else 0, problem
         )
 
 
@@ -160,6 +174,31 @@ def predict_in_batches(predict: Predict, images: npt.NDArray[np.uint8]) -> npt.N
     """Raw 0..255 pixels (N, 28, 28) -> probabilities, BATCH images at a time."""
     x = images[..., None].astype(np.float32)
     return np.concatenate([predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def write_and_check(
+    model: Any,
+    name: str,
+    folder: Path,
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer],
+    reference: npt.NDArray[np.float32],
+) -> FormatCheck:
+    """Write one format, load it back in its own runtime and compare; never raises for a
+    writer or runtime that fails (the check fails with the reason instead)."""
+    path = folder / FILE_NAMES[name]
+    try:
+        path = write_format(model, name, folder)
+    except Exception as error:  # a converter's failure is the format's failure, not a crash
+        return FormatCheck.broken(name, path, f"writing failed: {_one_line(error)}")
+    try:
+        return check_format(name, path, images, labels, reference)
+    except Exception as error:
+        return FormatCheck.broken(name, path, f"loading it back failed: {_one_line(error)}")
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {first_line(error)[:200]}"
 
 
 def check_format(

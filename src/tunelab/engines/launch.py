@@ -1,29 +1,128 @@
-"""Launch (or resume) a sweep: load the data once, find the baseline, hand over to the engine."""
+"""Launch (or resume) a sweep: load the data once, find the baseline, set the deadline, run.
+
+The time budget (`--timeout`, else the experiment's `budget.timeout`) is the running time of
+all launches of the sweep together, read from the ledger on its parent run: a launch gets what
+earlier launches left, as a deadline no training step may run past. The engine is found by name
+in `tunelab.engines.base.ENGINES`. The result is one `SweepResult`, the same for the command
+line, the Python API and `tunelab run`.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from tunelab.define.data import Splits, load_splits
-from tunelab.engines.sweep import SweepTracker, best_of, find_baseline_bar, max_trial_epochs
+from tunelab.define.experiment import ExperimentSpec
+from tunelab.engines.base import SweepRequest, engine
+from tunelab.engines.sweep import (
+    SWEEP_LEDGER,
+    BaselineBar,
+    SweepTracker,
+    TrialRecord,
+    best_of,
+    count_states,
+    find_baseline_bar,
+)
+from tunelab.record.ledger import Ledger
+from tunelab.record.store import Tracker
+from tunelab.training.deadline import Deadline
 from tunelab.training.progress import SweepProgress
-from tunelab.define.specs import ExperimentSpec
-from tunelab.record.store import Tracker, TrialState
-
-TRIAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED)
 
 STORAGE_ENV = "TUNELAB_OPTUNA_STORAGE"
-DEFAULT_KERAS_TUNER_DIR = Path("tracking/keras_tuner")
+DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
+DEFAULT_STATE_DIR = Path("tracking/keras_tuner")
 
 
 def resolve_storage(explicit: str | None, spec: ExperimentSpec) -> str:
     """--storage, else the experiment's storage, else $TUNELAB_OPTUNA_STORAGE, else SQLite."""
-    from tunelab.engines.optuna.engine import DEFAULT_STORAGE
-
     return explicit or spec.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One launch of a sweep, engine-neutral: what `tunelab tune` and `tunelab.api.tune` return."""
+
+    experiment: str
+    study: str
+    engine: str
+    parent_run_id: str
+    records: tuple[TrialRecord, ...]
+    stopped_because: str
+    baseline: BaselineBar | None
+    launch_seconds: float
+    spent_seconds: float  # every launch of the sweep together (what the time budget counts)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return best_of(list(self.records))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return count_states(list(self.records))
+
+    def trials(self) -> Any:
+        """A pandas DataFrame: one row per trial (number, state, value, run id, parameters)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "trial": r.number,
+                "state": r.state,
+                "val_accuracy": r.value,
+                "run_id": r.run_id,
+                **dict(r.params),
+            }
+            for r in self.records
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        counts = self.counts
+        text = (
+            f"stopped: {self.stopped_because}. trials: {counts['complete']} complete, "
+            f"{counts['pruned']} pruned, {counts['failed']} failed"
+            + (f", {counts['paused']} paused" if counts["paused"] else "")
+            + f"; {self.launch_seconds:.0f} s this launch, {self.spent_seconds:.0f} s in all."
+        )
+        best = self.best
+        if best is not None and best.value is not None:
+            text += f" best: trial {best.number}, val_accuracy {best.value:.4f}"
+            if self.baseline is not None:
+                gain = (best.value - self.baseline.val_accuracy) * 100
+                text += f" ({gain:+.2f} points vs the baseline)"
+            text += f", MLflow run {best.run_id}."
+        return text + f" Parent run {self.parent_run_id} in MLflow experiment {self.experiment!r}."
+
+
+def load_experiment_splits(
+    spec: ExperimentSpec, data_file: Path | None, console: Console
+) -> Splits:
+    """The experiment's data, fetched, verified and split as it says (once per sweep)."""
+    return load_splits(
+        spec.dataset,
+        spec.validation_size,
+        spec.split_seed,
+        train_size=spec.train_size,
+        user_path=data_file,
+        report=lambda line: console.print(line, highlight=False),
+    )
+
+
+def sweep_deadline(
+    tracker: Tracker, spec: ExperimentSpec, study: str, budget_seconds: float | None
+) -> tuple[Deadline | None, float]:
+    """The deadline of this launch and the seconds earlier launches spent (0 for a new sweep)."""
+    if budget_seconds is None:
+        return None, 0.0
+    parent = SweepTracker(tracker, spec, study, spec.engine.name, None).find_parent()
+    spent = Ledger(tracker, parent, SWEEP_LEDGER).spent() if parent else 0.0
+    return Deadline.after(budget_seconds - spent), spent
 
 
 def run_sweep(
@@ -31,6 +130,7 @@ def run_sweep(
     *,
     trials: int | None = None,
     timeout_seconds: float | None = None,
+    deadline: Deadline | None = None,
     study_name: str | None = None,
     storage_url: str | None = None,
     tracking_uri: str | None = None,
@@ -38,76 +138,107 @@ def run_sweep(
     console: Console | None = None,
     show_progress: bool = True,
     splits: Splits | None = None,
-    keras_tuner_dir: Path | None = None,
-) -> str:
-    """Run the experiment's sweep within its budget (or the overrides); returns a summary line.
+    state_dir: Path | None = None,
+    warm_start_from: str | None = None,
+) -> SweepResult:
+    """Run the experiment's sweep within its budget (or the overrides); see the module doc.
 
-    `splits` replaces the experiment's data (tests pass the tiny fixture); by default the
-    dataset is fetched, verified and split as the experiment says, once per sweep.
+    `splits` replaces the experiment's data (tests pass the tiny fixture); `deadline` replaces
+    the time budget (`tunelab run` gives its search stage one).
     """
+    started = time.monotonic()
     console = console or Console(stderr=True)
-    if splits is None:
-        splits = load_splits(
-            spec.dataset,
-            spec.validation_size,
-            spec.split_seed,
-            train_size=spec.train_size,
-            user_path=data_file,
-            report=lambda line: console.print(f"[yellow]skipped[/] {line}"),
-        )
     tracker = Tracker(tracking_uri)
-    baseline, note = find_baseline_bar(tracker, splits)
     study = study_name or spec.name
-    budget_trials = trials if trials is not None else spec.budget.trials
-    budget_seconds = timeout_seconds if timeout_seconds is not None else spec.budget.timeout_seconds
+    storage = resolve_storage(storage_url, spec)
+    if splits is None:
+        splits = load_experiment_splits(spec, data_file, console)
+    baseline, note = find_baseline_bar(tracker, splits)
+    budget = timeout_seconds if timeout_seconds is not None else spec.budget.timeout
+    spent_before = 0.0
+    if deadline is None:
+        deadline, spent_before = sweep_deadline(tracker, spec, study, budget)
+    trial_budget = trials if trials is not None else spec.budget.trials
     console.print(
-        f"sweep {study}: {spec.engine.name} ({spec.engine.sampler}, pruner {spec.engine.pruner}), "
-        f"{len(splits.train)} training / {len(splits.val)} validation images; {note}",
+        f"sweep {study}: {spec.engine.name} ({_algorithms(spec)}), {len(splits.train)} training "
+        f"/ {len(splits.val)} validation images; {note}" + _budget_note(budget, spent_before),
         highlight=False,
     )
     sweep = SweepTracker(tracker, spec, study, spec.engine.name, baseline)
-    with SweepProgress(console, show=show_progress) as progress:
-        if spec.engine.name == "kerastuner":
-            from tunelab.engines.kerastuner.engine import run_keras_tuner_sweep
-
-            parent_run_id, records, stopped = run_keras_tuner_sweep(
-                spec,
-                splits,
-                sweep,
-                progress,
-                study_name=study,
-                trials=budget_trials,
-                timeout_seconds=budget_seconds,
-                max_epochs=max_trial_epochs(spec),
-                directory=keras_tuner_dir or DEFAULT_KERAS_TUNER_DIR,
-            )
-        else:
-            from tunelab.engines.optuna.engine import run_optuna_sweep
-
-            outcome = run_optuna_sweep(
-                spec,
-                splits,
-                sweep,
-                progress,
-                study_name=study,
-                storage_url=resolve_storage(storage_url, spec),
-                trials=budget_trials,
-                timeout_seconds=budget_seconds,
-            )
-            parent_run_id, records, stopped = (
-                outcome.parent_run_id,
-                outcome.records,
-                outcome.stopped_because,
-            )
-    best = best_of(records)
-    counts = {s: sum(r.state == s for r in records) for s in TRIAL_STATES}
-    text = (
-        f"stopped: {stopped}. trials: {counts['complete']} complete, "
-        f"{counts['pruned']} pruned, {counts['failed']} failed."
+    if deadline is not None and deadline.passed():
+        return _spent(spec, study, sweep, baseline, budget, spent_before, started)
+    request = SweepRequest(
+        spec=spec,
+        splits=splits,
+        sweep=sweep,
+        progress=SweepProgress(console, show=show_progress),
+        study=study,
+        trials=trial_budget,
+        deadline=deadline,
+        storage_url=storage,
+        state_dir=state_dir or DEFAULT_STATE_DIR,
+        warm_start_from=warm_start_from,
     )
-    if best is not None and best.value is not None:
-        text += f" best: trial {best.number}, val_accuracy {best.value:.4f}"
-        if baseline is not None:
-            text += f" ({(best.value - baseline.val_accuracy) * 100:+.2f} points vs the baseline)"
-        text += f", MLflow run {best.run_id}."
-    return text + f" Parent run {parent_run_id} in MLflow experiment {spec.name!r}."
+    with request.progress:
+        outcome = engine(spec.engine.name).run(request)
+    spent = Ledger(tracker, outcome.parent_run_id, SWEEP_LEDGER).spent()
+    return SweepResult(
+        experiment=spec.name,
+        study=study,
+        engine=spec.engine.name,
+        parent_run_id=outcome.parent_run_id,
+        records=tuple(outcome.records),
+        stopped_because=outcome.stopped_because,
+        baseline=baseline,
+        launch_seconds=time.monotonic() - started,
+        spent_seconds=spent,
+    )
+
+
+def _algorithms(spec: ExperimentSpec) -> str:
+    engine_spec = spec.engine
+    if engine_spec.name == "kerastuner":
+        return f"tuner {engine_spec.tuner}"
+    fidelity = f", first rung {engine_spec.min_images} images" if engine_spec.min_images else ""
+    return f"{engine_spec.sampler}, pruner {engine_spec.pruner}{fidelity}"
+
+
+def _budget_note(budget: float | None, spent: float) -> str:
+    if budget is None:
+        return ""
+    left = max(0.0, budget - spent)
+    return (
+        f"; time budget {budget / 60:.1f} min, {spent / 60:.1f} spent by earlier launches, "
+        f"{left / 60:.1f} left"
+    )
+
+
+def _spent(
+    spec: ExperimentSpec,
+    study: str,
+    sweep: SweepTracker,
+    baseline: BaselineBar | None,
+    budget: float | None,
+    spent: float,
+    started: float,
+) -> SweepResult:
+    """The result of a launch that found its time budget already used up (it trains nothing)."""
+    from tunelab.errors import UserError
+
+    parent = sweep.find_parent()
+    if parent is None:
+        raise UserError(f"the time budget ({budget} s) leaves no time for a first trial")
+    return SweepResult(
+        experiment=spec.name,
+        study=study,
+        engine=spec.engine.name,
+        parent_run_id=parent,
+        records=(),
+        stopped_because=(
+            f"the time budget ({(budget or 0) / 60:.1f} min) was spent by earlier launches; "
+            "raise it with --timeout to continue"
+        ),
+        baseline=baseline,
+        launch_seconds=time.monotonic() - started,
+        spent_seconds=spent,
+    )

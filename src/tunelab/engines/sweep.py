@@ -3,9 +3,13 @@
 `SweepTracker` owns the MLflow side of a sweep: it finds or creates the parent run (one per
 study; a resumed sweep reuses it), opens a child run per trial with the same names and tags for
 every engine, logs each trial's outcome and its distance from the baseline, keeps the parent's
-summary (counts, best trial, time to beat the baseline) current, and closes leftover RUNNING
-child runs of workers that died. Engines keep their own state (an Optuna study, a KerasTuner
-oracle) and hand this class plain numbers.
+summary (counts, best trial, time to beat the baseline, wall time of the sweep's launches)
+current, and closes leftover RUNNING child runs of workers that died. Engines keep their own
+state (an Optuna study, a KerasTuner oracle) and hand this class plain numbers.
+
+A trial stopped by a deadline is *paused*: its run ends KILLED with `tunelab.trial_state` =
+paused, its checkpoint stays, and the next launch continues it in a new run that names it
+(`tunelab.retries_trial`). Paused trials are neither failures nor results.
 """
 
 from __future__ import annotations
@@ -16,23 +20,21 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.training.baseline import PUBLISHED_TEST_ACCURACY
+from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY
 from tunelab.define.data import Splits
+from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.space import Scalar
 from tunelab.errors import UserError
-from tunelab.record.redact import redact_text
-from tunelab.define.specs import ExperimentSpec, Scalar
-from tunelab.record.store import (
-    PARENT_RUN_TAG,
-    MetricName,
-    Role,
-    RunHandle,
-    TagKey,
-    Tracker,
-    TrialState,
-)
-from tunelab.training.train import TrialResult
+from tunelab.record.ledger import Launch, Ledger
+from tunelab.record.names import MetricName, Role, TagKey, TrialState
+from tunelab.record.query import Query
+from tunelab.record.results import TrialResult
+from tunelab.record.store import RunHandle, Tracker
+from tunelab.redact import redact_text
+from tunelab.text import first_line, short_value
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
+SWEEP_LEDGER = "sweep"
 
 
 class SweepError(UserError):
@@ -90,15 +92,21 @@ def find_baseline_bar(tracker: Tracker, splits: Splits) -> tuple[BaselineBar | N
     return bar, f"baseline {bar.run_id}: best val_accuracy {bar.val_accuracy:.4f} to beat"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialRecord:
-    """One finished trial as the parent summary needs it."""
+    """One finished (or paused) trial as the parent summary and the results need it."""
 
     number: int
     state: str
     value: float | None
     run_id: str
     params: Mapping[str, Scalar]
+
+
+def count_states(records: list[TrialRecord]) -> dict[str, int]:
+    """Trials per state, every state present (zero when none)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED, TrialState.PAUSED)
+    return {state: sum(r.state == state for r in records) for state in states}
 
 
 class SweepTracker:
@@ -116,14 +124,12 @@ class SweepTracker:
         self.baseline = baseline
         self.experiment = spec.name
         self.parent_run_id: str | None = None
+        self.launch: Launch | None = None  # this launch's interval on the parent, once open
 
     # --- parent ---------------------------------------------------------------------
 
     def find_parent(self) -> str | None:
-        runs = self.tracker.search(
-            self.experiment,
-            f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{self.study}'",
-        )
+        runs = self.tracker.search(self.experiment, Query.of(role=Role.SWEEP, study=self.study))
         return runs[0].info.run_id if runs else None
 
     @contextmanager
@@ -133,7 +139,8 @@ class SweepTracker:
         """Open the sweep's parent run: reuse the study's one if it exists, else create it.
 
         Several workers may start at the same moment: finding and creating happen under `lock`
-        (the study lock every worker shares), so exactly one parent run is ever created.
+        (the study lock every worker shares), so exactly one parent run is ever created. The
+        launch is recorded on it (`ledger`) from here until the block ends.
         """
         tags = {
             TagKey.ROLE: Role.SWEEP,
@@ -155,7 +162,16 @@ class SweepTracker:
             self.experiment, f"sweep-{self.engine}-{self.study}", tags=tags, resume_run_id=existing
         ) as run:
             self.parent_run_id = run.run_id
-            yield run
+            with self.ledger().launch() as launch:
+                self.launch = launch
+                try:
+                    yield run
+                finally:
+                    self.launch = None
+
+    def ledger(self) -> Ledger:
+        assert self.parent_run_id is not None, "open the parent first"
+        return Ledger(self.tracker, self.parent_run_id, SWEEP_LEDGER)
 
     def _log_sweep_definition(self, run: RunHandle, splits: Splits) -> None:
         spec = self.spec
@@ -165,9 +181,11 @@ class SweepTracker:
                 "sampler": spec.engine.sampler,
                 "pruner": spec.engine.pruner,
                 "tuner": spec.engine.tuner,
+                "min_images": spec.engine.min_images,
+                "precision": spec.precision,
                 "objectives": ",".join(o.metric for o in spec.objectives),
                 "budget_trials": spec.budget.trials,
-                "budget_timeout_seconds": spec.budget.timeout_seconds,
+                "budget_timeout_seconds": spec.budget.timeout,
                 "budget_max_epochs": spec.budget.max_epochs,
                 "dataset": splits.dataset,
                 "data_validation_size": len(splits.val),
@@ -191,17 +209,22 @@ class SweepTracker:
         best: TrialRecord | None,
         beat: Mapping[str, float] | None,
         trial_seconds: float,
+        flop_rate: float | None = None,
     ) -> None:
         """Counts, the best trial so far and the time to beat the baseline, on the parent."""
         assert self.parent_run_id is not None
         run = RunHandle(self.tracker.client, self.parent_run_id)
-        states = [r.state for r in records]
+        counts = count_states(records)
         metrics: dict[str, float] = {
-            MetricName.TRIALS_COMPLETE: states.count(TrialState.COMPLETE),
-            MetricName.TRIALS_PRUNED: states.count(TrialState.PRUNED),
-            MetricName.TRIALS_FAILED: states.count(TrialState.FAILED),
+            MetricName.TRIALS_COMPLETE: counts[TrialState.COMPLETE],
+            MetricName.TRIALS_PRUNED: counts[TrialState.PRUNED],
+            MetricName.TRIALS_FAILED: counts[TrialState.FAILED],
+            MetricName.TRIALS_PAUSED: counts[TrialState.PAUSED],
             MetricName.SWEEP_TRIAL_SECONDS: trial_seconds,
+            MetricName.SWEEP_WALL_SECONDS: self.ledger().spent(self.launch),
         }
+        if flop_rate is not None:
+            metrics[MetricName.TRAINING_FLOPS] = flop_rate
         if best is not None and best.value is not None:
             metrics[MetricName.BEST_VALUE] = best.value
             metrics[MetricName.BEST_TRIAL] = best.number
@@ -222,11 +245,19 @@ class SweepTracker:
             metrics[MetricName.TRIAL_THAT_BEAT_BASELINE] = beat["trial"]
         run.log_metrics(metrics, step=len(records))
 
+    def recorded_flop_rate(self) -> float | None:
+        """The training speed measured by earlier launches (a first step's estimate uses it)."""
+        if self.parent_run_id is None:
+            return None
+        run = self.tracker.get_run(self.parent_run_id)
+        value = run.data.metrics.get(MetricName.TRAINING_FLOPS) if run is not None else None
+        return float(value) if value else None
+
     # --- children -------------------------------------------------------------------
 
     def run_name(self, number: int, chosen: Mapping[str, Scalar]) -> str:
         shown = list(chosen.items())[:KEY_PARAMS_IN_NAME]
-        text = " ".join(f"{k}={_short(v)}" for k, v in shown)
+        text = " ".join(f"{k}={short_value(v)}" for k, v in shown)
         return f"{self.engine} t{number:03d} {text}".strip()
 
     @contextmanager
@@ -274,8 +305,10 @@ class SweepTracker:
         )
         if state == TrialState.FAILED:
             run.status_on_exit = "FAILED"
+        elif state == TrialState.PAUSED:
+            run.status_on_exit = "KILLED"  # stopped on purpose; the next launch continues it
         if result is not None:
-            run.log_params({f"cfg.{k}": v for k, v in result.config.as_params().items()})
+            run.log_config(result.config)
             run.log_training(
                 result,
                 title=f"trial {run.run_id[:8]}",
@@ -295,9 +328,7 @@ class SweepTracker:
         if self.parent_run_id is None:
             return []
         runs = self.tracker.search(
-            self.experiment,
-            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
-            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
+            self.experiment, Query.of(role=Role.TRIAL, parent=self.parent_run_id)
         )
         return sorted(runs, key=lambda r: int(r.data.tags.get(TagKey.TRIAL_NUMBER, -1)))
 
@@ -337,15 +368,17 @@ class SweepTracker:
     ) -> Callable[[int, dict[str, float]], None]:
         """Per-epoch handler of a trial, the same for every engine.
 
-        Logs the epoch's metrics (step = epoch), advances the progress display, and the first time
-        val_accuracy passes the baseline's, records when (epoch, trial seconds) on the child run
-        and tells `on_beat` (an engine may keep it in its own state too).
+        Logs the epoch's metrics (step = epoch), advances the progress display, moves this
+        launch's end forward in the ledger, and the first time val_accuracy passes the
+        baseline's, records when (epoch, trial seconds) on the child run and tells `on_beat`.
         """
         bar = self.baseline.val_accuracy if self.baseline else None
         state = {"seconds": 0.0, "beaten": False}
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             run.log_metrics(logs, step=epoch)
+            if self.launch is not None:
+                self.launch.touch()
             state["seconds"] += logs.get(MetricName.EPOCH_SECONDS, 0.0)
             value = logs.get(MetricName.VAL_ACCURACY)
             if bar is not None and value is not None and value > bar and not state["beaten"]:
@@ -371,8 +404,7 @@ class SweepTracker:
             return 0
         orphans = self.tracker.search(
             self.experiment,
-            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING' "
-            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
+            Query.of(role=Role.TRIAL, parent=self.parent_run_id, status="RUNNING"),
         )
         closed = 0
         for orphan in orphans:
@@ -399,11 +431,4 @@ def best_of(records: list[TrialRecord]) -> TrialRecord | None:
 
 def describe_exception(error: BaseException) -> str:
     """A crashed trial's failure reason: the exception's type and first line, kept short."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
-
-
-def _short(value: Scalar) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    return f"{type(error).__name__}: {first_line(error)[:300]}".rstrip(": ")

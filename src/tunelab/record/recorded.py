@@ -1,26 +1,38 @@
 """A trained run as its MLflow record describes it, and the data it was trained on.
 
 Reproduction, confirmation, comparison and export all start from a run id (a sweep's child run,
-or the baseline) and need the same things back: the full model config (`cfg.*` params), the
-training seed, the validation score it reached, and the exact split it validated on (the
-dataset, validation size and split seed recorded on the sweep's parent run, checked against the
-recorded data digest on reload). This module reads them back in one place, and refuses with one
-line when a run does not exist or lacks what is needed.
+or the baseline) and need the same things back: the full model config (`config.json`, read with
+`CnnConfig.model_validate_json`; runs recorded before it existed are read from their `cfg.*`
+params), the training seed, the validation score it reached, and the exact split it validated on
+(the dataset, validation size and split seed recorded on the sweep's parent run, checked against
+the recorded data digest on reload). This module reads them back in one place, and refuses with
+one line when a run does not exist or lacks what is needed.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.define.cnn import CnnConfig, parse_config
+from pydantic import ValidationError
+
+from tunelab.define.cnn import CnnConfig, first_config_error
 from tunelab.define.data import Splits, load_splits
 from tunelab.errors import UserError
-from tunelab.record.store import PARENT_RUN_TAG, MetricName, Role, TagKey, Tracker, TrialState
-
-CONFIG_PREFIX = "cfg."
+from tunelab.record.names import (
+    CONFIG_PARAM_PREFIX,
+    PARENT_RUN_TAG,
+    Artifact,
+    MetricName,
+    Role,
+    TagKey,
+    TrialState,
+)
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
 
 
 class RunNotFound(UserError):
@@ -87,6 +99,8 @@ class RecordedRun:
     parent_run_id: str | None
     continues_trial: int | None
 
+    resumed: bool = False  # continued from a checkpoint: a retraining is not bit-identical
+
     @property
     def best_val_accuracy(self) -> float | None:
         return self.metrics.get(MetricName.BEST_VAL_ACCURACY)
@@ -104,7 +118,7 @@ def get_run(tracker: Tracker, run_id: str) -> Any:
     run = tracker.get_run(run_id)
     if run is None:
         raise RunNotFound(
-            f"run {run_id!r} not found in {tracker.tracking_uri} (copy a run id from the MLflow "
+            f"run {run_id!r} not found in {tracker.shown_uri} (copy a run id from the MLflow "
             "UI or `tunelab compare`)"
         )
     return run
@@ -114,15 +128,9 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
     """Read a trial or baseline run back; refuse runs that did not record a model config."""
     run = get_run(tracker, run_id)
     params, tags = run.data.params, run.data.tags
-    config_values = {
-        key[len(CONFIG_PREFIX) :]: value
-        for key, value in params.items()
-        if key.startswith(CONFIG_PREFIX)
-    }
     role = tags.get(TagKey.ROLE, "")
-    if role == Role.BASELINE:
-        config_values = {k: v for k, v in params.items() if k in CnnConfig.model_fields}
-    if not config_values:
+    config = recorded_config(tracker, run)
+    if config is None:
         raise UserError(
             f"run {run_id} has no recorded model config (a sweep's parent run, or a trial that "
             "failed before training?): pick a trial run"
@@ -140,11 +148,11 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
         study=tags.get(TagKey.STUDY, ""),
         trial_number=int(trial) if trial is not None else None,
         seed=int(tags.get(TagKey.SEED, "0")),
-        config=parse_config(typed_params(config_values)),
+        config=config,
         chosen={
             k: v
             for k, v in params.items()
-            if not k.startswith(CONFIG_PREFIX) and k != "trial_number"
+            if not k.startswith(CONFIG_PARAM_PREFIX) and k != "trial_number"
         }
         if role != Role.BASELINE
         else {},
@@ -152,7 +160,34 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
         data=_data_record(data_params.params, data_params.tags),
         parent_run_id=parent_id,
         continues_trial=int(continues) if continues is not None else None,
+        resumed=tags.get(TagKey.RESUMED_FROM_CHECKPOINT) == "true",
     )
+
+
+def recorded_config(tracker: Tracker, run: Any) -> CnnConfig | None:
+    """A run's model config: `config.json`, else its `cfg.*` params (runs recorded before
+    config.json), else a baseline's plain params (the oldest baselines); None if it has none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracker.download_artifact(run.info.run_id, Artifact.CONFIG, Path(tmp))
+        if local is not None:
+            return CnnConfig.model_validate_json(local.read_text())
+    params = run.data.params
+    values = {
+        key[len(CONFIG_PARAM_PREFIX) :]: value
+        for key, value in params.items()
+        if key.startswith(CONFIG_PARAM_PREFIX)
+    }
+    if not values and run.data.tags.get(TagKey.ROLE) == Role.BASELINE:
+        values = {k: v for k, v in params.items() if k in CnnConfig.model_fields}
+    if not values:
+        return None
+    try:  # MLflow params are strings: pydantic's lax mode reads them as the fields' types
+        return CnnConfig.model_validate(values)
+    except ValidationError as error:
+        raise UserError(
+            f"run {run.info.run_id} recorded a config tunelab cannot read: "
+            f"{first_config_error(error, values)}"
+        ) from None
 
 
 def _data_record(params: Mapping[str, str], tags: Mapping[str, str]) -> DataRecord:
@@ -209,11 +244,11 @@ class SweepRecord:
 
     def trial_runs(self, tracker: Tracker) -> list[Any]:
         """The sweep's trial runs (not its reproductions or confirmations), oldest first."""
-        return tracker.search(
-            self.experiment,
-            f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
-            f"and tags.`{TagKey.ROLE}` = '{Role.TRIAL}'",
-        )
+        return tracker.search(self.experiment, Query.of(role=Role.TRIAL, parent=self.parent_run_id))
+
+    def runs_of(self, tracker: Tracker, role: str) -> list[Any]:
+        """The sweep's runs of a role (confirmation, export, ...), oldest first."""
+        return tracker.search(self.experiment, Query.of(role=role, parent=self.parent_run_id))
 
     def top_trials(self, tracker: Tracker, k: int) -> list[RecordedRun]:
         """The `k` complete trials with the highest best validation accuracy."""
@@ -243,7 +278,7 @@ def experiment_name(target: str) -> str:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise RunNotFound(f"experiment file {target} does not exist")
-        from tunelab.define.specs import load_experiment
+        from tunelab.define.experiment import load_experiment
 
         return load_experiment(path).name
     return target
@@ -256,10 +291,10 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
     if not tracker.has_experiment(name):
         known = tracker.experiment_names()
         raise RunNotFound(
-            f"experiment {name!r} not found in {tracker.tracking_uri} "
+            f"experiment {name!r} not found in {tracker.shown_uri} "
             f"(it has: {', '.join(known) or 'nothing yet'}); run `tunelab tune` first"
         )
-    parents = tracker.search(name, f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}'")
+    parents = tracker.search(name, Query.of(role=Role.SWEEP))
     if study is not None:
         parents = [p for p in parents if p.data.tags.get(TagKey.STUDY) == study]
     if not parents:
@@ -283,10 +318,7 @@ def find_sweep(tracker: Tracker, target: str, study: str | None = None) -> Sweep
 
 def find_sweep_by_study(tracker: Tracker, study: str) -> SweepRecord:
     """The sweep of a study, whatever experiment holds it (the newest if several do)."""
-    runs = tracker.search_all(
-        f"tags.`{TagKey.ROLE}` = '{Role.SWEEP}' and tags.`{TagKey.STUDY}` = '{study}'",
-        max_results=1,
-    )
+    runs = tracker.search_all(Query.of(role=Role.SWEEP, study=study), limit=1)
     if not runs:
-        raise RunNotFound(f"no sweep with study {study!r} in {tracker.tracking_uri}")
+        raise RunNotFound(f"no sweep with study {study!r} in {tracker.shown_uri}")
     return find_sweep(tracker, tracker.experiment_name(runs[0].info.experiment_id), study)

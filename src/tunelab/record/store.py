@@ -1,9 +1,10 @@
-"""The one place that talks to MLflow: stores, experiments, runs, names, tags and artifacts.
+"""The one place that talks to MLflow: stores, experiments, runs, artifacts. Imports no TensorFlow.
 
-Metric names and tag keys are constants here and nowhere else (documented in tracking/README.md).
 Runs are opened with `Tracker.run(...)`, a context manager that always closes the run: FINISHED
 when the block completes, FAILED on an exception, KILLED on Ctrl-C, so no run stays RUNNING.
 Everything is logged explicitly (no autolog), with step = epoch (1-based) for per-epoch metrics.
+Searches go through `Query` (values quoted, all pages read); a store that cannot be reached, or
+refuses, is one line naming the store with its password masked, never "not found".
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,122 +31,32 @@ import numpy as np
 import numpy.typing as npt
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
-from tunelab.training.callbacks import EpochSink
+from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits
+from tunelab.define.urls import check_tracking_uri
+from tunelab.errors import UserError
 from tunelab.record.figures import confusion_counts, confusion_matrix, learning_curves
-from tunelab.training.train import TrialResult
+from tunelab.record.names import (
+    DEFAULT_TRACKING_URI,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARAM_VALUE_LIMIT,
+    PARENT_RUN_TAG,
+    TRACKING_URI_ENV,
+    Artifact,
+    MetricName,
+    Role,
+    TagKey,
+    config_params,
+)
+from tunelab.record.query import Query
+from tunelab.record.results import EpochSink, TrialResult
+from tunelab.redact import redact_text, redact_url
 
-DEFAULT_TRACKING_URI = "sqlite:///tracking/mlflow.db"
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-MODEL_ARTIFACT = "model"
-PARENT_RUN_TAG = "mlflow.parentRunId"  # what makes the UI nest a run under its parent
-PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
-
-
-class MetricName:
-    """Metric keys. Per-epoch ones are logged with step = epoch (1-based)."""
-
-    LOSS = "loss"
-    ACCURACY = "accuracy"
-    VAL_LOSS = "val_loss"
-    VAL_ACCURACY = "val_accuracy"
-    EPOCH_SECONDS = "epoch_seconds"
-    LEARNING_RATE = "learning_rate"
-    BEST_VAL_ACCURACY = "best_val_accuracy"
-    BEST_EPOCH = "best_epoch"
-    EPOCHS_TRAINED = "epochs_trained"
-    PARAM_COUNT = "param_count"
-    WALL_SECONDS = "wall_seconds"
-    TEST_ACCURACY = "test_accuracy"
-    TEST_LOSS = "test_loss"
-    TEST_ERRORS = "test_errors"
-    TEST_ACCURACY_VS_PUBLISHED = "test_accuracy_minus_published"
-    # trials
-    VAL_ACCURACY_VS_BASELINE = "best_val_accuracy_minus_baseline"
-    VAL_ACCURACY_VS_PUBLISHED = "best_val_accuracy_minus_published"
-    PRUNED_AT_EPOCH = "pruned_at_epoch"
-    RESUMED_FROM_EPOCH = "resumed_from_epoch"  # a retried trial continued from this checkpoint
-    # sweeps (parent runs)
-    TRIALS_COMPLETE = "trials_complete"
-    TRIALS_PRUNED = "trials_pruned"
-    TRIALS_FAILED = "trials_failed"
-    BEST_VALUE = "best_value"
-    BEST_TRIAL = "best_trial"
-    BASELINE_VAL_ACCURACY = "baseline_val_accuracy"
-    SECONDS_TO_BEAT_BASELINE = "seconds_to_beat_baseline"
-    EPOCHS_TO_BEAT_BASELINE = "epochs_to_beat_baseline"
-    TRIAL_THAT_BEAT_BASELINE = "trial_that_beat_baseline"
-    SWEEP_TRIAL_SECONDS = "sweep_trial_seconds"
-    BEAT_BASELINE_EPOCH = "beat_baseline_at_epoch"
-    BEAT_BASELINE_SECONDS = "beat_baseline_after_seconds"
-    # retrainings (reproduction, confirmation)
-    RECORDED_BEST_VAL_ACCURACY = "recorded_best_val_accuracy"
-    VAL_ACCURACY_VS_RECORDED = "best_val_accuracy_minus_recorded"
-    # confirmation (fresh seeds): on each confirmed trial run, and the champion's on the parent
-    CONFIRMED_MEAN = "confirmed_mean_val_accuracy"
-    CONFIRMED_STD = "confirmed_val_accuracy_std"
-    CONFIRMED_LOW = "confirmed_val_accuracy_ci95_low"
-    CONFIRMED_HIGH = "confirmed_val_accuracy_ci95_high"
-    CONFIRMED_SEEDS = "confirmed_seeds"
-    CHAMPION_MEAN = "champion_mean_val_accuracy"
-    CHAMPION_LOW = "champion_val_accuracy_ci95_low"
-    CHAMPION_HIGH = "champion_val_accuracy_ci95_high"
-    # test-set evaluation with statistics (export runs)
-    TEST_ACCURACY_LOW = "test_accuracy_ci95_low"
-    TEST_ACCURACY_HIGH = "test_accuracy_ci95_high"
-    TEST_ACCURACY_VS_BASELINE = "test_accuracy_minus_baseline"
-    MCNEMAR_P_VALUE = "mcnemar_p_value_vs_baseline"
-
-
-class TagKey:
-    """Tag keys, all under the `tunelab.` prefix so they group together in the UI."""
-
-    ROLE = "tunelab.role"
-    DATASET = "tunelab.dataset"
-    DATASET_DIGEST = "tunelab.dataset_digest"
-    DATA_SOURCE = "tunelab.data_source"
-    GIT_COMMIT = "tunelab.git_commit"
-    GIT_DIRTY = "tunelab.git_dirty"
-    VERSION_PREFIX = "tunelab.version."
-    REFERENCE = "tunelab.reference"
-    STATUS = "tunelab.status"
-    FAILURE_REASON = "tunelab.failure_reason"
-    SEED = "tunelab.seed"
-    ENGINE = "tunelab.engine"
-    STUDY = "tunelab.study"
-    EXPERIMENT_FILE = "tunelab.experiment_file"
-    TRIAL_NUMBER = "tunelab.trial"
-    TRIAL_STATE = "tunelab.trial_state"
-    BEST_RUN_ID = "tunelab.best_run_id"
-    BEST_PARAMS = "tunelab.best_params"
-    BASELINE_RUN_ID = "tunelab.baseline_run_id"
-    CONTINUES_TRIAL = "tunelab.continues_trial"
-    RETRAINS_RUN_ID = "tunelab.retrains_run_id"
-    RETRIES_TRIAL = "tunelab.retries_trial"  # a retried trial: the attempt whose worker died
-    CHAMPION_RUN_ID = "tunelab.champion_run_id"
-    CHAMPION_PARAMS = "tunelab.champion_params"
-    EXPORT_RUN_ID = "tunelab.export_run_id"
-    EXPORTED_FROM_RUN_ID = "tunelab.exported_from_run_id"
-    REPLACES_VERSION = "tunelab.replaces_version"  # registered versions: the one it took over from
-
-
-class Role:
-    BASELINE = "baseline"
-    SWEEP = "sweep"
-    TRIAL = "trial"
-    REPRODUCTION = "reproduction"  # the recorded seed again
-    CONFIRMATION = "confirmation"  # fresh seeds, to tell a better config from a lucky one
-    EXPORT = "export"  # the champion refit on all training images, test-evaluated, exported
-
-
-class TrialState:
-    """Values of the tunelab.trial_state tag (the same words for every engine)."""
-
-    COMPLETE = "complete"
-    PRUNED = "pruned"
-    FAILED = "failed"
-
+PAGE = 1000  # runs per search request (MLflow's maximum); every page is read
+REACH_SECONDS = 5.0  # a tracking server that does not answer its health check in this is down
 
 VERSIONED_PACKAGES = (
     "tunelab",
@@ -154,6 +68,10 @@ VERSIONED_PACKAGES = (
     "keras-tuner",
     "pandas",
 )
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be reached or refused a request (one line, password masked)."""
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -210,7 +128,7 @@ class RunHandle:
 
     client: MlflowClient
     run_id: str
-    status_on_exit: str = "FINISHED"  # the block may set FAILED for a failure it handled
+    status_on_exit: str = "FINISHED"  # the block may set FAILED (or KILLED) for what it handled
     keep_open: bool = False  # leave RUNNING on a clean exit (other workers still use the run)
 
     def log_params(self, params: Mapping[str, object]) -> None:
@@ -219,7 +137,7 @@ class RunHandle:
             self.client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = _now_ms()
+        now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
@@ -231,6 +149,11 @@ class RunHandle:
     def epoch_sink(self) -> EpochSink:
         """A function for EpochSinkCallback: logs each epoch's metrics with step = epoch."""
         return lambda epoch, logs: self.log_metrics(logs, step=epoch)
+
+    def log_config(self, config: CnnConfig) -> None:
+        """The config once as `config.json` (read back exactly) and as `cfg.*` params (the UI)."""
+        self.log_text(config.model_dump_json(indent=1), Artifact.CONFIG)
+        self.log_params(config_params(config.as_params()))
 
     def log_dataset(self, splits: Splits, context: str = "training") -> None:
         """Record the data as an MLflow input, named and digested, plus tags for filtering."""
@@ -285,14 +208,16 @@ class RunHandle:
         if result.best_val_accuracy is not None and result.best_epoch is not None:
             summary[MetricName.BEST_VAL_ACCURACY] = result.best_val_accuracy
             summary[MetricName.BEST_EPOCH] = result.best_epoch
+        if result.images_per_second is not None:
+            summary[MetricName.IMAGES_PER_SECOND] = result.images_per_second
         self.log_metrics(summary)
         self.set_tags({TagKey.STATUS: result.status, TagKey.SEED: result.seed})
         if result.failure_reason:
             self.set_tags({TagKey.FAILURE_REASON: result.failure_reason})
         if result.history:
-            self.log_text(history_csv(result.history), "history.csv")
+            self.log_text(history_csv(result.history), Artifact.HISTORY)
             figure = learning_curves(result.history, title=title, reference_accuracy=reference)
-            self.log_figure(figure, "learning_curves.png")
+            self.log_figure(figure, Artifact.LEARNING_CURVES)
 
     def log_confusion(
         self,
@@ -321,7 +246,7 @@ class RunHandle:
         versions = package_versions()
         requirements = [f"{p}=={versions[p]}" for p in ("tensorflow", "keras", "numpy")]
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / MODEL_ARTIFACT
+            folder = Path(tmp) / Artifact.MODEL
             folder.mkdir()
             mlflow.keras.save_model(
                 model,
@@ -330,7 +255,7 @@ class RunHandle:
                 input_example=example,
                 pip_requirements=requirements,
             )
-            self.client.log_artifacts(self.run_id, str(folder), MODEL_ARTIFACT)
+            self.client.log_artifacts(self.run_id, str(folder), Artifact.MODEL)
 
 
 def history_csv(history: Mapping[str, list[float]]) -> str:
@@ -345,18 +270,64 @@ def history_csv(history: Mapping[str, list[float]]) -> str:
     return out.getvalue()
 
 
-class Tracker:
-    """A tracking store: finds or creates experiments, opens runs, finds the baseline."""
+def _not_found(error: MlflowException) -> bool:
+    return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+
+class Tracker:
+    """A tracking store: finds or creates experiments, opens runs, searches and reads them."""
+
+    def __init__(self, tracking_uri: str | None = None, *, check: bool = True) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.shown_uri = redact_url(self.tracking_uri)
+        problem = check_tracking_uri(self.tracking_uri)
+        if problem:
+            raise TrackingError(f"tracking URI: {problem}")
         self.store_dir = local_store_dir(self.tracking_uri)
         if self.store_dir is not None:
-            self.store_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.store_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TrackingError(
+                    f"cannot create the tracking folder {self.store_dir} "
+                    f"({error.strerror or error}); pass --tracking-uri to a writable place"
+                ) from None
+        elif check:
+            self._check_reachable()
         self.client = MlflowClient(self.tracking_uri)
 
+    def _check_reachable(self) -> None:
+        """A tracking server must answer at once: refused in seconds, not after minutes."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=REACH_SECONDS) as answer:
+                answer.read(64)
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server {self.shown_uri} ({reason}); is it "
+                "running (`make services`), or is --tracking-uri / $MLFLOW_TRACKING_URI wrong?"
+            ) from None
+
+    @contextmanager
+    def errors_in_one_line(self) -> Iterator[None]:
+        """MLflow failures that are not tunelab's bugs (unreachable, refused) as one line."""
+        try:
+            yield
+        except MlflowException as error:
+            raise TrackingError(
+                f"the tracking store {self.shown_uri} refused a request: "
+                f"{redact_text(str(error).strip().splitlines()[0] if str(error).strip() else '')}"
+            ) from None
+
     def experiment_id(self, name: str) -> str:
-        """The id of the named MLflow experiment, created (artifacts beside a local store)."""
+        """The id of the named MLflow experiment, created (artifacts beside a local store).
+
+        New experiments are marked as model-training experiments, so the MLflow UI opens them
+        on their runs rather than on its GenAI views.
+        """
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
@@ -364,13 +335,18 @@ class Tracker:
         if self.store_dir is not None:
             location = (self.store_dir / "artifacts" / name).resolve().as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
-        except mlflow.exceptions.MlflowException:
+            created = str(
+                self.client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            )
+        except MlflowException:
             # another process created it between our lookup and create
             again = self.client.get_experiment_by_name(name)
             if again is None:
                 raise
             return str(again.experiment_id)
+        return created
 
     @contextmanager
     def run(
@@ -429,11 +405,16 @@ class Tracker:
     # --- reading runs back (compare, export, report, retraining use these, not MLflow) ----
 
     def get_run(self, run_id: str) -> Any | None:
-        """The run, or None if this store has no run with that id."""
+        """The run, or None if this store has no run with that id (other failures raise)."""
         try:
             return self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            return None
+        except MlflowException as error:
+            if _not_found(error) or "not found" in str(error).lower():
+                return None
+            raise TrackingError(
+                f"cannot read run {run_id} from {self.shown_uri}: "
+                f"{redact_text(str(error).strip().splitlines()[0])}"
+            ) from None
 
     def experiment_name(self, experiment_id: str) -> str:
         return str(self.client.get_experiment(experiment_id).name)
@@ -444,31 +425,83 @@ class Tracker:
     def has_experiment(self, name: str) -> bool:
         return self.client.get_experiment_by_name(name) is not None
 
-    def search_all(self, filter_string: str, max_results: int = 1000) -> list[Any]:
-        """Runs of every experiment matching an MLflow filter, newest first."""
+    def _search(
+        self, experiment_ids: list[str], query: Query, order: str, limit: int | None
+    ) -> list[Any]:
+        """Every matching run (all pages), newest or oldest first."""
+        found: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                experiment_ids,
+                filter_string=query.filter_string(),
+                order_by=[f"attributes.start_time {order}"],
+                max_results=PAGE,
+                page_token=token,
+            )
+            found.extend(query.select(page))
+            token = page.token
+            if not token or (limit is not None and len(found) >= limit):
+                return found[:limit] if limit is not None else found
+
+    def search(self, experiment: str, query: Query, *, newest_first: bool = False) -> list[Any]:
+        """Runs of an experiment matching `query`, oldest first (all of them, every page)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return self._search([found.experiment_id], query, "DESC" if newest_first else "ASC", None)
+
+    def search_all(self, query: Query, limit: int | None = None) -> list[Any]:
+        """Runs of every experiment matching `query`, newest first."""
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         if not experiments:
             return []
-        return list(
-            self.client.search_runs(
-                experiments,
-                filter_string=filter_string,
-                order_by=["attributes.start_time DESC"],
-                max_results=max_results,
-            )
-        )
+        return self._search(experiments, query, "DESC", limit)
 
     def metric_steps(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """A metric's history as (step, value), by step."""
         history = self.client.get_metric_history(run_id, key)
         return sorted((int(m.step), float(m.value)) for m in history)
 
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        """Whether the run has an artifact (file or folder) at `path`."""
+        parent = str(PurePosixPath(path).parent)
+        listed = self.client.list_artifacts(run_id, None if parent == "." else parent)
+        return any(item.path == path for item in listed)
+
+    def list_artifacts(self, run_id: str, folder: str) -> list[str]:
+        """Paths of the files directly inside an artifact folder (empty if there is none)."""
+        return [item.path for item in self.client.list_artifacts(run_id, folder) if not item.is_dir]
+
     def download_artifact(self, run_id: str, path: str, folder: Path) -> Path | None:
-        """One artifact of a run copied under `folder`; None if the run has no such artifact."""
+        """One artifact of a run copied under `folder`; None only if the run has no such artifact.
+
+        Any other failure (the store unreachable, a permission refused) is an error, never taken
+        for a missing file.
+        """
         try:
+            if not self.has_artifact(run_id, path):
+                return None
             return Path(self.client.download_artifacts(run_id, path, str(folder)))
-        except Exception:  # MLflow raises several types for a missing file, by store
-            return None
+        except MlflowException as error:
+            if _not_found(error):
+                return None
+            raise TrackingError(
+                f"cannot read artifact {path} of run {run_id} from {self.shown_uri}: "
+                f"{redact_text(str(error).strip().splitlines()[0])}"
+            ) from None
+        except OSError as error:
+            raise TrackingError(
+                f"cannot read artifact {path} of run {run_id}: {error.strerror or error}"
+            ) from None
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove an artifact file or folder of a run (checkpoints that are no longer needed)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.get_run(run_id)
+        repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.tracking_uri)
+        repository.delete_artifacts(path)  # type: ignore[no-untyped-call]
 
     def end_run(self, run_id: str, status: str) -> None:
         """Terminate a run someone else left open (a dead worker's trial run)."""
@@ -483,16 +516,16 @@ class Tracker:
         client = self.client
         try:
             client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
+        except MlflowException:
             client.create_registered_model(
                 name, description="tunelab champions; the `champion` alias is the current one"
             )
         previous: str | None = None
         try:
             previous = str(client.get_model_version_by_alias(name, alias).version)
-        except mlflow.exceptions.MlflowException:
+        except MlflowException:
             previous = None
-        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        source = f"{client.get_run(run_id).info.artifact_uri}/{Artifact.MODEL}"
         version = client.create_model_version(name, source, run_id=run_id)
         client.set_registered_model_alias(name, alias, version.version)
         client.set_model_version_tag(name, version.version, TagKey.EXPORTED_FROM_RUN_ID, run_id)
@@ -500,32 +533,12 @@ class Tracker:
             client.set_model_version_tag(name, version.version, TagKey.REPLACES_VERSION, previous)
         return str(version.version), previous
 
-    def search(self, experiment: str, filter_string: str, max_results: int = 1000) -> list[Any]:
-        """Runs of an experiment matching an MLflow filter, oldest first."""
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            return []
-        return list(
-            self.client.search_runs(
-                [found.experiment_id],
-                filter_string=filter_string,
-                max_results=max_results,
-                order_by=["attributes.start_time ASC"],
-            )
-        )
-
     def find_baseline(self, dataset: str) -> Any | None:
         """The newest finished reference baseline run of a dataset, across experiments."""
         runs = self.search_all(
-            f"tags.`{TagKey.ROLE}` = '{Role.BASELINE}' "
-            f"and tags.`{TagKey.DATASET}` = '{dataset}' "
-            f"and tags.`{TagKey.REFERENCE}` = 'true' and attributes.status = 'FINISHED'",
-            max_results=1,
+            Query.of(role=Role.BASELINE, status="FINISHED").and_tags(
+                **{TagKey.DATASET: dataset, TagKey.REFERENCE: "true"}
+            ),
+            limit=1,
         )
         return runs[0] if runs else None
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

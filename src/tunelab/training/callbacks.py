@@ -1,42 +1,60 @@
-"""Keras callbacks shared by every training path: epoch clock, NaN guard, metric sinks.
+"""Keras callbacks shared by every training path: step clock, NaN guard, metric sinks.
 
 Callbacks here know nothing of MLflow or search libraries: tracking and the engines hand in plain
-functions (`on_epoch(epoch, logs)`) and this module calls them at the end of each epoch.
+functions (`on_epoch(epoch, logs)`) and this module calls them at the end of each step (a Keras
+epoch; see `tunelab.training.inputs`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import keras
 import numpy as np
 
-EPOCH_SECONDS, LEARNING_RATE, LOSS = "epoch_seconds", "learning_rate", "loss"
+from tunelab.record.names import MetricName
+from tunelab.record.results import EpochSink
 
-EpochSink = Callable[[int, dict[str, float]], None]
+LOSS = "loss"
 
 
-class EpochClock(keras.callbacks.Callback):  # type: ignore[misc]
-    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs.
+class StepClock(keras.callbacks.Callback):  # type: ignore[misc]
+    """Adds the step's timing and position to its logs.
 
-    It must come first in the callback list: Keras hands the same logs dict to every callback in
-    order, so the later ones (tracking, pruning, progress, History) see both values.
+    `epoch_seconds` (the whole step, validation included), `validation_seconds`,
+    `images_per_second` (training only), `learning_rate` and `images_seen` (the pruning step).
+    It must come first in the callback list: Keras hands the same logs dict to every callback
+    in order, so the later ones (tracking, pruning, progress, History) see these values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, images: int, images_seen: int) -> None:
         super().__init__()
-        self._start = time.perf_counter()
+        self.images, self.images_seen = images, images_seen
+        self._start = self._test_start = time.perf_counter()
+        self.validation_seconds = 0.0
+        self.train_seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._start = time.perf_counter()
+        self.validation_seconds = 0.0
+
+    def on_test_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs: dict[str, float] | None = None) -> None:
+        self.validation_seconds += time.perf_counter() - self._test_start
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        seconds = time.perf_counter() - self._start
+        self.train_seconds = max(1e-9, seconds - self.validation_seconds)
         if logs is None:
             return
-        logs[EPOCH_SECONDS] = time.perf_counter() - self._start
-        logs[LEARNING_RATE] = float(np.asarray(self.model.optimizer.learning_rate))
+        logs[MetricName.EPOCH_SECONDS] = seconds
+        logs[MetricName.VALIDATION_SECONDS] = self.validation_seconds
+        logs[MetricName.IMAGES_PER_SECOND] = self.images / self.train_seconds
+        logs[MetricName.IMAGES_SEEN] = float(self.images_seen)
+        logs[MetricName.LEARNING_RATE] = float(np.asarray(self.model.optimizer.learning_rate))
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):  # type: ignore[misc]

@@ -1,39 +1,43 @@
-"""Per-epoch checkpoints, so that a trial killed mid-way resumes instead of starting over.
+"""Per-step checkpoints kept with the training's MLflow run, where every worker can reach them.
 
-While a sweep trial trains, `EpochCheckpoint` saves the whole model (weights and optimizer
-state, Keras' `.keras` format) and the history so far after every epoch, atomically (write,
-then rename), under `tracking/checkpoints/<study>/trial_<number>/`. When the trial's worker dies,
-Optuna retries the trial as a new trial; that trial finds the dead one's checkpoint with
-`load_checkpoint`, continues from the next epoch, and `remove` deletes both folders once the
-trial has finished (complete, pruned or failed).
+After each validation step that is not the last, a training saves one zip: the whole model
+(`model.keras`: weights and optimizer state, schedule position included) and `state.json` (the
+step, the history so far, the seconds spent). One file holds both, so they cannot disagree: a
+process killed while a checkpoint is being written leaves the previous, complete one, and
+`load_checkpoint` skips a zip that does not read back whole. The zip is an artifact of the
+training's run (`checkpoint/step_00007.zip`); with a tracking server those are served to every
+machine, on the embedded store they are local files beside the SQLite database. The previous
+zip is deleted only after the new one is stored; `remove_checkpoints` deletes them all once the
+training has ended.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
+from tunelab.record.names import Artifact
+from tunelab.record.store import Tracker
 
-DEFAULT_ROOT = Path("tracking/checkpoints")
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
 
 
-def trial_folder(root: Path, study: str, number: int) -> Path:
-    return root / study / f"trial_{number}"
+def _zip_name(step: int) -> str:
+    return f"step_{step:05d}.zip"
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The last epoch a trial finished, its saved model and its history up to that epoch."""
+    """The last step a training finished: its saved model and its history up to that step."""
 
-    folder: Path
-    epoch: int
+    run_id: str
+    folder: Path  # where the zip was unpacked
+    step: int
     history: dict[str, list[float]]
     seconds: float
 
@@ -42,46 +46,55 @@ class Checkpoint:
         return str(self.folder / MODEL_FILE)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
-    """Save model and history after every epoch (history includes a resumed run's earlier part)."""
+class CheckpointWriter:
+    """Saves a training's state after each step as one zip artifact of `run_id`."""
 
-    def __init__(self, folder: Path, earlier: Checkpoint | None = None) -> None:
-        super().__init__()
-        self.folder = folder
-        self.history: dict[str, list[float]] = {
-            k: list(v) for k, v in (earlier.history if earlier else {}).items()
-        }
-        self.seconds = earlier.seconds if earlier else 0.0
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        self.seconds += float((logs or {}).get("epoch_seconds", 0.0))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / f".{MODEL_FILE}.partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.folder / MODEL_FILE)
-        state = {"epoch": epoch + 1, "history": self.history, "seconds": self.seconds}
-        partial_state = self.folder / f".{STATE_FILE}.partial"
-        partial_state.write_text(json.dumps(state))
-        os.replace(partial_state, self.folder / STATE_FILE)
+    def save(self, model: Any, step: int, history: dict[str, list[float]], seconds: float) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            model.save(folder / MODEL_FILE)
+            state = {"step": step, "history": history, "seconds": seconds}
+            (folder / STATE_FILE).write_text(json.dumps(state))
+            archive = folder / _zip_name(step)
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
+                bundle.write(folder / MODEL_FILE, MODEL_FILE)
+                bundle.write(folder / STATE_FILE, STATE_FILE)
+            self.tracker.client.log_artifact(self.run_id, str(archive), Artifact.CHECKPOINT_DIR)
+        for older in self.tracker.list_artifacts(self.run_id, Artifact.CHECKPOINT_DIR):
+            if not older.endswith(_zip_name(step)):
+                self.tracker.delete_artifacts(self.run_id, older)
 
 
-def load_checkpoint(folder: Path) -> Checkpoint | None:
-    """The checkpoint in `folder`, or None if there is none (or it is incomplete)."""
-    state_file, model_file = folder / STATE_FILE, folder / MODEL_FILE
-    if not (state_file.is_file() and model_file.is_file()):
-        return None
-    try:
-        state: dict[str, Any] = json.loads(state_file.read_text())
-    except json.JSONDecodeError:
-        return None
-    return Checkpoint(folder, int(state["epoch"]), state["history"], float(state["seconds"]))
+def load_checkpoint(tracker: Tracker, run_id: str, folder: Path) -> Checkpoint | None:
+    """The newest complete checkpoint of `run_id`, unpacked under `folder`; None if it has none."""
+    stored = sorted(tracker.list_artifacts(run_id, Artifact.CHECKPOINT_DIR), reverse=True)
+    for path in stored:
+        target = folder / Path(path).stem
+        try:
+            local = tracker.download_artifact(run_id, path, folder / "download")
+            if local is None:
+                continue
+            with zipfile.ZipFile(local) as bundle:
+                if bundle.testzip() is not None:
+                    continue
+                bundle.extractall(target)
+            state = json.loads((target / STATE_FILE).read_text())
+            if not (target / MODEL_FILE).is_file():
+                continue
+            return Checkpoint(
+                run_id, target, int(state["step"]), state["history"], float(state["seconds"])
+            )
+        except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError, ValueError):
+            shutil.rmtree(target, ignore_errors=True)
+            continue  # written by a process that was killed: the one before is whole
+    return None
 
 
-def remove(*folders: Path) -> None:
-    """Delete trial checkpoint folders, and their study folder once it is empty."""
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # fails while other trials of the study keep checkpoints
+def remove_checkpoints(tracker: Tracker, *run_ids: str) -> None:
+    """Delete the checkpoints of finished trainings (their runs keep everything else)."""
+    for run_id in run_ids:
+        if tracker.list_artifacts(run_id, Artifact.CHECKPOINT_DIR):
+            tracker.delete_artifacts(run_id, Artifact.CHECKPOINT_DIR)

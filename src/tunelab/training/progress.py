@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from rich.console import Console
@@ -18,7 +17,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tunelab.training.callbacks import EpochSink
+from tunelab.record.results import EpochSink
+from tunelab.training.deadline import Deadline
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[EpochSink]]
+
+
+def no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
+    """A ProgressFactory that shows nothing."""
+    return nullcontext(lambda epoch, logs: None)
 
 
 @contextmanager
@@ -49,7 +56,7 @@ def epoch_progress(title: str, epochs: int, console: Console | None = None) -> I
 
 
 class SweepProgress:
-    """Live sweep display: trials done / pruned / failed, best value, elapsed and budget left.
+    """Live sweep display: trials done / pruned / failed / paused, best value, time left.
 
     Engines call begin(), start_trial(), epoch(), finish_trial() and note(); `show=False` keeps
     the same bookkeeping silent (tests, workers without a terminal).
@@ -63,8 +70,7 @@ class SweepProgress:
         self._trial = ""
         self._summary = ""
         self._epochs = 0
-        self._timeout: float | None = None
-        self._started = time.monotonic()
+        self._deadline: Deadline | None = None
 
     def __enter__(self) -> SweepProgress:
         if self.show:
@@ -86,9 +92,9 @@ class SweepProgress:
             self._progress = None
 
     def begin(
-        self, records: Sequence[Any], best: Any, *, total: int | None, timeout: float | None
+        self, records: Sequence[Any], best: Any, *, total: int | None, deadline: Deadline | None
     ) -> None:
-        self._timeout, self._started = timeout, time.monotonic()
+        self._deadline = deadline
         if self._progress is not None:
             self._task = self._progress.add_task("sweep", total=total, trial="", budget="")
         self._update(records, best)
@@ -120,8 +126,13 @@ class SweepProgress:
         best_text = (
             "-" if best is None or best.value is None else f"{best.value:.4f} (trial {best.number})"
         )
-        complete, pruned, failed = (states.count(s) for s in ("complete", "pruned", "failed"))
-        self._summary = f"done {complete} · pruned {pruned} · failed {failed} · best {best_text}"
+        complete, pruned, failed, paused = (
+            states.count(s) for s in ("complete", "pruned", "failed", "paused")
+        )
+        waiting = f" · paused {paused}" if paused else ""
+        self._summary = (
+            f"done {complete} · pruned {pruned} · failed {failed}{waiting} · best {best_text}"
+        )
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task, completed=complete + pruned, description=self._summary
@@ -132,9 +143,8 @@ class SweepProgress:
         if self._progress is None or self._task is None:
             return
         budget = ""
-        if self._timeout is not None:
-            left = max(0.0, self._timeout - (time.monotonic() - self._started))
-            budget = f"{left / 60:.0f} min of budget left"
+        if self._deadline is not None:
+            budget = f"{max(0.0, self._deadline.remaining()) / 60:.1f} min of budget left"
         if trial is None:
             self._progress.update(self._task, budget=budget)
         else:

@@ -1,105 +1,53 @@
-"""The one training function every path uses (baseline, Optuna, KerasTuner, refit).
+"""The one training function every path uses (baseline, Optuna, KerasTuner, retraining, refit).
 
-`train_and_validate` builds the model from its config, feeds the training and validation splits
-through tf.data, and returns a typed `TrialResult`: per-epoch history (with wall time and
-learning rate per epoch), best and last validation accuracy, and a failure reason if the loss
-went NaN/inf or memory ran out. It never reads the test split; `evaluate_test` does, and only the
-baseline and export call it (architecture rule 1).
+`train_and_validate` builds the model from its config (or continues a checkpoint), trains it step
+by step on the deterministic stream of `tunelab.training.inputs`, validates after every step,
+and returns a typed `TrialResult`: per-step history (wall time, validation time, images per
+second, images seen, learning rate), best validation accuracy, and a status: completed; failed
+with a reason (NaN/inf loss, memory exhausted); or paused, when the next step could not finish
+before the deadline (its checkpoint holds the steps done). It never reads the test split;
+`evaluate_test` does, and only the baseline and export call it (architecture rule 1).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
-import numpy.typing as npt
 import tensorflow as tf
 
-from tunelab.training.callbacks import EpochClock, NonFiniteLossGuard
-from tunelab.define.cnn import CnnConfig, build_cnn, count_parameters, steps_per_epoch
-from tunelab.define.data import Split, Splits
-
-# Keys of the per-epoch logs as Keras names them (EpochClock adds epoch_seconds, learning_rate).
-LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY = "loss", "accuracy", "val_loss", "val_accuracy"
-COMPLETED, FAILED = "completed", "failed"
-
-
-@dataclass
-class TrialResult:
-    """What one training produced. `history[key][i]` belongs to epoch i + 1."""
-
-    config: CnnConfig
-    status: str
-    history: dict[str, list[float]]
-    param_count: int
-    wall_seconds: float
-    seed: int
-    failure_reason: str | None = None
-    model: Any = field(default=None, repr=False)
-
-    @property
-    def epochs_trained(self) -> int:
-        """Epochs in the history (a refit without validation has only training metrics)."""
-        return len(self.history.get(VAL_ACCURACY) or self.history.get(LOSS, []))
-
-    @property
-    def best_epoch(self) -> int | None:
-        """1-based epoch of the highest validation accuracy (first one on ties)."""
-        values = self.history.get(VAL_ACCURACY, [])
-        return int(np.argmax(values)) + 1 if values else None
-
-    @property
-    def best_val_accuracy(self) -> float | None:
-        values = self.history.get(VAL_ACCURACY, [])
-        return max(values) if values else None
-
-    @property
-    def last_val_accuracy(self) -> float | None:
-        values = self.history.get(VAL_ACCURACY, [])
-        return values[-1] if values else None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == COMPLETED
+from tunelab.define.cnn import CnnConfig, count_parameters
+from tunelab.define.data import Splits
+from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, TrialResult
+from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
+from tunelab.training.checkpoints import Checkpoint, CheckpointWriter
+from tunelab.training.deadline import Deadline, StepTimer
+from tunelab.training.inputs import StepPlan, eval_dataset, plan_steps, step_dataset
+from tunelab.training.model import build_cnn, steps_per_epoch
 
 
 @dataclass(frozen=True)
-class TestEvaluation:
-    """Test-set accuracy, per-image class probabilities and predicted classes (for McNemar)."""
+class Fidelity:
+    """Data-size fidelity: validate first after `min_images` images, then eta times as many..."""
 
-    accuracy: float
-    loss: float
-    probabilities: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.uint8]
-
-    @property
-    def predictions(self) -> npt.NDArray[np.int64]:
-        return np.asarray(np.argmax(self.probabilities, axis=1), dtype=np.int64)
-
-    @property
-    def correct(self) -> int:
-        return int(np.sum(self.predictions == self.labels))
-
-    @property
-    def errors(self) -> int:
-        return len(self.labels) - self.correct
+    min_images: int | None = None
+    reduction_factor: int = 3
 
 
-def make_dataset(split: Split, batch_size: int, *, shuffle: bool, seed: int) -> Any:
-    """uint8 images -> float32 (N, 28, 28, 1) batches: cache, shuffle, batch, prefetch."""
-    data = tf.data.Dataset.from_tensor_slices((split.x[..., np.newaxis], split.y))
-    data = data.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        data = data.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _to_float(x: Any, y: Any) -> tuple[Any, Any]:
-    return tf.cast(x, tf.float32), y
+def step_plan(cfg: CnnConfig, train_size: int, fidelity: Fidelity | None = None) -> StepPlan:
+    """The validation steps of training `cfg` on `train_size` images."""
+    fidelity = fidelity or Fidelity()
+    return plan_steps(
+        train_size,
+        cfg.batch_size,
+        cfg.epochs,
+        min_images=fidelity.min_images,
+        reduction_factor=fidelity.reduction_factor,
+    )
 
 
 def train_and_validate(
@@ -111,63 +59,80 @@ def train_and_validate(
     epochs: int | None = None,
     initial_epoch: int = 0,
     initial_weights: str | None = None,
-    resume_model: str | None = None,
-    earlier_history: dict[str, list[float]] | None = None,
+    resume: Checkpoint | None = None,
+    fidelity: Fidelity | None = None,
+    deadline: Deadline | None = None,
+    flop_rate: float | None = None,
+    checkpoint: CheckpointWriter | None = None,
     verbose: int = 0,
 ) -> TrialResult:
-    """Train `cfg` on splits.train, validating on splits.val after every epoch.
+    """Train `cfg` on splits.train, validating on splits.val after every step.
 
     Args:
         cfg: the model and training configuration.
         splits: the data; its test split is never touched here. An empty validation split
             (`Splits.for_refit()`) trains on everything without validating.
-        callbacks: Keras callbacks (tracking, pruning, progress); they receive per-epoch logs
-            that include `epoch_seconds` and `learning_rate`.
-        seed: seeds Python, NumPy and TensorFlow, and the shuffle order.
-        epochs: train this many epochs instead of cfg.epochs (Hyperband rounds).
-        initial_epoch: resume numbering from here (epochs already trained elsewhere).
-        initial_weights: a `.weights.h5` file to start from (a Hyperband round continuing an
-            earlier round's model), instead of fresh initial weights.
-        resume_model: a `.keras` checkpoint (weights and optimizer state) to continue training
-            from at `initial_epoch`, instead of building the model afresh.
-        earlier_history: the history of the epochs before `initial_epoch` (a resumed trial),
-            prepended to the result's history so that best/last accuracy cover every epoch.
+        callbacks: Keras callbacks (tracking, pruning, progress); they receive per-step logs
+            that include the clock's keys (see `StepClock`).
+        seed: seeds Python, NumPy and TensorFlow, the data order and the augmentation.
+        epochs: stop after this many epochs instead of cfg.epochs (Hyperband rounds); the
+            learning-rate schedule still spans cfg.epochs.
+        initial_epoch: epochs already trained elsewhere (a Hyperband round continuing another).
+        initial_weights: a `.weights.h5` file to start from, instead of fresh initial weights.
+        resume: a checkpoint to continue from (model with optimizer state, history, seconds).
+        fidelity: validation steps inside the first epoch (data-size multi-fidelity).
+        deadline: no step starts that cannot finish before it; the training is then paused.
+        flop_rate: measured training FLOP/s of earlier trainings, for the first step's estimate.
+        checkpoint: saves model and history after every step that is not the last.
         verbose: Keras' own progress output (0: none; tunelab shows its own).
 
     Returns:
-        A TrialResult; status "failed" with a reason for a NaN/inf loss or exhausted memory.
-        Exceptions raised by callbacks (for example a pruning signal) propagate.
+        A TrialResult; status "failed" with a reason for a NaN/inf loss or exhausted memory,
+        "paused" when the deadline came first. Exceptions raised by callbacks propagate.
     """
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
+    plan = step_plan(cfg, len(splits.train), fidelity)
+    last = plan.steps_for_epochs(epochs) if epochs is not None else len(plan.steps)
+    first = (resume.step if resume else plan.steps_for_epochs(initial_epoch)) + 1
+    history = {k: list(v) for k, v in (resume.history if resume else {}).items()}
+    earlier_seconds = resume.seconds if resume else 0.0
+    timer = StepTimer(cfg, len(splits.val), flop_rate)
     guard = NonFiniteLossGuard()
-    status, reason, history, model = COMPLETED, None, {}, None
+    status, reason, model = COMPLETED, None, None
     try:
-        if resume_model is not None:
-            model = keras.saving.load_model(resume_model)
+        if resume is not None:
+            model = keras.saving.load_model(resume.model_file)
         else:
             model = build_cnn(cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
         if initial_weights is not None:
             model.load_weights(initial_weights)
-        fit = model.fit(
-            make_dataset(splits.train, cfg.batch_size, shuffle=True, seed=seed),
-            validation_data=(
-                make_dataset(splits.val, max(cfg.batch_size, 512), shuffle=False, seed=seed)
-                if len(splits.val)
-                else None
-            ),
-            epochs=epochs if epochs is not None else cfg.epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # the tf.data pipeline shuffles, seeded
-            callbacks=[EpochClock(), guard, *callbacks],
-            verbose=verbose,
-        )
-        earlier = earlier_history or {}
-        history = {
-            key: [*earlier.get(key, []), *(float(v) for v in fit.history.get(key, []))]
-            for key in {**earlier, **fit.history}
-        }
+        validation = eval_dataset(splits.val) if len(splits.val) else None
+        for step in plan.steps[first - 1 : last]:
+            images = step.images_seen - plan.images_before(step)
+            if deadline is not None and timer.seconds_for(images) > deadline.remaining():
+                status = PAUSED
+                break
+            clock = StepClock(images, step.images_seen)
+            fit = model.fit(
+                step_dataset(splits.train, cfg, plan, step, seed),
+                validation_data=validation,
+                epochs=step.number,
+                initial_epoch=step.number - 1,
+                shuffle=False,  # the stream is already in its seeded order
+                callbacks=[clock, guard, *callbacks],
+                verbose=verbose,
+            )
+            for key, values in fit.history.items():
+                history.setdefault(key, []).extend(float(v) for v in values)
+            timer.observe(images, clock.train_seconds, clock.validation_seconds)
+            if guard.reason is not None or model.stop_training:
+                break
+            if checkpoint is not None and step.number < last:
+                checkpoint.save(
+                    model, step.number, history, earlier_seconds + time.perf_counter() - started
+                )
     except tf.errors.ResourceExhaustedError as error:
         status, reason = FAILED, f"out of memory: {str(error).splitlines()[0][:200]}"
     if guard.reason is not None:
@@ -177,19 +142,30 @@ def train_and_validate(
         status=status,
         history=history,
         param_count=count_parameters(cfg),
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=earlier_seconds + time.perf_counter() - started,
         seed=seed,
         failure_reason=reason,
         model=model,
+        resumed_from_epoch=resume.step if resume else 0,
+        measured_flop_rate=timer.measured_flop_rate(),
     )
 
 
-def evaluate_test(model: Any, splits: Splits, batch_size: int = 1024) -> TestEvaluation:
+def evaluate_test(model: Any, splits: Splits) -> TestEvaluation:
     """Evaluate on the test split. Only the baseline and export may call this (rule 1)."""
-    dataset = make_dataset(splits.test, batch_size, shuffle=False, seed=0)
-    loss, _ = model.evaluate(dataset, verbose=0)
+    dataset = eval_dataset(splits.test)
     probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == splits.test.y))
+    return score_test(probabilities, splits)
+
+
+def score_test(probabilities: Any, splits: Splits) -> TestEvaluation:
+    """Accuracy and loss of given test-set probabilities (a model's or an ensemble's)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    labels = splits.test.y
+    chosen = np.clip(probabilities[np.arange(len(labels)), labels.astype(np.int64)], 1e-7, 1.0)
     return TestEvaluation(
-        accuracy=accuracy, loss=float(loss), probabilities=probabilities, labels=splits.test.y
+        accuracy=float(np.mean(np.argmax(probabilities, axis=1) == labels)),
+        loss=float(-np.mean(np.log(chosen))),
+        probabilities=probabilities,
+        labels=labels,
     )

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import keras_tuner as kt
 
-from tunelab.define.specs import Parameter, Scalar, SearchSpace
+from tunelab.define.space import Parameter, Scalar, SearchSpace
 
 
 def declare(space: SearchSpace, hp: kt.HyperParameters | None = None) -> kt.HyperParameters:

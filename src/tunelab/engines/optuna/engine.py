@@ -1,21 +1,29 @@
 """Optuna engine: a persistent study driven by the experiment's sampler, pruner and budget.
 
 The same command resumes an interrupted sweep: the study lives in storage (default
-`sqlite:///tracking/optuna.db`) and is loaded if it exists; trials left RUNNING by a dead process
-on this machine are failed at start, and their MLflow runs closed. Each trial trains through
-`train_and_validate` on validation data only, reports `val_accuracy` per epoch to the pruner and
-fails loudly when that metric is missing (optuna #1936: the integration callback only warns).
+`sqlite:///tracking/optuna.db`) and is loaded if it exists. Trials are asked and told one at a
+time under the study lock, so the trial budget is exact across workers; the time budget is a
+deadline: no training step starts that cannot finish before it, and the running trial is paused
+(failed in Optuna's terms, marked `paused`, queued again with its parameters) and continued from
+its checkpoint by the next launch. A worker that dies has its trial failed and retried from the
+checkpoint its run left in MLflow, on whichever machine picks it up.
+
+Each trial trains through `train_and_validate` on validation data only and reports
+`val_accuracy` to the pruner at every step, the step being the training images seen (nominal, so
+that batch sizes compare); a missing metric stops the sweep loudly (optuna #1936). Known-good
+points (`enqueue:`) are evaluated first, and `--warm-start-from STUDY` gives the sampler an
+earlier study's finished trials that fit this space.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +32,22 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
-from tunelab.training.callbacks import EpochSinkCallback
-from tunelab.training.checkpoints import (
-    DEFAULT_ROOT as DEFAULT_CHECKPOINTS,
+from tunelab.define.algorithms import (
+    PRUNERS,
+    SAMPLERS,
+    MissingLibrary,
+    PrunerContext,
+    SamplerContext,
 )
-from tunelab.training.checkpoints import (
-    Checkpoint,
-    EpochCheckpoint,
-    load_checkpoint,
-    remove,
-    trial_folder,
-)
-from tunelab.define.cnn import CnnConfigError, parse_config
+from tunelab.define.cnn import CnnConfig, CnnConfigError, parse_config
 from tunelab.define.data import Splits
-from tunelab.engines.optuna.space import grid, suggest
+from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.space import Scalar, SearchSpace
+from tunelab.define.urls import check_storage_url, missing_driver
+from tunelab.engines.base import SweepOutcome, SweepRequest
+from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
+from tunelab.engines.optuna.space import distribution, grid, suggest
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
@@ -46,11 +55,21 @@ from tunelab.engines.sweep import (
     describe_exception,
     max_trial_epochs,
 )
+from tunelab.record.names import MetricName, TagKey, TrialState
+from tunelab.record.results import VAL_ACCURACY, TrialResult
+from tunelab.record.store import RunHandle
+from tunelab.redact import redact_text, redact_url
+from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.training.checkpoints import (
+    Checkpoint,
+    CheckpointWriter,
+    load_checkpoint,
+    remove_checkpoints,
+)
+from tunelab.training.deadline import STARTUP_SECONDS, Deadline
+from tunelab.training.inputs import StepPlan
 from tunelab.training.progress import SweepProgress
-from tunelab.record.redact import redact_text, redact_url
-from tunelab.define.specs import ExperimentSpec, Scalar
-from tunelab.record.store import MetricName, RunHandle, TagKey, TrialState
-from tunelab.training.train import VAL_ACCURACY, TrialResult, train_and_validate
+from tunelab.training.train import Fidelity, step_plan, train_and_validate
 
 DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
 MONITOR = VAL_ACCURACY
@@ -71,10 +90,17 @@ HOST, PID, FAIL_REASON, BEAT_AT_EPOCH, BEAT_SECONDS = (
     "beat_s",
 )
 RUN_ID = "mlflow_run_id"
+PAUSED = "paused"  # set on an attempt stopped by the deadline (Optuna calls it failed)
+WARM_START = "warm_start_from"  # set on trials copied from another study (no run, no budget)
+ATTEMPT_ATTRS = (RUN_ID, PAUSED, FAIL_REASON, HOST, PID, BEAT_AT_EPOCH, BEAT_SECONDS)
 
 
 class TrialFailed(Exception):
     """This trial failed (NaN loss, impossible config, out of memory); the sweep goes on."""
+
+
+class TrialPaused(Exception):
+    """The deadline came before this trial's next step: continue it in the next launch."""
 
 
 class PruningMetricMissing(SweepError):
@@ -82,67 +108,56 @@ class PruningMetricMissing(SweepError):
 
 
 def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        # multivariate/group TPE and heartbeats are marked experimental; we choose them knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", FutureWarning)  # TPE's own deprecated-default notice
-        return _make_sampler(spec, trials_so_far)
-
-
-def _make_sampler(spec: ExperimentSpec, trials_so_far: int) -> optuna.samplers.BaseSampler:
     """The experiment's sampler, seeded by its seed and the trials the study already holds.
 
     A resumed sweep must not replay the random suggestions of its first launch, so the seed moves
     on with the study; the same study history still gives the same suggestions.
     """
-    engine, seed = spec.engine, spec.seed + trials_so_far
-    if engine.sampler == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=engine.startup_trials,
-            multivariate=True,
-            group=True,
-            warn_independent_sampling=False,
-        )
-    if engine.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if engine.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(
-            seed=seed, n_startup_trials=engine.startup_trials, warn_independent_sampling=False
-        )
-    if engine.sampler == "gp":
-        try:
-            import torch  # type: ignore[import-not-found]  # noqa: F401  (Optuna's GP needs it)
-        except ImportError:
-            raise SweepError(
-                "sampler gp needs PyTorch: pip install torch (CPU build), or use tpe"
-            ) from None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=engine.startup_trials)
-    if engine.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.GridSampler(grid(spec.search_space), seed=seed)
+    context = SamplerContext(
+        seed=spec.seed + trials_so_far,
+        startup_trials=spec.engine.startup_trials,
+        grid=lambda: grid(spec.search_space),
+    )
+    try:
+        sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.engine.sampler].build(context)
+    except MissingLibrary as error:
+        raise SweepError(str(error)) from None
+    return sampler
 
 
-def make_pruner(spec: ExperimentSpec, max_epochs: int) -> optuna.pruners.BasePruner:
-    pruner = spec.engine.pruner
-    if pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.engine.startup_trials, n_warmup_steps=1
-        )
-    if pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max_epochs, reduction_factor=3
-        )
-    return optuna.pruners.NopPruner()
+def make_pruner(spec: ExperimentSpec, train_size: int) -> optuna.pruners.BasePruner:
+    """The experiment's pruner; its resource is training images seen."""
+    minimum = spec.engine.min_images or train_size
+    context = PrunerContext(
+        startup_trials=spec.engine.startup_trials,
+        min_resource=minimum,
+        max_resource=max_trial_epochs(spec) * train_size,
+        reduction_factor=spec.engine.reduction_factor,
+    )
+    pruner: optuna.pruners.BasePruner = PRUNERS[spec.engine.pruner].build(context)
+    return pruner
 
 
-def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optuna.Study:
-    """Load the study if it exists, else create it; storage with heartbeats for crash detection."""
+def check_storage(storage_url: str) -> None:
+    """Refuse a storage URL tunelab cannot keep its promises on, before anything connects."""
+    shown = redact_url(storage_url)
+    problem = check_storage_url(storage_url) or missing_driver(storage_url)
+    if problem:
+        raise SweepError(f"Optuna storage {shown}: {problem}")
     if storage_url.startswith("sqlite:///"):
-        path = storage_url.removeprefix("sqlite:///")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        folder = Path(storage_url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SweepError(
+                f"Optuna storage {shown}: cannot create {folder} ({error.strerror or error}); "
+                "choose a writable place with --storage"
+            ) from None
+
+
+def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_size: int) -> Any:
+    """Load the study if it exists, else create it (and enqueue the experiment's points)."""
+    check_storage(storage_url)
     import sqlalchemy.exc
 
     # workers starting together on a fresh database would race to create Optuna's tables
@@ -151,14 +166,18 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str) -> optun
             storage = _connect(storage_url)
     except sqlalchemy.exc.OperationalError:
         storage = _connect(storage_url)  # unreachable: this retries, then explains in one line
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        load_if_exists=True,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec, max_trial_epochs(spec)),
-        directions=[o.direction for o in spec.objectives],
-    )
+    with StudyLock(storage_url, study_name)():
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            load_if_exists=True,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec, train_size),
+            directions=[o.goal for o in spec.objectives],
+        )
+        if not study.trials:
+            for point in spec.enqueue:
+                study.enqueue_trial(dict(point), skip_if_exists=True)
     if study.trials:
         study.sampler = make_sampler(spec, len(study.trials))
     return study
@@ -181,9 +200,7 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
                     storage_url,
                     heartbeat_interval=HEARTBEAT_SECONDS,
                     grace_period=GRACE_SECONDS,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRIES, inherit_intermediate_values=True
-                    ),
+                    heartbeat_stale_trial_callback=retry_crashed,
                     engine_kwargs={"pool_pre_ping": True}
                     if not storage_url.startswith("sqlite")
                     else None,
@@ -205,38 +222,77 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
 
 def _first_line(error: Exception) -> str:
     """A database error's first line, passwords masked (the driver's own message if wrapped)."""
-    return redact_text(str(getattr(error, "orig", error)).strip().splitlines()[0])
+    text = str(getattr(error, "orig", error)).strip()
+    return redact_text(text.splitlines()[0] if text else type(error).__name__)
 
 
-def make_pruning_reporter(trial: optuna.Trial, monitor: str, pruning: bool) -> Any:
-    """A Keras callback: report `monitor` each epoch; stop training when the pruner says so."""
+def retry_crashed(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue another attempt of a trial whose worker died, unless it crashed too often already.
 
-    class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
-        pruned_at: int | None = None
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            logs = logs or {}
-            if monitor not in logs:
-                raise PruningMetricMissing(
-                    f"pruning monitors {monitor!r} but the epoch logs hold {sorted(logs)}"
-                )
-            if not pruning:
-                return
-            trial.report(float(logs[monitor]), step=epoch + 1)
-            last_epoch = epoch + 1 >= self.params.get("epochs", 0)
-            if not last_epoch and trial.should_prune():  # a finished training is not pruned
-                self.pruned_at = epoch + 1
-                self.model.stop_training = True
-
-    return PruningReporter()
+    Paused attempts do not count: a trial continued at every deadline is not a crashing trial.
+    """
+    trials = study.get_trials(deepcopy=False)
+    attempts = [*adapter.retry_history(trial), trial.number]
+    crashes = sum(not trials[n].user_attrs.get(PAUSED) for n in attempts if 0 <= n < len(trials))
+    if crashes <= MAX_RETRIES:
+        adapter.requeue(study, trial, drop_user_attrs=ATTEMPT_ATTRS)
 
 
-@dataclass
-class SweepOutcome:
-    study: optuna.Study
-    parent_run_id: str
-    records: list[TrialRecord]
-    stopped_because: str
+def warm_start(study: optuna.Study, source: optuna.Study, space: SearchSpace) -> int:
+    """Give `study` the finished trials of `source` that are points of `space`; how many.
+
+    A trial fits when every parameter it has is one of this space's, with the same distribution,
+    and together they name one configuration of this space. The copies are marked (user attr
+    `warm_start_from`): they inform the sampler but have no MLflow run and use no trial budget.
+    """
+    distributions = {p.name: distribution(p) for p in space.parameters}
+    added = 0
+    for trial in source.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,)):
+        fits = all(
+            name in distributions and trial.distributions[name] == distributions[name]
+            for name in trial.params
+        )
+        if not fits or space.check_point(trial.params) is not None:
+            continue
+        if len(trial.values) != len(study.directions):
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                values=trial.values,
+                user_attrs={WARM_START: source.study_name, "source_trial": trial.number},
+            )
+        )
+        added += 1
+    study.set_user_attr(WARM_START, source.study_name)
+    return added
+
+
+class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
+    """Report `monitor` at every step (step = nominal images seen); stop when pruned."""
+
+    def __init__(
+        self, trial: optuna.Trial, plan: StepPlan, last_step: int, *, pruning: bool
+    ) -> None:
+        super().__init__()
+        self.trial, self.plan, self.last_step, self.pruning = trial, plan, last_step, pruning
+        self.monitor = MONITOR
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise PruningMetricMissing(
+                f"pruning monitors {self.monitor!r} but the epoch logs hold {sorted(logs)}"
+            )
+        if not self.pruning:
+            return
+        number = epoch + 1
+        self.trial.report(float(logs[self.monitor]), step=self.plan.step(number).report_images)
+        if number < self.last_step and self.trial.should_prune():  # a finished one is not pruned
+            self.pruned_at = number
+            self.model.stop_training = True
 
 
 class OptunaSweep:
@@ -249,21 +305,19 @@ class OptunaSweep:
         sweep: SweepTracker,
         study: optuna.Study,
         progress: SweepProgress,
-        checkpoint_root: Path = DEFAULT_CHECKPOINTS,
+        deadline: Deadline | None,
     ) -> None:
-        self.spec, self.splits, self.sweep, self.study, self.progress = (
-            spec,
-            splits,
-            sweep,
-            study,
-            progress,
-        )
+        self.spec, self.splits, self.sweep, self.study = spec, splits, sweep, study
+        self.progress, self.deadline = progress, deadline
+        self.tracker = sweep.tracker
         self.max_epochs = max_trial_epochs(spec)
-        self.checkpoints = checkpoint_root
+        self.fidelity = Fidelity(spec.engine.min_images, spec.engine.reduction_factor)
+        self.flop_rate = sweep.recorded_flop_rate()
         self.consecutive_failures = 0
         self.grid_exhausted = False
         self.last_failure = ""
         self.aborted: str | None = None
+        self.paused: int | None = None  # number of the trial this launch paused
 
     # --- one trial --------------------------------------------------------------------
 
@@ -271,45 +325,38 @@ class OptunaSweep:
         chosen = suggest(self.spec.search_space, trial)
         trial.set_user_attr(HOST, socket.gethostname())
         trial.set_user_attr(PID, os.getpid())
-        # a retry (its worker died, or Ctrl-C) trains like the original trial and continues
-        # from the last epoch checkpoint of the attempt before it, if that one left any
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(
-                self.study._storage.get_trial(trial._trial_id)
-            )
+        # a retried or continued trial trains like the original and continues from the last
+        # checkpoint an earlier attempt left (on its MLflow run, wherever that worker ran)
+        history = adapter.retry_history(adapter.frozen(self.study, trial))
         seed = self.spec.seed + (history[0] if history else trial.number)
-        own = trial_folder(self.checkpoints, self.study.study_name, trial.number)
-        found = (
-            load_checkpoint(trial_folder(self.checkpoints, self.study.study_name, history[-1]))
-            if history
-            else None
-        )
-        # a checkpoint at or past this launch's epoch cap (the budget changed): start over
-        earlier = found if found is not None and found.epoch < self._epochs(chosen) else None
-        with self.sweep.trial(trial.number, chosen, seed) as run:
+        earlier_runs = self._attempt_runs(history)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            self.sweep.trial(trial.number, chosen, seed) as run,
+        ):
             trial.set_user_attr(RUN_ID, run.run_id)
             if history:
                 run.set_tags({TagKey.RETRIES_TRIAL: history[-1]})
-            if earlier is not None:
-                self._log_earlier_epochs(run, earlier)
-            outcome = self._train_trial(trial, chosen, run, seed, own, earlier)
-        remove(own, *([found.folder] if found else []))
-        return self._finish(trial, *outcome)
-
-    def _epochs(self, chosen: dict[str, Scalar]) -> int:
-        """Epochs this trial trains: its config's, capped by the budget's max_epochs."""
-        values = self.spec.search_space.to_config_values(chosen)
-        return min(int(values.get("epochs", 12)), self.max_epochs)
-
-    @staticmethod
-    def _log_earlier_epochs(run: RunHandle, earlier: Checkpoint) -> None:
-        """The resumed epochs' metrics on the retry's run too, so its curves are whole."""
-        for index in range(earlier.epoch):
-            run.log_metrics(
-                {k: v[index] for k, v in earlier.history.items() if index < len(v)}, step=index + 1
+            state, result, reason, pruned_at = self._train_trial(
+                trial, chosen, run, seed, earlier_runs, Path(tmp)
             )
-        run.log_metrics({MetricName.RESUMED_FROM_EPOCH: earlier.epoch})
+        if state == TrialState.PAUSED:
+            trial.set_user_attr(PAUSED, True)
+            self.paused = trial.number
+            raise TrialPaused(f"trial {trial.number} paused at the deadline")
+        remove_checkpoints(self.tracker, run.run_id, *earlier_runs)
+        return self._finish(trial, state, result, reason, pruned_at)
+
+    def _attempt_runs(self, history: list[int]) -> list[str]:
+        """MLflow run ids of the earlier attempts of a trial, newest first."""
+        trials = self.study.get_trials(deepcopy=False)
+        runs = [str(trials[n].user_attrs.get(RUN_ID, "")) for n in reversed(history)]
+        return [run_id for run_id in runs if run_id]
+
+    def _config(self, chosen: dict[str, Scalar]) -> CnnConfig:
+        values = self.spec.config_values(chosen)
+        values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
+        return parse_config(values)
 
     def _train_trial(
         self,
@@ -317,30 +364,35 @@ class OptunaSweep:
         chosen: dict[str, Scalar],
         run: RunHandle,
         seed: int,
-        own: Path,
-        earlier: Checkpoint | None,
+        earlier_runs: list[str],
+        folder: Path,
     ) -> tuple[str, TrialResult | None, str | None, int | None]:
-        values = self.spec.search_space.to_config_values(chosen)
-        values["epochs"] = self._epochs(chosen)
         try:
-            cfg = parse_config(values)
+            cfg = self._config(chosen)
         except CnnConfigError as error:
             problem = f"impossible config: {error}"
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
             return TrialState.FAILED, None, problem, None
-        reporter = make_pruning_reporter(trial, MONITOR, pruning=not self.spec.multi_objective)
+        plan = step_plan(cfg, len(self.splits.train), self.fidelity)
+        resume = self._checkpoint(earlier_runs, plan, folder)
+        if resume is not None:
+            _log_earlier_steps(run, resume)
+        reporter = PruningReporter(
+            trial, plan, len(plan.steps), pruning=not self.spec.multi_objective
+        )
         sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress, self._on_beat(trial)))
-        self.progress.start_trial(trial.number, cfg.epochs)
-        checkpoint = EpochCheckpoint(own, earlier)
+        self.progress.start_trial(trial.number, len(plan.steps))
         try:
             result = train_and_validate(
                 cfg,
                 self.splits,
-                callbacks=[sink, reporter, checkpoint],
+                callbacks=[sink, reporter],
                 seed=seed,
-                initial_epoch=earlier.epoch if earlier else 0,
-                resume_model=earlier.model_file if earlier else None,
-                earlier_history=earlier.history if earlier else None,
+                resume=resume,
+                fidelity=self.fidelity,
+                deadline=self.deadline,
+                flop_rate=self.flop_rate,
+                checkpoint=CheckpointWriter(self.tracker, run.run_id),
             )
         except PruningMetricMissing:
             raise
@@ -348,9 +400,15 @@ class OptunaSweep:
             problem = describe_exception(error)
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
             return TrialState.FAILED, None, problem, None
+        self.flop_rate = result.measured_flop_rate or self.flop_rate
         reason: str | None = None
         pruned_at: int | None = None
-        if not result.ok:
+        if result.paused:
+            state = TrialState.PAUSED
+            reason = (
+                f"paused at the deadline after {result.epochs_trained} of {len(plan.steps)} steps"
+            )
+        elif not result.ok:
             state, reason = TrialState.FAILED, result.failure_reason
         elif reporter.pruned_at is not None:
             state, pruned_at = TrialState.PRUNED, reporter.pruned_at
@@ -358,6 +416,17 @@ class OptunaSweep:
             state = TrialState.COMPLETE
         self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
         return state, result, reason, pruned_at
+
+    def _checkpoint(self, runs: list[str], plan: StepPlan, folder: Path) -> Checkpoint | None:
+        """The newest usable checkpoint of the earlier attempts (newest attempt first).
+
+        One at or past this launch's last step (the epoch cap changed) means: start over.
+        """
+        for run_id in runs:
+            found = load_checkpoint(self.tracker, run_id, folder)
+            if found is not None:
+                return found if found.step < len(plan.steps) else None
+        return None
 
     def _on_beat(self, trial: optuna.Trial) -> Callable[[int, float], None]:
         """Keep when the trial beat the baseline in the study too (time_to_beat reads it)."""
@@ -393,8 +462,8 @@ class OptunaSweep:
     # --- after each trial ---------------------------------------------------------------
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna callback: parent summary, progress, consecutive-failure stop."""
-        if trial.state == OptunaState.FAIL:
+        """Parent summary, progress, consecutive-failure stop (paused trials are not failures)."""
+        if trial.state == OptunaState.FAIL and not trial.user_attrs.get(PAUSED):
             self.consecutive_failures += 1
             self.last_failure = str(trial.user_attrs.get(FAIL_REASON, "an exception"))
             limit = self.spec.budget.max_consecutive_failures
@@ -403,7 +472,7 @@ class OptunaSweep:
                     f"{limit} trials failed in a row; the last: {self.last_failure}. "
                     "Check the search space, then run the same command to resume"
                 )  # the trial loop stops on it
-        else:
+        elif trial.state != OptunaState.FAIL:
             self.consecutive_failures = 0
         records = study_records(study)
         best = best_record(study, records)
@@ -411,13 +480,24 @@ class OptunaSweep:
             records,
             best=best,
             beat=time_to_beat(study),
-            trial_seconds=sum(_duration(t) for t in study.trials),
+            trial_seconds=sum(_duration(t) for t in study.trials if WARM_START not in t.user_attrs),
+            flop_rate=self.flop_rate,
         )
         self.progress.finish_trial(records, best)
 
 
+def _log_earlier_steps(run: RunHandle, earlier: Checkpoint) -> None:
+    """The resumed steps' metrics on the continuing run too, so its curves are whole."""
+    for index in range(earlier.step):
+        run.log_metrics(
+            {k: v[index] for k, v in earlier.history.items() if index < len(v)}, step=index + 1
+        )
+    run.log_metrics({MetricName.RESUMED_FROM_EPOCH: earlier.step})
+    run.set_tags({TagKey.RESUMED_FROM_CHECKPOINT: "true"})
+
+
 def study_records(study: optuna.Study) -> list[TrialRecord]:
-    """Finished trials as engine-neutral records."""
+    """Finished and paused trials of this study's own runs, as engine-neutral records."""
     states = {
         OptunaState.COMPLETE: TrialState.COMPLETE,
         OptunaState.PRUNED: TrialState.PRUNED,
@@ -426,13 +506,13 @@ def study_records(study: optuna.Study) -> list[TrialRecord]:
     return [
         TrialRecord(
             t.number,
-            states[t.state],
+            TrialState.PAUSED if t.user_attrs.get(PAUSED) else states[t.state],
             t.values[0] if t.values else None,
             str(t.user_attrs.get(RUN_ID, "")),
             t.params,
         )
         for t in study.get_trials(deepcopy=False)
-        if t.state in states
+        if t.state in states and WARM_START not in t.user_attrs
     ]
 
 
@@ -459,6 +539,8 @@ def time_to_beat(study: optuna.Study) -> dict[str, float] | None:
     """
     seconds, epochs = 0.0, 0
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if WARM_START in trial.user_attrs:
+            continue
         if BEAT_AT_EPOCH in trial.user_attrs:
             return {
                 "seconds": seconds + float(trial.user_attrs[BEAT_SECONDS]),
@@ -481,12 +563,10 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         if trial.user_attrs.get(HOST) != host or _alive(int(trial.user_attrs.get(PID, -1))):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, "its process died")
-        try:
-            study._storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        adapter.set_user_attr(study, trial, FAIL_REASON, "its process died")
+        if not adapter.fail(study, trial):
             continue  # another worker failed it first (and queued the retry)
-        _retry(study, trial)
+        retry_crashed(study, trial)
         failed.append(trial.number)
     return failed
 
@@ -503,33 +583,37 @@ def _alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
-def run_optuna_sweep(
-    spec: ExperimentSpec,
-    splits: Splits,
-    sweep: SweepTracker,
-    progress: SweepProgress,
-    *,
-    study_name: str,
-    storage_url: str,
-    trials: int | None,
-    timeout_seconds: float | None,
-    checkpoint_root: Path = DEFAULT_CHECKPOINTS,
-) -> SweepOutcome:
-    """Run (or resume) the sweep until its budget, its timeout, Ctrl-C or repeated failures.
+class OptunaEngine:
+    """The Optuna engine behind tunelab's Engine interface."""
+
+    name = "optuna"
+
+    def run(self, request: SweepRequest) -> SweepOutcome:
+        return run_optuna_sweep(request)
+
+
+def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
+    """Run (or resume) the sweep until its budget, its deadline, Ctrl-C or repeated failures.
 
     Any number of workers (processes, machines) may run this on the same study at once: the
     budget check and the trial's creation happen under the study lock, so the trials counted
     (complete, pruned, running) never exceed the budget; a worker whose budget is full waits
     while other workers' trials run, in case one dies and its trial must be retried.
     """
+    spec, splits, sweep, progress = request.spec, request.splits, request.sweep, request.progress
     # tunelab reports each trial itself; Optuna's per-failure tracebacks would only repeat it
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with _storage_errors_in_one_line(storage_url):
-        study = open_study(spec, study_name, storage_url)
-        lock = StudyLock(storage_url, study_name)
-        runner = OptunaSweep(spec, splits, sweep, study, progress, checkpoint_root)
+    with _storage_errors_in_one_line(request.storage_url):
+        study = open_study(spec, request.study, request.storage_url, len(splits.train))
+        if request.warm_start_from and WARM_START not in study.user_attrs:
+            source = _load_source(request.warm_start_from, request.storage_url)
+            added = warm_start(study, source, spec.search_space)
+            progress.note(f"warm start: {added} finished trial(s) of study {source.study_name}")
+        lock = StudyLock(request.storage_url, request.study)
+        runner = OptunaSweep(spec, splits, sweep, study, progress, request.deadline)
         with sweep.parent(splits, lock=lock) as parent:
-            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            adapter_attr = "mlflow_parent_run_id"
+            study.set_user_attr(adapter_attr, parent.run_id)
             reaped = reap_dead_trials(study)
             closed = sweep.close_orphans(_failed_in(study))
             if reaped or closed:
@@ -539,10 +623,12 @@ def run_optuna_sweep(
                 )
             before = study_records(study)
             progress.begin(
-                before, best_record(study, before), total=trials, timeout=timeout_seconds
+                before, best_record(study, before), total=request.trials, deadline=request.deadline
             )
             try:
-                stopped = _drive(study, runner, lock, trials=trials, timeout=timeout_seconds)
+                stopped = _drive(
+                    study, runner, lock, trials=request.trials, deadline=request.deadline
+                )
             finally:
                 # other workers still training keep the shared parent open; the last closes it
                 parent.keep_open = bool(_running(study))
@@ -556,7 +642,16 @@ def run_optuna_sweep(
         records = study_records(study)
         if runner.aborted:
             raise SweepError(runner.aborted)
-        return SweepOutcome(study, parent.run_id, records, stopped)
+        return SweepOutcome(parent.run_id, records, stopped)
+
+
+def _load_source(name: str, storage_url: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage_url)
+    except KeyError:
+        raise SweepError(
+            f"--warm-start-from: no study {name!r} in {redact_url(storage_url)}"
+        ) from None
 
 
 @contextmanager
@@ -574,6 +669,13 @@ def _storage_errors_in_one_line(storage_url: str) -> Iterator[None]:
 
 
 COUNTED = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING)
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that use the trial budget: this study's complete, pruned and running ones."""
+    return sum(
+        WARM_START not in t.user_attrs for t in study.get_trials(deepcopy=False, states=COUNTED)
+    )
 
 
 def _failed_in(study: optuna.Study) -> Callable[[int], bool]:
@@ -596,22 +698,25 @@ def _drive(
     lock: StudyLock,
     *,
     trials: int | None,
-    timeout: float | None,
+    deadline: Deadline | None,
 ) -> str:
     """Ask, train and tell trials until a stop condition; returns why it stopped."""
-    started = time.monotonic()
     while True:
         if runner.aborted:
             return runner.aborted
-        if timeout is not None and time.monotonic() - started >= timeout:
-            return f"the timeout ({timeout:.0f} s) was reached"
+        if runner.paused is not None:
+            return (
+                f"the time budget ran out: trial {runner.paused} is paused and continues from its "
+                "checkpoint in the next launch"
+            )
+        if deadline is not None and deadline.remaining() < 2 * STARTUP_SECONDS:
+            return "the time budget is spent"
         if reap_dead_trials(study):  # their MLflow runs are still RUNNING: close them
             runner.sweep.close_orphans(_failed_in(study))
         if runner.grid_exhausted:
             return "every point of the grid was tried"
         with lock():
-            counted = len(study.get_trials(deepcopy=False, states=COUNTED))
-            trial = _ask(study) if trials is None or counted < trials else None
+            trial = _ask(study) if trials is None or _counted(study) < trials else None
         if trial is None:
             if not _running(study):
                 return f"the trial budget ({trials}) is spent"
@@ -622,21 +727,22 @@ def _drive(
 
 def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) -> None:
     """One trial with a heartbeat; its outcome told to the study, then the summary updated."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
     state: OptunaState | None = None
     values: float | Sequence[float] | None = None
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    paused = False
+    with adapter.heartbeat(study, trial):
         try:
             values = runner.objective(trial)
         except optuna.TrialPruned:
             state = OptunaState.PRUNED
         except TrialFailed:
             state = OptunaState.FAIL
+        except TrialPaused:
+            state, paused = OptunaState.FAIL, True
         except BaseException:
             # Ctrl-C, or a fatal error: fail it and queue its retry (the same command resumes it)
             study.tell(trial, state=OptunaState.FAIL)
-            _retry(study, study._storage.get_trial(trial._trial_id))
+            retry_crashed(study, adapter.frozen(study, trial))
             raise
     try:
         study.tell(trial, values, state=state)
@@ -644,20 +750,16 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
         if "Study.stop" not in str(error):
             raise
         runner.grid_exhausted = True  # (the trial's state was stored before the sampler spoke)
-    runner.after_trial(study, study._storage.get_trial(trial._trial_id))
+    finished = adapter.frozen(study, trial)
+    if paused:
+        adapter.requeue(study, finished, drop_user_attrs=ATTEMPT_ATTRS)
+    runner.after_trial(study, finished)
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():  # heartbeats are ours (see _run_trial), not optimize()'s
         warnings.filterwarnings("ignore", "Heartbeat of storage")
         return study.ask()
-
-
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a failed trial's retry the way Optuna does for trials whose heartbeat stopped."""
-    callback = study._storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
-    if callback is not None:
-        callback(study, trial)
 
 
 def reap_dead_trials(study: optuna.Study) -> int:
@@ -668,8 +770,6 @@ def reap_dead_trials(study: optuna.Study) -> int:
     before = len(_running(study))
     if not before:
         return 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    adapter.fail_stale(study)
     recover_dead_trials(study)
     return max(0, before - len(_running(study)))

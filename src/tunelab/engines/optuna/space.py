@@ -12,7 +12,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from tunelab.define.specs import Parameter, Scalar, SearchSpace
+from tunelab.define.space import Parameter, Scalar, SearchSpace
 
 
 def suggest(space: SearchSpace, trial: optuna.Trial) -> dict[str, Scalar]:

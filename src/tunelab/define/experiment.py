@@ -1,0 +1,346 @@
+"""Experiments: a YAML file validated by `ExperimentFile` into a runnable `ExperimentSpec`.
+
+An experiment says what to search (a search-space file), with which engine and algorithms, on
+which data, within which budget and seed; which known-good points to try first (`enqueue`); at
+which numeric precision every model trains; and how `tunelab run` divides one wall-clock budget
+between searching, confirming and training the final model (`pipeline`). Names of engines,
+samplers, pruners and tuners are the keys of `tunelab.define.algorithms`' registries, so
+validation and dispatch cannot disagree. Every problem is one line,
+`file: field: problem (got value)`, found before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from tunelab.define.algorithms import ENGINES, PRUNERS, SAMPLERS, TUNERS
+from tunelab.define.cnn import Precision
+from tunelab.define.data import DATASET_INFO, DatasetName
+from tunelab.define.files import (
+    DURATION_PATTERN,
+    ConfigError,
+    duration_seconds,
+    from_validation_error,
+    read_yaml,
+)
+from tunelab.define.space import (
+    Scalar,
+    SearchSpace,
+    StrictModel,
+    StrictScalar,
+    load_search_space,
+)
+from tunelab.define.urls import check_storage_url
+
+if TYPE_CHECKING:
+    EngineName = str
+    SamplerName = str
+    PrunerName = str
+    TunerName = str
+else:  # Literal types built from the registries' keys
+    EngineName = Literal[tuple(ENGINES)]
+    SamplerName = Literal[tuple(SAMPLERS)]
+    PrunerName = Literal[tuple(PRUNERS)]
+    TunerName = Literal[tuple(TUNERS)]
+
+OBJECTIVE_METRICS = {
+    "val_accuracy": "maximize",
+    "param_count": "minimize",
+    "wall_seconds": "minimize",
+}
+ObjectiveMetric = Literal["val_accuracy", "param_count", "wall_seconds"]
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+ExportFormat = Literal["keras", "savedmodel", "tflite", "onnx"]
+STAGES = ("search", "confirmation", "final")
+
+Duration = Annotated[
+    float,
+    BeforeValidator(duration_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "seconds, or a duration like 90s, 30m, 1h, 1h30m",
+        }
+    ),
+]
+
+
+class EngineSettings(StrictModel):
+    """Which search library drives the trials, and its algorithms."""
+
+    name: EngineName = Field("optuna", description="optuna or kerastuner")
+    sampler: SamplerName = Field("tpe", description="Optuna sampler")
+    pruner: PrunerName = Field("none", description="Optuna pruner (steps are images seen)")
+    tuner: TunerName = Field("hyperband", description="KerasTuner oracle")
+    startup_trials: NonNegativeInt = Field(5, description="random trials before the model")
+    min_images: PositiveInt | None = Field(
+        None,
+        description="multi-fidelity on data size: first judge a trial after this many training "
+        "images, then after reduction_factor times as many, ... up to a full epoch, then per epoch",
+    )
+    reduction_factor: int = Field(3, ge=2, le=10, description="eta of rungs and pruners")
+
+    @model_validator(mode="after")
+    def _options_fit_the_engine(self) -> EngineSettings:
+        traits = ENGINES[self.name]
+        for key in sorted(self.model_fields_set - {"name"}):
+            if key not in traits.options:
+                raise ValueError(
+                    f"{key}: does not apply to the {self.name} engine, which takes "
+                    f"{sorted(traits.options)} (got {getattr(self, key)!r})"
+                )
+        return self
+
+
+class Objective(StrictModel):
+    """A metric to optimise; the direction defaults to the metric's natural one."""
+
+    metric: ObjectiveMetric
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @property
+    def goal(self) -> Literal["maximize", "minimize"]:
+        default = OBJECTIVE_METRICS[self.metric]
+        return self.direction or ("maximize" if default == "maximize" else "minimize")
+
+
+class BudgetSettings(StrictModel):
+    """When a sweep stops: trials counted, wall-clock time summed over all its launches."""
+
+    trials: PositiveInt | None = Field(None, description="complete + pruned trials")
+    timeout: Duration | None = Field(None, description="wall clock of all launches together")
+    max_epochs: PositiveInt | None = Field(None, description="cap on any trial's epochs")
+    max_consecutive_failures: PositiveInt = Field(5, description="stop after this many in a row")
+
+
+class Shares(StrictModel):
+    """How `tunelab run` divides its budget; a stage that ends early hands its rest on."""
+
+    search: float = Field(0.55, ge=0.0, le=1.0)
+    confirmation: float = Field(0.25, ge=0.0, le=1.0)
+    final: float = Field(0.20, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Shares:
+        total = self.search + self.confirmation + self.final
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"final: the three shares must add up to 1 (got {total:.3f} in all)")
+        return self
+
+    def cumulative(self, stage: str) -> float:
+        """The share of the budget spent by the end of `stage`."""
+        return float(sum(getattr(self, s) for s in STAGES[: STAGES.index(stage) + 1]))
+
+
+class PipelineSettings(StrictModel):
+    """`tunelab run`: search -> confirmation -> final model under one budget."""
+
+    budget: Duration | None = Field(None, description="default of `tunelab run --budget`")
+    shares: Shares = Field(default_factory=Shares)
+    confirm_top: PositiveInt = Field(2, description="configurations confirmed")
+    confirm_seeds: PositiveInt = Field(1, description="fresh seeds per configuration")
+    ensemble: NonNegativeInt = Field(
+        0, description="members averaged into the delivered model (0: the single champion)"
+    )
+    formats: list[ExportFormat] = Field(default_factory=lambda: _all_formats())
+
+    @model_validator(mode="after")
+    def _ensemble_size(self) -> PipelineSettings:
+        if self.ensemble == 1:
+            raise ValueError("ensemble: 0 for a single model, or at least 2 members (got 1)")
+        if not self.formats:
+            raise ValueError("formats: name at least one format (got [])")
+        return self
+
+
+def _all_formats() -> list[ExportFormat]:
+    return ["keras", "savedmodel", "tflite", "onnx"]
+
+
+class ExperimentFile(StrictModel):
+    """An experiment file as written (the JSON Schema of experiments/*.yaml is made from this)."""
+
+    name: StrictStr | None = Field(None, description="MLflow experiment and study name")
+    description: str = ""
+    dataset: DatasetName = "mnist"
+    validation_size: int = Field(10_000, ge=1, le=59_999, description="held-out training images")
+    split_seed: NonNegativeInt | None = Field(None, description="None: the last images")
+    train_size: PositiveInt | None = Field(None, description="fewer training images (cheap)")
+    search_space: StrictStr = Field(description="search-space file, relative to this file")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="val_accuracy")],
+        description="val_accuracy first; optionally a second for a Pareto front",
+    )
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    seed: NonNegativeInt = 0
+    storage: StrictStr | None = Field(None, description="Optuna storage URL")
+    precision: Precision = Field("float32", description="numerics of every training")
+    enqueue: list[dict[str, StrictScalar]] = Field(
+        default_factory=list, description="points of the space evaluated first (Optuna)"
+    )
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @model_validator(mode="after")
+    def _check_experiment(self) -> ExperimentFile:
+        if not self.objectives or len(self.objectives) > 2:
+            raise ValueError(
+                f"objectives: must be a list of one or two objectives (got {len(self.objectives)})"
+            )
+        if self.objectives[0].metric != "val_accuracy":
+            raise ValueError(
+                "objectives[0].metric: the first objective must be val_accuracy "
+                f"(got {self.objectives[0].metric!r})"
+            )
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError(
+                f"objectives: metrics repeat (got {[o.metric for o in self.objectives]!r})"
+            )
+        count = len(self.objectives)
+        engine = self.engine
+        traits = ENGINES[engine.name]
+        if count not in traits.objectives:
+            raise ValueError(f"objectives: the {engine.name} engine searches a single objective")
+        if engine.name == "optuna":
+            if count not in PRUNERS[engine.pruner].objectives:
+                raise ValueError(
+                    f"engine.pruner: pruning needs a single objective; use none "
+                    f"(got {engine.pruner!r})"
+                )
+            if count not in SAMPLERS[engine.sampler].objectives:
+                fits = [n for n, a in SAMPLERS.items() if count in a.objectives]
+                raise ValueError(
+                    f"engine.sampler: {engine.sampler} takes "
+                    f"{' or '.join(map(str, SAMPLERS[engine.sampler].objectives))} objective(s); "
+                    f"with {count} use one of {fits} (got {engine.sampler!r})"
+                )
+        if self.enqueue and not traits.warm_start:
+            raise ValueError(
+                f"enqueue: the {engine.name} engine cannot evaluate given points first"
+            )
+        if self.budget.trials is None and self.budget.timeout is None:
+            raise ValueError("budget: needs trials, timeout or both")
+        total = DATASET_INFO[self.dataset].train_size
+        if self.validation_size >= total:
+            raise ValueError(
+                f"validation_size: must be between 1 and {total - 1} (got {self.validation_size})"
+            )
+        if self.train_size is not None and self.train_size > total - self.validation_size:
+            raise ValueError(
+                f"train_size: at most {total - self.validation_size} images remain after "
+                f"validation (got {self.train_size})"
+            )
+        if self.storage is not None:
+            problem = check_storage_url(self.storage)
+            if problem:
+                raise ValueError(f"storage: {problem}")
+        return self
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One runnable experiment: the validated file, its search space and where it came from."""
+
+    name: str
+    dataset: str
+    search_space: SearchSpace
+    engine: EngineSettings
+    objectives: tuple[Objective, ...]
+    budget: BudgetSettings
+    source: Path
+    validation_size: int = 10_000
+    split_seed: int | None = None
+    train_size: int | None = None
+    seed: int = 0
+    storage: str | None = None
+    description: str = ""
+    precision: str = "float32"
+    enqueue: tuple[dict[str, Scalar], ...] = ()
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def config_values(self, chosen: dict[str, Scalar]) -> dict[str, Scalar]:
+        """CnnConfig values of a chosen point: the space's mapping plus experiment settings."""
+        values = self.search_space.to_config_values(chosen)
+        values["precision"] = self.precision
+        return values
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    """Read and validate an experiment file and the search space it names.
+
+    Raises:
+        ConfigError: the first problem, as `file: field: problem (got value)`.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        model = ExperimentFile.model_validate(raw)
+    except ValidationError as error:
+        raise from_validation_error(path, error) from None
+    space_path = (path.parent / model.search_space).resolve()
+    if not space_path.is_file():
+        raise ConfigError(path, "search_space", f"no such file {space_path}", model.search_space)
+    space = load_search_space(space_path)
+    _check_fits_space(path, model, space)
+    return ExperimentSpec(
+        name=model.name or path.stem,
+        dataset=model.dataset,
+        search_space=space,
+        engine=model.engine,
+        objectives=tuple(model.objectives),
+        budget=model.budget,
+        source=path,
+        validation_size=model.validation_size,
+        split_seed=model.split_seed,
+        train_size=model.train_size,
+        seed=model.seed,
+        storage=model.storage,
+        description=model.description,
+        precision=model.precision,
+        enqueue=tuple(dict(point) for point in model.enqueue),
+        pipeline=model.pipeline,
+    )
+
+
+def _check_fits_space(path: Path, model: ExperimentFile, space: SearchSpace) -> None:
+    engine = model.engine
+    if engine.name == "optuna" and SAMPLERS[engine.sampler].needs_finite_space:
+        for parameter in space.parameters:
+            if parameter.grid_values() is None:
+                raise ConfigError(
+                    path,
+                    "engine.sampler",
+                    f"{engine.sampler} needs a step for float {parameter.name}",
+                    engine.sampler,
+                )
+    for index, point in enumerate(model.enqueue):
+        problem = space.check_point(point)
+        if problem is not None:
+            raise ConfigError(path, f"enqueue[{index}]", problem)
+
+
+def experiment_json_schema() -> dict[str, Any]:
+    """The JSON Schema of experiment files (written to schemas/ for editors)."""
+    schema = ExperimentFile.model_json_schema()
+    schema["title"] = "tunelab experiment"
+    return schema

@@ -1,0 +1,68 @@
+"""An ensemble as one model: the averaged softmax of K trained members, one input, one output.
+
+Averaging the class probabilities of several independently trained networks is what wins on
+MNIST (see docs/results.md); delivered as one Keras model it is exported, loaded back and checked
+in every format exactly like a single model. Each member is its float32 serving copy, nested
+under its own name (`member_0`, ...), so the members' identical layer names do not collide.
+
+Members come from runs that kept their trained model: the champion's refit (its export run's
+`model` is rebuilt from the refit) and confirmation retrainings (`trained/model.keras`), so no
+configuration is trained again just to join the ensemble.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tunelab.define.cnn import CnnConfig
+from tunelab.errors import UserError
+from tunelab.record.names import Artifact
+from tunelab.record.recorded import recorded_config
+from tunelab.record.store import Tracker
+from tunelab.training.model import serving_model
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member: the run that trained it, its config and its float32 model."""
+
+    run_id: str
+    label: str
+    config: CnnConfig
+    model: Any
+
+
+def ensemble_model(members: list[Member]) -> Any:
+    """One Keras model averaging the members' probabilities (float32, raw 0..255 pixels in)."""
+    if len(members) < 2:
+        raise UserError(f"an ensemble needs at least 2 members (got {len(members)})")
+    first = members[0].config
+    inputs = keras.Input(shape=(first.image_size, first.image_size, 1), name="image")
+    outputs = []
+    for index, member in enumerate(members):
+        nested = serving_model(member.model, member.config, name=f"member_{index}")
+        outputs.append(nested(inputs))
+    averaged = keras.layers.Average(name="probabilities")(outputs)
+    return keras.Model(inputs, averaged, name="tunelab_ensemble")
+
+
+def member_from_run(tracker: Tracker, run_id: str, label: str) -> Member:
+    """The model a retraining kept (`trained/model.keras`), with its recorded config."""
+    run = tracker.get_run(run_id)
+    if run is None:
+        raise UserError(f"ensemble member run {run_id} not found in {tracker.shown_uri}")
+    config = recorded_config(tracker, run)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.download_artifact(run_id, Artifact.TRAINED_MODEL, Path(tmp))
+        if path is None or config is None:
+            raise UserError(
+                f"run {run_id} kept no trained model to join an ensemble (confirm with "
+                "`tunelab run`, or `tunelab confirm --keep-models`)"
+            )
+        model = keras.saving.load_model(path)
+    return Member(run_id, label, config, model)

@@ -1,0 +1,72 @@
+"""Deadlines: a wall-clock instant, and the estimate that decides whether one more step fits.
+
+A budget is a promise (architecture rule 8): no training step starts that cannot finish before
+its deadline. `StepTimer` predicts a step's seconds from what this training measured (its
+slowest recent rate, so a noisy machine errs on the safe side); before its first step, from the
+model's FLOPs per image and the speed measured on earlier trainings (`flop_rate`), else a
+conservative default for two CPU cores. If a prediction is wrong, the deadline is overrun by at
+most the one step that was allowed to start.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tunelab.define.cnn import CnnConfig, forward_flops, training_flops
+
+# training FLOP/s assumed before anything was measured: below what two Zen 4 cores reach on the
+# baseline (about 1.3e11, see docs/results.md), so a first estimate is too long rather than short
+DEFAULT_FLOP_RATE = 8e10
+STARTUP_SECONDS = 4.0  # first step of a model: building, tracing the train and eval functions
+SAFETY = 1.1  # predictions are stretched by this much
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The moment (seconds since the epoch) by which work must be over."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.time() + seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.time()
+
+    def passed(self) -> bool:
+        return self.remaining() <= 0
+
+
+@dataclass
+class StepTimer:
+    """Seconds a training step will take: measured once it has run one, estimated before."""
+
+    cfg: CnnConfig
+    validation_images: int
+    flop_rate: float | None = None
+    _per_image: list[float] = field(default_factory=list)
+    _validation: list[float] = field(default_factory=list)
+
+    def observe(self, images: int, train_seconds: float, validation_seconds: float) -> None:
+        if images > 0 and train_seconds > 0:
+            self._per_image.append(train_seconds / images)
+        self._validation.append(validation_seconds)
+
+    def seconds_for(self, images: int) -> float:
+        """Predicted seconds of a step that trains on `images` and then validates."""
+        if self._per_image:
+            per_image = max(self._per_image[-2:])
+            validation = max(self._validation[-2:])
+            return SAFETY * (images * per_image + validation)
+        rate = self.flop_rate or DEFAULT_FLOP_RATE
+        train = images * training_flops(self.cfg) / rate
+        validation = self.validation_images * forward_flops(self.cfg) / rate
+        return SAFETY * (train + validation) + STARTUP_SECONDS
+
+    def measured_flop_rate(self) -> float | None:
+        """Training FLOP/s this training achieved (for the next one's first estimate)."""
+        if not self._per_image:
+            return None
+        return training_flops(self.cfg) * len(self._per_image) / sum(self._per_image)

@@ -1,0 +1,210 @@
+"""Training data as a deterministic stream, cut into the steps at which a training is validated.
+
+Pass p over the training images uses the permutation `default_rng([seed, p])`; batch b of the whole
+training gets its augmentation from stateless random ops seeded with `(seed, b)`. What a training
+sees is therefore a function of its seed and its position alone: a training continued from a
+checkpoint at step k sees exactly the images, in the same order and with the same shifts, that
+an uninterrupted one would have seen after step k.
+
+A training is validated at *steps*. Normally a step is an epoch. With data-size fidelity
+(`min_images`), the first epoch is cut at `min_images`, `eta * min_images`, ... so that a pruner
+can judge a trial after a few thousand images; survivors go on to full epochs. Each step is one
+Keras epoch (one `fit` call), so every callback and the history see steps as epochs.
+
+Pixels stay uint8 until a batch is formed; augmentation (translation, rotation, zoom) is one
+vectorised projective transform per batch, or an integer pad-and-crop when only translation is
+asked for. Neither is a layer of the model, so exported models contain none of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Split
+
+EVAL_BATCH = 512
+# a rung closer than this to the end of the first epoch is dropped (validating twice in a row
+# for a handful of images buys no information)
+LAST_RUNG_SHARE = 2 / 3
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validation step: batches [start, stop) of the whole training (0-based, global)."""
+
+    number: int  # 1-based: the Keras epoch, the MLflow step
+    start: int
+    stop: int
+    images_seen: int  # training images seen by the end of this step
+    report_images: int  # the pruning step: nominal, so that every batch size reports alike
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """All steps of one training: `epochs` passes over `train_size` images."""
+
+    train_size: int
+    batch_size: int
+    epochs: int
+    steps: tuple[Step, ...]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.train_size / self.batch_size)
+
+    @property
+    def images(self) -> int:
+        return self.epochs * self.train_size
+
+    def step(self, number: int) -> Step:
+        return self.steps[number - 1]
+
+    def images_before(self, step: Step) -> int:
+        """Training images seen before `step` starts."""
+        return self.steps[step.number - 2].images_seen if step.number > 1 else 0
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        """How many steps end by the end of epoch `epochs` (a continued Hyperband round)."""
+        limit = epochs * self.batches_per_epoch
+        return sum(step.stop <= limit for step in self.steps)
+
+
+def plan_steps(
+    train_size: int,
+    batch_size: int,
+    epochs: int,
+    *,
+    min_images: int | None = None,
+    reduction_factor: int = 3,
+) -> StepPlan:
+    """Cut `epochs` passes into validation steps (rungs inside the first epoch if `min_images`)."""
+    per_epoch = math.ceil(train_size / batch_size)
+    cuts: list[tuple[int, int]] = []  # (batches, nominal images) at the end of each step
+    if min_images is not None and min_images < train_size:
+        nominal = min_images
+        while math.ceil(nominal / batch_size) < LAST_RUNG_SHARE * per_epoch:
+            cuts.append((math.ceil(nominal / batch_size), nominal))
+            nominal *= reduction_factor
+    cuts += [(per_epoch * epoch, train_size * epoch) for epoch in range(1, epochs + 1)]
+    steps, start = [], 0
+    for number, (stop, nominal) in enumerate(cuts, start=1):
+        seen = _images_seen(stop, per_epoch, train_size, batch_size)
+        steps.append(Step(number, start, stop, seen, nominal))
+        start = stop
+    return StepPlan(train_size, batch_size, epochs, tuple(steps))
+
+
+def _images_seen(batches: int, per_epoch: int, train_size: int, batch_size: int) -> int:
+    passes, rest = divmod(batches, per_epoch)
+    return passes * train_size + min(rest * batch_size, train_size)
+
+
+def pass_order(seed: int, number: int, size: int) -> npt.NDArray[np.int64]:
+    """The order of images in pass `number` of a training with `seed`."""
+    return np.random.default_rng([seed, number]).permutation(size)
+
+
+def step_dataset(split: Split, cfg: CnnConfig, plan: StepPlan, step: Step, seed: int) -> Any:
+    """The batches of one step: gathered in stream order, augmented, float32 pixels 0..255."""
+    per_epoch = plan.batches_per_epoch
+    parts: list[Any] = []
+    batch = step.start
+    while batch < step.stop:
+        number, first = divmod(batch, per_epoch)
+        last = min(step.stop, (number + 1) * per_epoch)  # batches of this pass in the step
+        order = pass_order(seed, number, len(split))
+        chosen = order[first * plan.batch_size : min(last * plan.batch_size, len(split))]
+        images = tf.data.Dataset.from_tensor_slices((split.x[chosen], split.y[chosen]))
+        parts.append(images.batch(plan.batch_size))
+        batch = last
+    data = parts[0]
+    for part in parts[1:]:
+        data = data.concatenate(part)
+    numbers = tf.data.Dataset.range(step.start, step.stop)
+    data = tf.data.Dataset.zip((numbers, data))
+    augment = Augmenter(cfg, seed)
+    return data.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(split: Split) -> Any:
+    """Validation or test images in order, float32 pixels 0..255, never augmented."""
+    data = tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(EVAL_BATCH).cache()
+    return data.map(_plain, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _plain(x: Any, y: Any) -> tuple[Any, Any]:
+    return tf.cast(x[..., tf.newaxis], tf.float32), y
+
+
+class Augmenter:
+    """Per batch: uint8 -> float32 and the config's random shifts, rotations and zooms.
+
+    Translation alone is an integer pad-and-crop (the shift in pixels is the fraction times the
+    side, rounded); with rotation or zoom, one bilinear projective transform does all three.
+    Random numbers are stateless, seeded by (seed, global batch number): reproducible and
+    resumable.
+    """
+
+    def __init__(self, cfg: CnnConfig, seed: int) -> None:
+        self.side = cfg.image_size
+        self.shift = cfg.augment_translation * cfg.image_size
+        self.rotation = math.radians(cfg.augment_rotation)
+        self.zoom = cfg.augment_zoom
+        self.seed = seed
+
+    @property
+    def active(self) -> bool:
+        return bool(self.shift or self.rotation or self.zoom)
+
+    def __call__(self, number: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
+        x, y = batch
+        x = tf.cast(x[..., tf.newaxis], tf.float32)
+        if not self.active:
+            return x, y
+        seed = tf.stack([tf.constant(self.seed, tf.int64), number])
+        if self.rotation or self.zoom:
+            return self._transform(x, seed), y
+        return self._pad_and_crop(x, seed), y
+
+    def _pad_and_crop(self, x: Any, seed: Any) -> Any:
+        pixels = round(self.shift)
+        if pixels == 0:
+            return x
+        count = tf.shape(x)[0]
+        padded = tf.pad(x, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]])
+        offsets = tf.random.stateless_uniform(
+            [count, 2], seed=seed, minval=0, maxval=2 * pixels + 1, dtype=tf.int32
+        )
+        rows = offsets[:, 0:1] + tf.range(self.side)[tf.newaxis]
+        columns = offsets[:, 1:2] + tf.range(self.side)[tf.newaxis]
+        cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
+        return tf.gather(cropped, columns, axis=2, batch_dims=1)
+
+    def _transform(self, x: Any, seed: Any) -> Any:
+        count = tf.shape(x)[0]
+        draws = tf.random.stateless_uniform([count, 4], seed=seed, minval=-1.0, maxval=1.0)
+        angle = draws[:, 0] * self.rotation
+        scale = 1.0 + draws[:, 1] * self.zoom  # > 1 zooms in
+        shift_x, shift_y = draws[:, 2] * self.shift, draws[:, 3] * self.shift
+        cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+        centre = (self.side - 1) / 2.0
+        # output pixel (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+        a2 = centre - cos * centre + sin * centre - shift_x
+        b2 = centre - sin * centre - cos * centre - shift_y
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=transforms,
+            output_shape=[self.side, self.side],
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+            fill_value=0.0,
+        )

@@ -1,0 +1,197 @@
+"""The model factory's Keras half: `build_cnn(cfg)` builds and compiles what `layer_plan` lists.
+
+Precision is applied per layer (`dtype=` on each layer), never through Keras' global policy, so
+one trial's bfloat16 cannot leak into the next model built in the same process; the softmax
+stays float32. Learning-rate schedules and the label-smoothed loss are registered Keras objects,
+so a checkpoint (`.keras`, with optimizer state) loads back with them. `serving_model` makes the
+float32 copy that export writes and tests: the same layers, the trained weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+from tunelab.define.cnn import (
+    CnnConfig,
+    ConvLayer,
+    DenseLayer,
+    DropoutLayer,
+    FlattenLayer,
+    PoolLayer,
+    layer_plan,
+)
+
+PACKAGE = "tunelab"
+ONE_CYCLE_WARMUP = 0.3  # share of a one-cycle schedule spent rising, unless warmup_epochs says
+ONE_CYCLE_START = 25.0  # the rate starts at peak / this
+ONE_CYCLE_END = 1e4  # and anneals to peak / this
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    return max(1, math.ceil(train_size / batch_size))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
+    """Linear rise from peak/25 to the peak, then cosine annealing to peak/1e4 (Smith's 1cycle)."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int) -> None:
+        self.peak, self.total_steps, self.warmup_steps = peak, total_steps, max(1, warmup_steps)
+
+    def __call__(self, step: Any) -> Any:
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        start, end = self.peak / ONE_CYCLE_START, self.peak / ONE_CYCLE_END
+        rising = start + (self.peak - start) * step / self.warmup_steps
+        progress = ops.clip(
+            (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0
+        )
+        falling = end + (self.peak - end) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SmoothedSparseCrossentropy(keras.losses.Loss):  # type: ignore[misc]
+    """Cross-entropy against labels smoothed by `smoothing` (integer labels, probabilities out).
+
+    Keras' sparse cross-entropy has no label smoothing; this is (1 - s) * CE + s * mean over
+    classes of -log p, the same as smoothing one-hot targets.
+    """
+
+    def __init__(self, smoothing: float, name: str = "smoothed_sparse_crossentropy") -> None:
+        super().__init__(name=name)
+        self.smoothing = smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        from keras import ops
+
+        probabilities = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0)
+        logs = ops.log(probabilities)
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        chosen = -ops.take_along_axis(logs, ops.expand_dims(labels, -1), axis=-1)[:, 0]
+        uniform = -ops.mean(logs, axis=-1)
+        return (1.0 - self.smoothing) * chosen + self.smoothing * uniform
+
+    def get_config(self) -> dict[str, Any]:
+        return {"smoothing": self.smoothing, "name": self.name}
+
+
+def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None, name: str = "tunelab_cnn") -> Any:
+    """Build and compile the model `cfg` describes.
+
+    Args:
+        cfg: the configuration; already validated, so it can be built.
+        steps_per_epoch: batches per epoch, which a schedule needs for its length.
+
+    Returns:
+        A compiled keras.Model taking raw pixels (N, 28, 28, 1) in [0, 255] and returning class
+        probabilities; rescaling is a layer of the model, augmentation is not (it happens in the
+        input pipeline).
+    """
+    policy = cfg.precision
+    layers = keras.layers
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=policy)(inputs)
+    activation = "leaky_relu" if cfg.activation == "leaky_relu" else cfg.activation
+    for layer in layer_plan(cfg):
+        if isinstance(layer, ConvLayer):
+            x = layers.Conv2D(
+                layer.filters,
+                layer.kernel,
+                strides=layer.stride,
+                padding=layer.padding,
+                use_bias=layer.bias,
+                activation=None if layer.batch_norm else activation,
+                name=layer.name,
+                dtype=policy,
+            )(x)
+            if layer.batch_norm:
+                suffix = layer.name.removeprefix("conv").removeprefix("head_conv")
+                x = layers.BatchNormalization(name=f"bn{suffix or '_head'}", dtype=policy)(x)
+                x = layers.Activation(activation, name=f"act{suffix or '_head'}", dtype=policy)(x)
+        elif isinstance(layer, PoolLayer):
+            pool = layers.MaxPooling2D if layer.kind == "max" else layers.AveragePooling2D
+            x = pool(2, name=layer.name, dtype=policy)(x)
+        elif isinstance(layer, DropoutLayer):
+            x = layers.Dropout(layer.rate, name=layer.name, dtype=policy)(x)
+        elif isinstance(layer, FlattenLayer):
+            flat = layers.Flatten if layer.kind == "flatten" else layers.GlobalAveragePooling2D
+            x = flat(name=layer.name, dtype=policy)(x)
+        elif isinstance(layer, DenseLayer):
+            x = layers.Dense(
+                layer.units,
+                activation="softmax" if layer.output else activation,
+                name=layer.name,
+                dtype="float32" if layer.output else policy,  # probabilities stay float32
+            )(x)
+    model = keras.Model(inputs, x, name=name)
+    model.compile(
+        optimizer=build_optimizer(cfg, steps_per_epoch),
+        loss=SmoothedSparseCrossentropy(cfg.label_smoothing)
+        if cfg.label_smoothing
+        else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def learning_rate(cfg: CnnConfig, steps_per_epoch: int | None) -> Any:
+    """The rate or schedule of `cfg`: its length is epochs x steps_per_epoch batches."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    if steps_per_epoch is None:
+        raise ValueError(f"the {cfg.lr_schedule} schedule needs steps_per_epoch")
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.lr_schedule == "one_cycle":
+        return OneCycle(cfg.learning_rate, total, warmup or round(ONE_CYCLE_WARMUP * total))
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=max(1, total - warmup),
+            warmup_target=cfg.learning_rate,
+            warmup_steps=warmup,
+        )
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
+
+
+def build_optimizer(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
+    """The keras optimizer for `cfg`, with its learning-rate schedule."""
+    rate = learning_rate(cfg, steps_per_epoch)
+    decay = cfg.weight_decay or None
+    if cfg.optimizer == "adadelta":
+        # rho and epsilon as in the classic example (Keras 2 defaults: 0.95, 1e-7)
+        return keras.optimizers.Adadelta(rate, rho=0.95, epsilon=1e-7, weight_decay=decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=cfg.momentum, weight_decay=decay)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rate, momentum=cfg.momentum, weight_decay=decay)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=decay)
+    return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
+
+
+def serving_model(model: Any, cfg: CnnConfig, name: str = "tunelab_cnn") -> Any:
+    """The trained model as a float32 copy, for export and serving.
+
+    The same config in float32 builds the identical inference path (augmentation never was a
+    layer); weights are copied layer by layer by name, so it predicts what the trained model
+    predicts, in float32 (a bfloat16-trained model's variables are float32 already).
+    """
+    plain = build_cnn(cfg.model_copy(update={"precision": "float32"}), steps_per_epoch=1, name=name)
+    for layer in plain.layers:
+        weights = model.get_layer(layer.name).get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return plain
