@@ -122,9 +122,7 @@ def wait_for_running_child(uri: str, process: subprocess.Popen[bytes], limit: fl
     while time.monotonic() < deadline:
         assert process.poll() is None, "the worker ended before it could be killed"
         try:
-            running = Tracker(uri).search(
-                "crash", Query.of(role=Role.TRIAL, status="RUNNING")
-            )
+            running = Tracker(uri).search("crash", Query.of(role=Role.TRIAL, status="RUNNING"))
             if running:
                 return
         except Exception:

@@ -10,6 +10,7 @@ line back. `--verbose` (or TUNELAB_VERBOSE=1) shows everything.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -37,6 +38,9 @@ def quiet_environment(*, verbose: bool = False) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         return
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # with a tracking server MLflow prints "View run ... at" on stdout, where tables go
@@ -82,4 +86,6 @@ def import_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    if not verbose():  # tf.function retracing notes and friends: tunelab's business, not the user's
+        tf.get_logger().setLevel(logging.ERROR)
     _STATE["imported"] = True

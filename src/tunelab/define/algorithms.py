@@ -53,6 +53,9 @@ class Algorithm(Generic[T]):
     build: Callable[[Any], T]
     objectives: tuple[int, ...] = (1, 2)  # numbers of objectives it handles
     needs_finite_space: bool = False
+    # a resumed study reseeds its sampler so random draws are not replayed, except where the seed
+    # fixes a meaning: Optuna's grid sampler shuffles its grid with it (grid id -> point)
+    reseed_on_resume: bool = True
     summary: str = ""
 
 
@@ -132,7 +135,13 @@ SAMPLERS: dict[str, Algorithm[Any]] = {
     "cmaes": Algorithm(_cmaes, objectives=(1,), summary="CMA evolution strategy"),
     "gp": Algorithm(_gp, objectives=(1,), summary="Gaussian-process Bayesian optimisation"),
     "nsga2": Algorithm(_nsga2, objectives=(2,), summary="NSGA-II, for two objectives"),
-    "grid": Algorithm(_grid, objectives=(1,), needs_finite_space=True, summary="every point"),
+    "grid": Algorithm(
+        _grid,
+        objectives=(1,),
+        needs_finite_space=True,
+        reseed_on_resume=False,
+        summary="every point",
+    ),
 }
 
 

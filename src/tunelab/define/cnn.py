@@ -116,11 +116,6 @@ class CnnConfig(BaseModel):
                 f"warmup_epochs: must be shorter than the training ({self.epochs} epochs) "
                 f"(got {self.warmup_epochs})"
             )
-        if self.warmup_epochs and self.lr_schedule == "constant":
-            raise ValueError(
-                "warmup_epochs: a warm-up needs lr_schedule cosine or one_cycle "
-                f"(got {self.warmup_epochs})"
-            )
         layer_plan(self)  # raises for geometry that shrinks the image to nothing
         return self
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from tunelab.define.algorithms import ENGINES, PRUNERS, SAMPLERS, TUNERS
-from tunelab.define.cnn import Precision
+from tunelab.define.cnn import CnnConfigError, Precision, parse_config, training_flops
 from tunelab.define.data import DATASET_INFO, DatasetName
 from tunelab.define.files import (
     DURATION_PATTERN,
@@ -126,6 +126,9 @@ class BudgetSettings(StrictModel):
     trials: PositiveInt | None = Field(None, description="complete + pruned trials")
     timeout: Duration | None = Field(None, description="wall clock of all launches together")
     max_epochs: PositiveInt | None = Field(None, description="cap on any trial's epochs")
+    max_training_mflop: float | None = Field(
+        None, gt=0, description="a trial costing more per training image is pruned untrained"
+    )
     max_consecutive_failures: PositiveInt = Field(5, description="stop after this many in a row")
 
 
@@ -337,6 +340,20 @@ def _check_fits_space(path: Path, model: ExperimentFile, space: SearchSpace) -> 
         problem = space.check_point(point)
         if problem is not None:
             raise ConfigError(path, f"enqueue[{index}]", problem)
+        cap = model.budget.max_training_mflop
+        if cap is not None:
+            values = {**space.to_config_values(point), "precision": model.precision}
+            try:
+                cost = training_flops(parse_config(values)) / 1e6
+            except CnnConfigError as error:
+                raise ConfigError(path, f"enqueue[{index}]", f"cannot be built: {error}") from None
+            if cost > cap:
+                raise ConfigError(
+                    path,
+                    f"enqueue[{index}]",
+                    f"costs {cost:.0f} MFLOP per training image, over budget.max_training_mflop",
+                    cap,
+                )
 
 
 def experiment_json_schema() -> dict[str, Any]:

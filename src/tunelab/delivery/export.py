@@ -256,10 +256,8 @@ def _unfinished_export(tracker: Tracker, source: RecordedRun, config: CnnConfig)
     for run in runs:
         if run.info.status == "FINISHED" or TagKey.ENSEMBLE_MEMBERS in run.data.tags:
             continue
-        if run.data.params.get("cfg.epochs") == str(config.epochs) and tracker.list_artifacts(
-            run.info.run_id, Artifact.CHECKPOINT_DIR
-        ):
-            return str(run.info.run_id)
+        if run.data.params.get("cfg.epochs") == str(config.epochs):
+            return str(run.info.run_id)  # continued from its checkpoint, if it saved one
     return None
 
 

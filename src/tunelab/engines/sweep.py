@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY
+from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, training_flops
 from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.space import Scalar
@@ -32,6 +32,7 @@ from tunelab.record.results import TrialResult
 from tunelab.record.store import RunHandle, Tracker
 from tunelab.redact import redact_text
 from tunelab.text import first_line, short_value
+from tunelab.training.checkpoints import Checkpoint
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
 SWEEP_LEDGER = "sweep"
@@ -323,6 +324,16 @@ class SweepTracker:
         if pruned_at is not None:
             run.log_metrics({MetricName.PRUNED_AT_EPOCH: pruned_at})
 
+    def log_resumed(self, run: RunHandle, earlier: Checkpoint) -> None:
+        """A continued trial's run gets the resumed steps' metrics too, so its curves are whole."""
+        for index in range(earlier.step):
+            run.log_metrics(
+                {k: v[index] for k, v in earlier.history.items() if index < len(v)},
+                step=index + 1,
+            )
+        run.log_metrics({MetricName.RESUMED_FROM_EPOCH: earlier.step})
+        run.set_tags({TagKey.RESUMED_FROM_CHECKPOINT: "true"})
+
     def children(self) -> list[Any]:
         """The sweep's child runs, by trial number."""
         if self.parent_run_id is None:
@@ -421,6 +432,16 @@ class SweepTracker:
             self.tracker.end_run(orphan.info.run_id, "FAILED")
             closed += 1
         return closed
+
+
+def over_cost_cap(cfg: CnnConfig, cap: float | None) -> str | None:
+    """Why a configuration is not trained (it costs more than the budget allows), or None."""
+    if cap is None:
+        return None
+    cost = training_flops(cfg) / 1e6
+    if cost <= cap:
+        return None
+    return f"costs {cost:.0f} MFLOP per training image, over the cap of {cap:g}"
 
 
 def best_of(records: list[TrialRecord]) -> TrialRecord | None:

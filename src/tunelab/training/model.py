@@ -147,8 +147,12 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None, name: str = "t
 
 
 def learning_rate(cfg: CnnConfig, steps_per_epoch: int | None) -> Any:
-    """The rate or schedule of `cfg`: its length is epochs x steps_per_epoch batches."""
-    if cfg.lr_schedule == "constant":
+    """The rate or schedule of `cfg`: its length is epochs x steps_per_epoch batches.
+
+    A warm-up rises linearly from zero (one-cycle: from peak / 25) over `warmup_epochs`; a
+    constant schedule then holds the rate (a cosine whose floor is the rate itself).
+    """
+    if cfg.lr_schedule == "constant" and not cfg.warmup_epochs:
         return cfg.learning_rate
     if steps_per_epoch is None:
         raise ValueError(f"the {cfg.lr_schedule} schedule needs steps_per_epoch")
@@ -162,7 +166,10 @@ def learning_rate(cfg: CnnConfig, steps_per_epoch: int | None) -> Any:
             decay_steps=max(1, total - warmup),
             warmup_target=cfg.learning_rate,
             warmup_steps=warmup,
+            alpha=1.0 if cfg.lr_schedule == "constant" else 0.0,
         )
+    if cfg.lr_schedule == "constant":  # a warm-up shorter than one step
+        return cfg.learning_rate
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
 
 

@@ -33,6 +33,7 @@ from tunelab.engines.sweep import (
     best_of,
     describe_exception,
     max_trial_epochs,
+    over_cost_cap,
 )
 from tunelab.record.names import Role, TagKey, TrialState
 from tunelab.record.query import Query
@@ -174,12 +175,18 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
             reason = f"impossible config: {error}"
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
             return None, reason
+        over = over_cost_cap(cfg, self.spec.budget.max_training_mflop)
+        if over is not None:
+            self.sweep.record_trial(run, None, TrialState.FAILED, reason=over)
+            return None, over
         epochs = int(hp.values.get("tuner/epochs", cfg.epochs))
         initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
         weights = None if previous is None else self._weights(previous)
         if weights is not None and not Path(weights).is_file():
             weights, initial_epoch = None, 0  # the earlier round left no weights: start afresh
         resume = self._checkpoint(earlier, folder)
+        if resume is not None:
+            self.sweep.log_resumed(run, resume)
         self.progress.start_trial(int(trial.trial_id), epochs)
         sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress))
         try:

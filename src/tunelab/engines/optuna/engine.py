@@ -54,8 +54,9 @@ from tunelab.engines.sweep import (
     TrialRecord,
     describe_exception,
     max_trial_epochs,
+    over_cost_cap,
 )
-from tunelab.record.names import MetricName, TagKey, TrialState
+from tunelab.record.names import TagKey, TrialState
 from tunelab.record.results import VAL_ACCURACY, TrialResult
 from tunelab.record.store import RunHandle
 from tunelab.redact import redact_text, redact_url
@@ -113,13 +114,14 @@ def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.sampler
     A resumed sweep must not replay the random suggestions of its first launch, so the seed moves
     on with the study; the same study history still gives the same suggestions.
     """
+    algorithm = SAMPLERS[spec.engine.sampler]
     context = SamplerContext(
-        seed=spec.seed + trials_so_far,
+        seed=spec.seed + (trials_so_far if algorithm.reseed_on_resume else 0),
         startup_trials=spec.engine.startup_trials,
         grid=lambda: grid(spec.search_space),
     )
     try:
-        sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.engine.sampler].build(context)
+        sampler: optuna.samplers.BaseSampler = algorithm.build(context)
     except MissingLibrary as error:
         raise SweepError(str(error)) from None
     return sampler
@@ -373,10 +375,14 @@ class OptunaSweep:
             problem = f"impossible config: {error}"
             self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
             return TrialState.FAILED, None, problem, None
+        over = over_cost_cap(cfg, self.spec.budget.max_training_mflop)
+        if over is not None:
+            self.sweep.record_trial(run, None, TrialState.PRUNED, reason=over)
+            return TrialState.PRUNED, None, over, 0
         plan = step_plan(cfg, len(self.splits.train), self.fidelity)
         resume = self._checkpoint(earlier_runs, plan, folder)
         if resume is not None:
-            _log_earlier_steps(run, resume)
+            self.sweep.log_resumed(run, resume)
         reporter = PruningReporter(
             trial, plan, len(plan.steps), pruning=not self.spec.multi_objective
         )
@@ -449,7 +455,7 @@ class OptunaSweep:
             trial.set_user_attr(FAIL_REASON, reason)
             raise TrialFailed(reason)
         if state == TrialState.PRUNED:
-            raise optuna.TrialPruned(f"pruned at epoch {pruned_at}")
+            raise optuna.TrialPruned(reason or f"pruned at epoch {pruned_at}")
         assert result is not None and result.best_val_accuracy is not None
         measured = {
             "val_accuracy": result.best_val_accuracy,
@@ -484,16 +490,6 @@ class OptunaSweep:
             flop_rate=self.flop_rate,
         )
         self.progress.finish_trial(records, best)
-
-
-def _log_earlier_steps(run: RunHandle, earlier: Checkpoint) -> None:
-    """The resumed steps' metrics on the continuing run too, so its curves are whole."""
-    for index in range(earlier.step):
-        run.log_metrics(
-            {k: v[index] for k, v in earlier.history.items() if index < len(v)}, step=index + 1
-        )
-    run.log_metrics({MetricName.RESUMED_FROM_EPOCH: earlier.step})
-    run.set_tags({TagKey.RESUMED_FROM_CHECKPOINT: "true"})
 
 
 def study_records(study: optuna.Study) -> list[TrialRecord]:

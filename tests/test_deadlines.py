@@ -1,0 +1,170 @@
+"""Budgets are deadlines: no step starts that cannot finish; paused trials continue next launch."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from conftest import quiet_sweep
+from tunelab.define.cnn import parse_config
+from tunelab.define.data import Splits
+from tunelab.define.experiment import load_experiment
+from tunelab.record.ledger import Ledger, union_seconds
+from tunelab.record.names import MetricName, Role, TagKey, TrialState
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
+from tunelab.training.deadline import Deadline
+from tunelab.training.train import train_and_validate
+
+SPACE = """
+parameters:
+  learning_rate: {type: categorical, values: [0.003, 0.002]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: EPOCHS, batch_size: 128}
+"""
+EXPERIMENT = """
+name: late
+search_space: space.yaml
+engine: {name: optuna, sampler: random}
+budget: {trials: 1, max_consecutive_failures: 1}
+seed: 2
+"""
+
+
+class ScriptedDeadline(Deadline):
+    """A deadline whose remaining time follows a script (one value per question)."""
+
+    def __init__(self, remaining: list[float]) -> None:
+        super().__init__(time.time() + 3600)
+        self.script = list(remaining)
+        self.asked = 0
+
+    def remaining(self) -> float:
+        self.asked += 1
+        return self.script.pop(0) if self.script else 0.0
+
+
+def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Splits) -> None:
+    cfg = parse_config({"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 5})
+    deadline = ScriptedDeadline([1e6, 1e6, 1e-3])  # room for two steps, then none
+    result = train_and_validate(cfg, tiny_splits, seed=0, deadline=deadline, flop_rate=1e12)
+    assert result.paused and result.status == "paused"
+    assert result.epochs_trained == 2 and deadline.asked == 3  # asked before every step
+
+
+def test_a_real_deadline_is_overrun_by_at_most_one_step(tiny_splits: Splits) -> None:
+    cfg = parse_config({"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 40})
+    deadline = Deadline.after(6.0)
+    result = train_and_validate(cfg, tiny_splits, seed=0, deadline=deadline)
+    over = -deadline.remaining()
+    assert result.paused and 0 < result.epochs_trained < 40
+    longest = max(result.history["epoch_seconds"])
+    assert over <= longest  # it stopped at a step boundary, never more than one step late
+
+
+def write(folder: Path, epochs: int, experiment: str = EXPERIMENT) -> Any:
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", str(epochs)))
+    (folder / "late.yaml").write_text(textwrap.dedent(experiment))
+    return load_experiment(folder / "late.yaml")
+
+
+def test_a_paused_trial_is_neither_failed_nor_complete_and_the_next_launch_continues_it(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    spec = write(tmp_path, epochs=40)
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=9.0
+    )
+    assert first.counts == {"complete": 0, "pruned": 0, "failed": 0, "paused": 1}
+    assert "paused" in first.stopped_because and "continues" in first.stopped_because
+    tracker = Tracker(uri)
+    [paused] = tracker.search("late", Query.of(role=Role.TRIAL))
+    assert paused.data.tags[TagKey.TRIAL_STATE] == TrialState.PAUSED
+    assert paused.info.status == "KILLED"
+    done = int(paused.data.metrics[MetricName.EPOCHS_TRAINED])
+    assert 1 <= done < 40
+    assert tracker.list_artifacts(paused.info.run_id, "checkpoint")  # kept for the next launch
+    [parent] = tracker.search("late", Query.of(role=Role.SWEEP))
+    assert parent.data.metrics[MetricName.TRIALS_PAUSED] == 1
+    assert parent.data.metrics[MetricName.TRIALS_FAILED] == 0
+    # max_consecutive_failures is 1: a pause that counted as a failure would stop the sweep
+    second = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=600.0
+    )
+    assert second.counts["complete"] == 1 and second.counts["failed"] == 0
+    runs = tracker.search("late", Query.of(role=Role.TRIAL))
+    [continued] = [r for r in runs if r.info.run_id != paused.info.run_id]
+    assert continued.data.tags[TagKey.TRIAL_STATE] == TrialState.COMPLETE
+    assert continued.data.metrics[MetricName.RESUMED_FROM_EPOCH] == done
+    assert continued.data.metrics[MetricName.EPOCHS_TRAINED] == 40
+    assert continued.data.tags[TagKey.RETRIES_TRIAL] == "0"
+    assert not tracker.list_artifacts(paused.info.run_id, "checkpoint")  # the trial is over
+    study = optuna.load_study(study_name="late", storage=storage)
+    assert [t.state for t in study.trials] == [
+        optuna.trial.TrialState.FAIL,  # Optuna's word for the paused attempt
+        optuna.trial.TrialState.COMPLETE,
+    ]
+    assert all(r.info.status != "RUNNING" for r in tracker.search("late", Query()))
+
+
+def test_the_time_budget_is_the_running_time_of_all_launches_together(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    spec = write(tmp_path, epochs=30, experiment=EXPERIMENT.replace("trials: 1", "trials: 5"))
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=10.0
+    )
+    assert 8.0 < first.spent_seconds < 16.0
+    again = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=10.0
+    )
+    assert "spent by earlier launches" in again.stopped_because  # nothing left: trains nothing
+    assert again.launch_seconds < 5.0
+    more = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0
+    )
+    assert 16.0 < more.spent_seconds < 30.0  # about 10 s more, on top of the first 10
+    tracker = Tracker(uri)
+    [parent] = tracker.search("late", Query.of(role=Role.SWEEP))
+    ledger = Ledger(tracker, parent.info.run_id, "sweep")
+    # the launch that found nothing left opened no run and recorded no interval
+    assert len(ledger.intervals()) == 2 and ledger.spent() == pytest.approx(more.spent_seconds)
+
+
+def test_overlapping_launches_count_once() -> None:
+    assert union_seconds([(0, 10), (5, 12), (20, 25)]) == 17
+    assert union_seconds([(0, 10), (2, 3)]) == 10
+    assert union_seconds([]) == 0
+
+
+def test_a_keras_tuner_trial_paused_at_the_deadline_continues_in_the_next_launch(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    experiment = EXPERIMENT.replace(
+        "engine: {name: optuna, sampler: random}", "engine: {name: kerastuner, tuner: random}"
+    )
+    spec = write(tmp_path, epochs=40, experiment=experiment)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = tmp_path / "keras_tuner"
+    first = quiet_sweep(spec, tiny_splits, tracking_uri=uri, state_dir=state, timeout_seconds=9.0)
+    assert first.counts["paused"] == 1 and first.counts["failed"] == 0
+    tracker = Tracker(uri)
+    [paused] = tracker.search("late", Query.of(role=Role.TRIAL))
+    assert paused.data.tags[TagKey.TRIAL_STATE] == TrialState.PAUSED
+    done = int(paused.data.metrics[MetricName.EPOCHS_TRAINED])
+    second = quiet_sweep(
+        spec, tiny_splits, tracking_uri=uri, state_dir=state, timeout_seconds=600.0
+    )
+    assert second.counts["complete"] == 1
+    runs = tracker.search("late", Query.of(role=Role.TRIAL))
+    [continued] = [r for r in runs if r.info.run_id != paused.info.run_id]
+    assert continued.data.tags[TagKey.TRIAL_NUMBER] == paused.data.tags[TagKey.TRIAL_NUMBER]
+    assert continued.data.metrics[MetricName.EPOCHS_TRAINED] == 40
+    assert continued.data.metrics[MetricName.RESUMED_FROM_EPOCH] == done
+    assert all(r.info.status != "RUNNING" for r in tracker.search("late", Query()))

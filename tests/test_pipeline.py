@@ -1,0 +1,209 @@
+"""`tunelab run`: search, confirmation and final model under one budget; resumable anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tunelab.define.data import Splits
+from tunelab.define.experiment import load_experiment
+from tunelab.pipeline import PipelineResult, run_pipeline
+from tunelab.record.names import Artifact, MetricName, Role, TagKey, TrialState
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
+
+SPACE = """
+parameters:
+  learning_rate: {type: categorical, values: [0.004, 0.002, 0.001]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: 2, batch_size: 128,
+        lr_schedule: cosine, warmup_epochs: 0.5}
+"""
+EXPERIMENT = """
+name: onego
+search_space: space.yaml
+engine: {name: optuna, sampler: grid, pruner: none}
+budget: {trials: 3}
+precision: mixed_bfloat16
+seed: 1
+pipeline:
+  budget: 20m
+  shares: {search: 0.4, confirmation: 0.3, final: 0.3}
+  confirm_top: 2
+  confirm_seeds: 1
+  ensemble: 3
+  formats: [keras, onnx]
+"""
+RUNNER = """
+import sys
+from pathlib import Path
+from tunelab.define.data import load_npz_splits
+from tunelab.define.experiment import load_experiment
+from tunelab.pipeline import run_pipeline, MAX_FINAL_EPOCHS
+import tunelab.pipeline
+tunelab.pipeline.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
+splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
+run_pipeline(load_experiment(sys.argv[1]), tracking_uri=sys.argv[3], storage_url=sys.argv[4],
+             baseline=False, splits=splits, full_splits=splits, show_progress=False,
+             out=Path("exports"))
+"""
+
+
+def write(folder: Path) -> Path:
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE))
+    (folder / "onego.yaml").write_text(textwrap.dedent(EXPERIMENT))
+    return folder / "onego.yaml"
+
+
+def stores(folder: Path) -> tuple[str, str]:
+    return f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'optuna.db'}"
+
+
+def go(folder: Path, splits: Splits, **kwargs: Any) -> PipelineResult:
+    uri, storage = stores(folder)
+    return run_pipeline(
+        load_experiment(folder / "onego.yaml"),
+        tracking_uri=uri,
+        storage_url=storage,
+        splits=splits,
+        full_splits=splits,
+        show_progress=False,
+        out=folder / "exports",
+        **kwargs,
+    )
+
+
+def check_record(folder: Path) -> None:
+    """Every trial recorded once, nothing lost, nothing left RUNNING, one export of each kind."""
+    uri, storage = stores(folder)
+    tracker = Tracker(uri)
+    runs = tracker.search("onego", Query())
+    assert all(r.info.status != "RUNNING" for r in runs)
+    study = optuna.load_study(study_name="onego", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["learning_rate"] for t in done) == [0.001, 0.002, 0.004]  # the grid
+    trials = [r for r in runs if r.data.tags.get(TagKey.ROLE) == Role.TRIAL]
+    finished = Counter(
+        r.data.tags[TagKey.TRIAL_NUMBER]
+        for r in trials
+        if r.data.tags.get(TagKey.TRIAL_STATE) == TrialState.COMPLETE
+    )
+    assert sorted(finished.values()) == [1, 1, 1]  # none duplicated, none lost
+    confirmations = [
+        r
+        for r in runs
+        if r.data.tags.get(TagKey.ROLE) == Role.CONFIRMATION and r.info.status == "FINISHED"
+    ]
+    keys = Counter(
+        (r.data.tags[TagKey.RETRAINS_RUN_ID], r.data.tags[TagKey.SEED]) for r in confirmations
+    )
+    assert len(keys) == 2 and set(keys.values()) == {1}
+    exports = [
+        r
+        for r in runs
+        if r.data.tags.get(TagKey.ROLE) == Role.EXPORT and r.info.status == "FINISHED"
+    ]
+    assert sorted(TagKey.ENSEMBLE_MEMBERS in r.data.tags for r in exports) == [False, True]
+
+
+def test_run_searches_confirms_and_delivers_then_trains_nothing_the_second_time(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.define.cnn import parse_config
+    from tunelab.training.baseline import run_baseline
+
+    write(tmp_path)
+    uri, _ = stores(tmp_path)
+    tracker = Tracker(uri)
+    baseline = run_baseline(tiny_splits, tracker, cfg=parse_config({"epochs": 1}), log_model=False)
+    tracker.client.set_tag(baseline.run_id, TagKey.REFERENCE, "true")
+    result = go(tmp_path, tiny_splits)
+    assert result.champion and result.confirmed_mean is not None
+    assert result.single is not None and result.ensemble is not None
+    for item in (result.single, result.ensemble):
+        assert item.ci95_low <= item.test_accuracy <= item.ci95_high
+        assert item.p_vs_baseline is not None  # McNemar on the same test images
+        assert Path(item.bundle, "card.md").is_file() and Path(item.bundle, "model.onnx").is_file()
+    assert result.ensemble.p_vs_single is not None
+    assert result.ensemble.registered and result.ensemble.registered == "tunelab-mnist v1"
+    assert set(result.stage_seconds) == {"search", "confirmation", "final"}
+    assert sum(result.stage_seconds.values()) == pytest.approx(result.spent_seconds, rel=0.1)
+    assert result.spent_seconds < result.budget_seconds
+    lines = "\n".join(result.lines())
+    assert "McNemar p" in lines and "wall time:" in lines and "ensemble of 3" in lines
+    check_record(tmp_path)
+    parent = tracker.client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[TagKey.PIPELINE_STAGE] == "done"
+    assert parent.data.metrics[MetricName.TEST_EVALUATIONS] == 2  # single and ensemble, once each
+    assert parent.data.metrics[MetricName.TEST_ACCURACY] == result.ensemble.test_accuracy
+    summary = json.loads(
+        Path(
+            tracker.client.download_artifacts(result.parent_run_id, Artifact.SUMMARY, str(tmp_path))
+        ).read_text()
+    )
+    assert summary["ensemble"]["test_accuracy"] == result.ensemble.test_accuracy
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished pipeline must train nothing")
+
+    from tunelab.training import retrain, train
+
+    monkeypatch.setattr(train, "train_and_validate", no_training)
+    monkeypatch.setattr(retrain, "train_and_validate", no_training)
+    again = go(tmp_path, tiny_splits)
+    assert again.ensemble == result.ensemble and "nothing was trained" in "\n".join(again.lines())
+
+
+def wait_until(condition: Any, process: subprocess.Popen[bytes], limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the pipeline ended before it could be killed"
+        try:
+            if condition():
+                return
+        except Exception:
+            pass  # the store is being created
+        time.sleep(0.3)
+    raise AssertionError("the stage to kill never started")
+
+
+def training_run_of(uri: str, role: str) -> bool:
+    """A RUNNING run of `role` that has trained at least one epoch (so it has a checkpoint)."""
+    for run in Tracker(uri).search("onego", Query.of(role=role, status="RUNNING")):
+        if Tracker(uri).metric_steps(run.info.run_id, "loss"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("role", [Role.TRIAL, Role.CONFIRMATION, Role.EXPORT])
+def test_run_killed_in_any_stage_resumes_and_completes(
+    tmp_path: Path, tiny_npz: Path, tiny_splits: Splits, role: str
+) -> None:
+    experiment = write(tmp_path)
+    uri, storage = stores(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(experiment), str(tiny_npz), uri, storage],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: training_run_of(uri, role), process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    result = go(tmp_path, tiny_splits, baseline=False)
+    assert result.single is not None and result.ensemble is not None
+    check_record(tmp_path)
