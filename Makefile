@@ -69,6 +69,9 @@ test: install ## the whole suite, slow tests included (installs PostgreSQL and C
 test-fast: install ## run the tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
 
+schema: install ## write the JSON Schemas of experiment and search-space files (schemas/)
+	$(BIN)/python -c "from tunelab.define.schema import write_schemas; print(*write_schemas())"
+
 lint: install ## ruff and mypy (strict)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy

@@ -266,11 +266,32 @@ class Pipeline:
         return result
 
     def _search(self, parent: str, deadline: Deadline, result: PipelineResult) -> None:
-        if deadline.passed():
-            result.notes.append("search: no time left in its share; went on with what it found")
-            return
-        outcome: SweepResult = run_sweep(
+        outcome = self._sweep(deadline) if not deadline.passed() else None
+        # a pipeline needs one complete trial to go on: until there is one, the search keeps
+        # going (its overrun comes out of the confirmation's share), one trial at a time
+        later = Deadline(deadline.at + self.spec.pipeline.shares.confirmation * self.budget)
+        noted = False
+        while not self._has_complete_trial() and not later.passed():
+            if outcome is not None and not outcome.records and not self._paused_trial():
+                break  # nothing ran and nothing waits: more time would not help
+            if not noted:
+                result.notes.append(
+                    "search: no trial had finished within its share; it went on until one did "
+                    "(the time came out of the confirmation's share)"
+                )
+                noted = True
+            counts = outcome.counts if outcome is not None else {"complete": 0, "pruned": 0}
+            outcome = self._sweep(later, trials=counts["complete"] + counts["pruned"] + 1)
+        if not self._has_complete_trial():
+            raise UserError(
+                "the search finished no trial within its share and the confirmation's: give "
+                "`run` a larger --budget (the same command continues the search)"
+            )
+
+    def _sweep(self, deadline: Deadline, trials: int | None = None) -> SweepResult:
+        outcome = run_sweep(
             self.spec,
+            trials=trials,
             deadline=deadline,
             study_name=self.study,
             storage_url=self.storage_url,
@@ -280,6 +301,18 @@ class Pipeline:
             splits=self.splits,
         )
         self.say(outcome.summary())
+        return outcome
+
+    def _has_complete_trial(self) -> bool:
+        try:
+            sweep = find_sweep(self.tracker, self.spec.name, self.study)
+        except UserError:
+            return False
+        return bool(sweep.tags.get(TagKey.BEST_RUN_ID))
+
+    def _paused_trial(self) -> bool:
+        sweep = find_sweep(self.tracker, self.spec.name, self.study)
+        return bool(sweep.metrics.get(MetricName.TRIALS_PAUSED))
 
     def _confirmation(self, parent: str, deadline: Deadline, result: PipelineResult) -> None:
         sweep = find_sweep(self.tracker, self.spec.name, self.study)

@@ -39,7 +39,7 @@ def quiet_environment(*, verbose: bool = False) -> None:
         os.environ[VERBOSE_ENV] = "1"
         return
     # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -5,7 +5,9 @@ Accuracy on 10,000 test images is a proportion, so its uncertainty is a binomial
 Two models evaluated on the *same* images are paired: McNemar's exact test looks only at the
 images where exactly one of them is right, which is far more sensitive than comparing two
 intervals. Retraining a configuration with several seeds gives a small sample of accuracies, so
-its mean gets a Student-t interval.
+its mean gets a Student-t interval. SciPy computes all three (`binomtest(...).proportion_ci`
+with Wilson's method, `binomtest` for McNemar's exact test, `t.interval`); this module gives them
+tunelab's names and refuses what cannot be computed.
 """
 
 from __future__ import annotations
@@ -39,12 +41,11 @@ def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE)
     """Wilson score interval of a binomial proportion successes / trials."""
     if trials <= 0 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials > 0 ({successes}/{trials})")
-    z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
+    bounds = scipy_stats.binomtest(successes, trials).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
+    low, high = float(bounds.low), float(bounds.high)
+    return Interval(successes / trials, max(0.0, low), min(1.0, high), confidence)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def mcnemar_exact(first_correct: npt.ArrayLike, second_correct: npt.ArrayLike) -
     n = only_first + only_second
     if n == 0:
         return McNemar(0, 0, 1.0)
-    tail = float(scipy_stats.binom.cdf(min(only_first, only_second), n, 0.5))
-    return McNemar(only_first, only_second, min(1.0, 2 * tail))
+    p_value = float(scipy_stats.binomtest(only_first, n, 0.5, alternative="two-sided").pvalue)
+    return McNemar(only_first, only_second, min(1.0, p_value))
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ def seed_summary(values: Sequence[float], confidence: float = CONFIDENCE) -> See
     if len(array) == 1:
         return SeedSummary(tuple(values), mean, float("nan"), Interval(mean, mean, mean))
     std = float(array.std(ddof=1))
-    t = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(array) - 1))
-    half = t * std / math.sqrt(len(array))
+    low, high = scipy_stats.t.interval(
+        confidence, len(array) - 1, loc=mean, scale=std / math.sqrt(len(array))
+    )
     return SeedSummary(
-        tuple(float(v) for v in values), mean, std, Interval(mean, mean - half, mean + half)
+        tuple(float(v) for v in values), mean, std, Interval(mean, float(low), float(high))
     )
