@@ -105,9 +105,11 @@ start_mlflow() {
     [ -x "$VENV_BIN/mlflow" ] || die "$VENV_BIN/mlflow not found: run \`make install\` first"
     if ! mlflow_running; then
         mkdir -p "$DIR/artifacts"
-        # the server starts its workers by name: the virtual environment must be on PATH
+        # the server starts its workers by name: the virtual environment must be on PATH.
+        # The store URL carries the password: it goes in the environment (mlflow server reads
+        # MLFLOW_BACKEND_STORE_URI), never on a command line that `ps` shows to every user.
+        MLFLOW_BACKEND_STORE_URI="postgresql://$PG_USER:$pw@127.0.0.1:$PG_PORT/mlflow" \
         PATH="$VENV_BIN:$PATH" nohup "$VENV_BIN/mlflow" server \
-            --backend-store-uri "postgresql://$PG_USER:$pw@127.0.0.1:$PG_PORT/mlflow" \
             --artifacts-destination "$DIR/artifacts" \
             --host 127.0.0.1 --port "$MLFLOW_PORT" >"$DIR/mlflow.log" 2>&1 &
         echo $! > "$DIR/mlflow.pid"

@@ -31,6 +31,7 @@ TINY_VALIDATION = 500
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's cache or tracking store, or writes outside tmp_path."""
     monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELAB_OFFLINE", "1")  # no test fetches data from the network
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
 

@@ -52,7 +52,7 @@ def test_user_file_is_verified_and_cached(
     np.testing.assert_array_equal(read_npz(fetched.cache_file).x_train, fixture_as_mnist.x_train)
 
 
-def test_corrupt_file_is_reported_and_skipped_for_the_cache(
+def test_a_corrupt_or_missing_data_file_is_an_error_never_a_fallback(
     fixture_as_mnist: RawArrays, tiny_npz: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
@@ -62,11 +62,30 @@ def test_corrupt_file_is_reported_and_skipped_for_the_cache(
     corrupt["x_train"][0, 14, 14] ^= 0xFF  # one flipped pixel
     bad = tmp_path / "bad.npz"
     np.savez(bad, **corrupt)
-    reports: list[str] = []
-    fetched = fetch_dataset("mnist", user_path=bad, data_dir=cache, report=reports.append)
-    assert fetched.source.startswith("cache ")
-    assert len(reports) == 1 and "x_train" in reports[0] and "SHA-256" in reports[0]
-    np.testing.assert_array_equal(fetched.arrays.x_train, fixture_as_mnist.x_train)
+    with pytest.raises(DataError, match=r"--data-file .*bad.npz: DataError: x_train .*SHA-256"):
+        fetch_dataset("mnist", user_path=bad, data_dir=cache)
+    with pytest.raises(DataError, match=r"--data-file .*nothing.npz: .*no such file"):
+        fetch_dataset("mnist", user_path=tmp_path / "nothing.npz", data_dir=cache)
+    # the cache, which would verify, was not used instead
+    assert read_npz(cache / "mnist.npz").x_train[0, 14, 14] == fixture_as_mnist.x_train[0, 14, 14]
+
+
+def test_a_first_run_says_what_it_is_doing_in_plain_words(
+    fixture_as_mnist: RawArrays, tiny_npz: Path, tmp_path: Path
+) -> None:
+    def broken() -> RawArrays:
+        raise OSError("network unreachable")
+
+    lines: list[str] = []
+    sources = [Source("nowhere", broken), Source("the fixture", lambda: read_npz(tiny_npz))]
+    fetch_dataset("mnist", data_dir=tmp_path, sources=sources, report=lines.append)
+    assert (
+        lines[0] == "could not fetch from nowhere: OSError: network unreachable; trying the fixture"
+    )
+    assert lines[1].startswith("fetched mnist from the fixture; verified against the pinned")
+    lines.clear()
+    fetch_dataset("mnist", data_dir=tmp_path, report=lines.append)  # now from the cache
+    assert lines == []
 
 
 def test_truncated_idx_file_is_rejected(fixture_as_mnist: RawArrays, tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def export(
         raise UserError(f"--ensemble: 0 for the single champion, or at least 2 (got {ensemble})")
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs: must be a positive integer (got {epochs})")
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     name = target.name if isinstance(target, ExperimentSpec) else str(target)
     source, sweep = resolve_source(tracker, name, study)
     folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
@@ -260,7 +260,7 @@ def reproduce(
     from tunelab.record.store import Tracker
     from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     original = load_recorded_run(tracker, run_id)
     splits = original.data.load(data_file=data_file)
     return retrain_with_recorded_seed(tracker, original, splits)
@@ -272,7 +272,7 @@ def _sweep(
     from tunelab.record.recorded import find_sweep, find_sweep_by_study
     from tunelab.record.store import Tracker
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     if experiment is None:
         if study is None:
             raise UserError("name an experiment (file or MLflow name) or a study")

@@ -7,6 +7,7 @@ reads the record starts quietly: TensorFlow's start-up lines are kept out of the
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -327,7 +328,7 @@ def reproduce(
     from tunelab.record.store import Tracker
     from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     original = load_recorded_run(tracker, run_id)
     splits = original.data.load(data_file=data_file, report=_say)
     again = retrain_with_recorded_seed(tracker, original, splits, progress=_epoch_progress)
@@ -371,7 +372,7 @@ def confirm(
 
     _positive("--top", top)
     _positive("--seeds", seeds)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     sweep = find_sweep(tracker, experiment, study)
     splits = sweep.data.load(data_file=data_file, report=_say)
     result = confirm_sweep(
@@ -481,7 +482,7 @@ def compare(
     if experiment is None and study is None:
         raise UserError("name an experiment (file or MLflow name) or a --study to compare")
     _check_writable(out)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     sweep = (
         find_sweep(tracker, experiment, study)
         if experiment is not None
@@ -491,6 +492,7 @@ def compare(
     _say(sweep_line(sweep))
     print(render(table, fmt), end="")
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(table, fmt))
         _say(f"written to {out}")
     if log:
@@ -502,17 +504,16 @@ def compare(
 
 
 def _check_writable(out: Path | None) -> None:
-    """Refuse an output file that cannot be written before any work is done."""
+    """Refuse an output file that cannot be written, before any work (and writing nothing)."""
     if out is None:
         return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a"):
-            pass
-    except OSError as error:
-        raise ConfigError(
-            "--out", "value", f"cannot write there ({error.strerror})", str(out)
-        ) from None
+    if out.is_dir():
+        raise ConfigError("--out", "value", "is a folder; name a file", str(out))
+    existing = out.parent.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("--out", "value", f"cannot write under {existing}", str(out))
 
 
 @app.command()
@@ -532,9 +533,10 @@ def report(
 
     _positive("--top", top)
     _check_writable(out)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, must_exist=True)
     sweep = find_sweep(tracker, experiment, study)
     page = build_report(tracker, sweep, top=top)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     if log:
         RunHandle(tracker.client, sweep.parent_run_id).log_text(page, Artifact.REPORT)
@@ -579,11 +581,43 @@ def main(argv: list[str] | None = None) -> Any:
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None
     except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
+        usage = usage_error(error)
+        if usage is not None:
+            console.print(f"[red]error:[/] {usage}", highlight=False, soft_wrap=True)
             raise SystemExit(2) from None
-        if isinstance(error, click.exceptions.Abort):
+        if type(error).__name__ == "Abort":
             raise SystemExit(1) from None
+        lost = lost_store(error)
+        if lost is not None:
+            console.print(f"[red]error:[/] {lost}", highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
         raise
+
+
+def usage_error(error: Exception) -> str | None:
+    """A command-line usage error (unknown option, bad value) as one line; None if not one.
+
+    Typer carries its own copy of click, so the check is on the shape, not the class.
+    """
+    module = type(error).__module__
+    if not module.startswith(("click", "typer")) or not hasattr(error, "format_message"):
+        return None
+    message = " ".join(str(error.format_message()).split())
+    context = getattr(error, "ctx", None)
+    command = getattr(context, "command_path", "tunelab") if context is not None else "tunelab"
+    return f"{message} (see `{command} --help`)"
+
+
+def lost_store(error: Exception) -> str | None:
+    """A tracking store or database that stopped answering, as one line (None: not that)."""
+    from tunelab.redact import redact_text
+
+    module = type(error).__module__.split(".")[0]
+    if module not in ("mlflow", "requests", "urllib3", "sqlalchemy"):
+        return None
+    text = str(error).strip().splitlines()
+    first = redact_text(text[0][:300] if text else type(error).__name__)
+    return (
+        f"the tracking store or database stopped answering ({type(error).__name__}: {first}); "
+        "what finished is recorded: run the same command again to resume"
+    )

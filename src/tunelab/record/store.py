@@ -277,13 +277,23 @@ def _not_found(error: MlflowException) -> bool:
 class Tracker:
     """A tracking store: finds or creates experiments, opens runs, searches and reads them."""
 
-    def __init__(self, tracking_uri: str | None = None, *, check: bool = True) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, *, check: bool = True, must_exist: bool = False
+    ) -> None:
+        """Open a store; `must_exist` (commands that read the record) refuses to create one."""
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.shown_uri = redact_url(self.tracking_uri)
         problem = check_tracking_uri(self.tracking_uri)
         if problem:
             raise TrackingError(f"tracking URI: {problem}")
         self.store_dir = local_store_dir(self.tracking_uri)
+        if must_exist and self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            if not database.is_file():
+                raise TrackingError(
+                    f"no tracking store at {self.shown_uri} yet: run `tunelab tune` first, or "
+                    "point --tracking-uri (or $MLFLOW_TRACKING_URI) at the store to read"
+                )
         if self.store_dir is not None:
             try:
                 self.store_dir.mkdir(parents=True, exist_ok=True)
