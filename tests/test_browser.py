@@ -77,21 +77,13 @@ def mlflow_ui(recorded_sweep: RecordedSweep) -> Iterator[str]:
     """`mlflow ui` on 127.0.0.1 against the recorded store (a baseline and a tiny sweep)."""
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            recorded_sweep.tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "MLFLOW_BACKEND_STORE_URI": recorded_sweep.tracking_uri,  # as `tunelab ui` does
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -142,6 +134,59 @@ def test_mlflow_ui_lists_the_sweep_its_trials_and_the_baseline_with_accuracy(
         assert str(run.data.metrics[MetricName.BEST_VAL_ACCURACY]) in body
     browser.save_screenshot(str(tmp_path / "run.png"))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_the_printed_landing_page_shows_the_sweep_and_every_trial_without_a_click(
+    browser: Any, mlflow_ui: str, recorded_sweep: RecordedSweep, tmp_path: Path
+) -> None:
+    from tunelab.services import landing_url
+
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    experiment = tracker.experiment_id("recorded")
+    assert tracker.client.get_experiment(experiment).tags["mlflow.experimentKind"] == (
+        "custom_model_development"  # MLflow's "Machine learning" kind, not GenAI
+    )
+    browser.get(landing_url(mlflow_ui, experiment))
+    parent = tracker.client.get_run(recorded_sweep.parent_run_id).info.run_name
+    body = wait_for_text(browser, parent)
+    for child in find_sweep(tracker, "recorded").trial_runs(tracker):
+        body = wait_for_text(browser, child.info.run_name)
+    assert "Run Name" in body  # the runs table is the first page
+    assert "Detect Issues" not in body and "Token Usage" not in body  # no GenAI overview
+    browser.save_screenshot(str(tmp_path / "landing.png"))
+
+
+def test_dashboard_serves_the_study_and_its_trials(
+    browser: Any, recorded_sweep: RecordedSweep, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "dashboard", "--storage", recorded_sweep.storage_url,
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "tunelab dashboard exited"
+            try:
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not come up"
+                time.sleep(1)
+        browser.get(f"{url}/dashboard")
+        wait_for_text(browser, "recorded")  # the study, by name
+        browser.get(f"{url}/dashboard/studies/1/trials")
+        body = wait_for_text(browser, "Trial 2")
+        assert "Trial 0" in body and "Trial 1" in body  # every trial of the 3-point grid
+        browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_report_renders_in_chromium_without_errors(

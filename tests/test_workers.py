@@ -283,3 +283,17 @@ def test_workers_are_refused_for_a_keras_tuner_experiment(
     assert ended.value.code == 2
     error = capsys.readouterr().err.strip()
     assert "several workers need an Optuna experiment" in error and len(error.splitlines()) == 1
+
+
+def test_workers_get_one_gpu_each_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.engines.optuna.workers import gpu_devices, worker_environment
+
+    base = {"PATH": "/bin"}
+    assert worker_environment(base, 3, []) == base  # no GPU: nothing changes
+    pinned = [worker_environment(base, i, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for i in range(5)]
+    assert pinned == ["0", "1", "0", "1", "0"]
+    assert worker_environment(base, 0, ["0"])["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the user's own restriction is kept
+    assert gpu_devices() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpu_devices() == []

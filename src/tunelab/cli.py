@@ -548,19 +548,63 @@ def report(
 
 @app.command()
 def ui(
+    experiment: Annotated[
+        str | None, typer.Argument(help="experiment file or name to open (default: the newest)")
+    ] = None,
     tracking_uri: TrackingOption = None,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 against the tracking store."""
+    """Start the MLflow UI on 127.0.0.1 and print where a sweep's runs are, best first."""
+    from tunelab.record.names import Role
+    from tunelab.record.query import Query
+    from tunelab.record.recorded import experiment_name
     from tunelab.record.store import Tracker
-    from tunelab.services import exec_mlflow_ui
+    from tunelab.services import exec_mlflow_ui, landing_url
 
     tracker = Tracker(tracking_uri)  # creates the local store folder if needed
-    _say(f"MLflow UI on http://127.0.0.1:{port} (store {tracker.shown_uri}); Ctrl-C stops")
+    base = f"http://127.0.0.1:{port}"
+    _say(f"MLflow UI on {base} (store {tracker.shown_uri}); Ctrl-C stops")
+    if experiment is not None:
+        found = tracker.client.get_experiment_by_name(experiment_name(experiment))
+        experiment_id = found.experiment_id if found is not None else None
+    else:
+        sweeps = tracker.search_all(Query.of(role=Role.SWEEP), limit=1)
+        experiment_id = sweeps[0].info.experiment_id if sweeps else None
+    if experiment_id is not None:
+        _say(f"the sweep's runs, best first: {landing_url(base, experiment_id)}")
     exec_mlflow_ui(tracker.tracking_uri, port)
 
 
 TENSORFLOW_COMMANDS = {"tune", "run", "baseline", "export", "confirm", "reproduce", "data"}
+
+
+@app.command()
+def dashboard(
+    experiment: Annotated[
+        Path | None, typer.Argument(help="experiment file (its storage), or give --storage")
+    ] = None,
+    storage: StorageOption = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8080,
+) -> None:
+    """Watch studies live in optuna-dashboard on 127.0.0.1 (trials, history, importances)."""
+    from tunelab.define.urls import check_storage_url, missing_driver
+    from tunelab.engines.launch import STORAGE_ENV, resolve_storage
+    from tunelab.redact import redact_url
+    from tunelab.services import serve_dashboard
+
+    if experiment is not None:
+        from tunelab.define.experiment import load_experiment
+
+        url = resolve_storage(storage, load_experiment(experiment))
+    else:
+        url = storage or os.environ.get(STORAGE_ENV) or "sqlite:///tracking/optuna.db"
+    problem = check_storage_url(url) or missing_driver(url)
+    if problem:
+        raise ConfigError("--storage", "value", problem)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no study storage at {url} yet: run `tunelab tune` first")
+    _say(f"optuna-dashboard on http://127.0.0.1:{port} (storage {redact_url(url)}); Ctrl-C stops")
+    serve_dashboard(url, port)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -43,7 +43,14 @@ from tunelab.engines.sweep import SweepTracker, find_baseline_bar
 from tunelab.errors import UserError
 from tunelab.record.ledger import Ledger
 from tunelab.record.names import Artifact, MetricName, Role, TagKey
-from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
+from tunelab.record.recorded import (
+    RecordedRun,
+    SweepRecord,
+    completed,
+    find_sweep,
+    load_recorded_run,
+    ranked_by_best_val,
+)
 from tunelab.record.store import RunHandle, Tracker
 from tunelab.training.deadline import SAFETY, Deadline
 from tunelab.training.progress import ProgressFactory, no_progress
@@ -299,6 +306,7 @@ class Pipeline:
             console=self.console,
             show_progress=self.show_progress,
             splits=self.splits,
+            keep_models=self.spec.pipeline.ensemble >= 2,
         )
         self.say(outcome.summary())
         return outcome
@@ -471,18 +479,22 @@ class Pipeline:
 def ensemble_members(
     tracker: Tracker, sweep: SweepRecord, champion: RecordedRun, single: ExportResult, count: int
 ) -> list[Member]:
-    """Up to `count` members: the champion's refit first, then the sweep's confirmation
-    retrainings that kept their models, the champion's own seeds first, then by validation."""
+    """Up to `count` members: the champion's refit first, then trained models already kept by
+    the sweep's confirmation retrainings (the champion's own seeds first, then by validation
+    accuracy), then by its complete trials, best first. Nothing is trained for the ensemble."""
     assert single.config is not None
     members = [Member(single.run_id, f"{champion.label} refit", single.config, single.model)]
-    confirmations = sweep.runs_of(tracker, Role.CONFIRMATION)
-    ranked = sorted(
-        (r for r in confirmations if r.info.status == "FINISHED"),
+    confirmations = [
+        r for r in sweep.runs_of(tracker, Role.CONFIRMATION) if r.info.status == "FINISHED"
+    ]
+    confirmations.sort(
         key=lambda r: (
             r.data.tags.get(TagKey.RETRAINS_RUN_ID) != champion.run_id,
             -r.data.metrics.get(MetricName.BEST_VAL_ACCURACY, 0.0),
-        ),
+        )
     )
+    trials = ranked_by_best_val(completed(sweep.trial_runs(tracker)))
+    ranked = [*confirmations, *trials]
     for run in ranked:
         if len(members) >= count:
             break

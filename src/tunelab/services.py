@@ -11,6 +11,32 @@ import os
 import sys
 
 
+def serve_dashboard(storage_url: str, port: int) -> None:
+    """optuna-dashboard on 127.0.0.1:`port` for a study storage, in this process.
+
+    The server is given a storage object, not the URL on a command line: the password stays in
+    this process's memory. Blocks until Ctrl-C.
+    """
+    import optuna
+    import optuna_dashboard
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
+
+
+def landing_url(base: str, experiment_id: str) -> str:
+    """Where a tuner lands in the MLflow UI: an experiment's training runs, flat, best first.
+
+    MLflow 3 opens on its GenAI views unless told the workflow (`workflowType`); sorted by a
+    metric, its runs table lists nested runs flat, so the sweep's parent and every trial show
+    on the first page without expanding anything.
+    """
+    return (
+        f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        "&orderByKey=metrics.%60best_val_accuracy%60&orderByAsc=false"
+    )
+
+
 def exec_mlflow_ui(tracking_uri: str, port: int) -> None:
     """Replace this process with `mlflow ui` on 127.0.0.1:`port` for `tracking_uri`."""
     environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}

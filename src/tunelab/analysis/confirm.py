@@ -23,7 +23,7 @@ from tunelab.record.names import Artifact, MetricName, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.recorded import RecordedRun, SweepRecord
 from tunelab.record.store import RunHandle, Tracker
-from tunelab.training.deadline import Deadline
+from tunelab.training.deadline import SAFETY, Deadline
 from tunelab.training.progress import ProgressFactory, no_progress
 from tunelab.training.retrain import fresh_seeds, retrain
 
@@ -103,6 +103,14 @@ def confirm_sweep(
                 report(f"{original.label} seed {seed}: {earlier[1]:.4f} (recorded earlier)")
                 continue
             if not complete:
+                continue
+            needed = original.metrics.get(MetricName.WALL_SECONDS, 0.0) * SAFETY
+            if deadline is not None and needed > deadline.remaining():
+                complete = False  # starting it would only pause it: its time goes to the next stage
+                report(
+                    f"{original.label} seed {seed}: not started (about {needed:.0f} s needed, "
+                    f"{max(0.0, deadline.remaining()):.0f} s left)"
+                )
                 continue
             done = retrain(
                 tracker,

@@ -35,6 +35,7 @@ class SweepRequest:
     storage_url: str
     state_dir: Path  # where an engine keeps files of its own (KerasTuner's project folder)
     warm_start_from: str | None = None
+    keep_models: bool = False  # complete trials keep their model (ensemble members)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ def run_sweep(
     splits: Splits | None = None,
     state_dir: Path | None = None,
     warm_start_from: str | None = None,
+    keep_models: bool = False,
 ) -> SweepResult:
     """Run the experiment's sweep within its budget (or the overrides); see the module doc.
 
@@ -188,6 +189,7 @@ def run_sweep(
         storage_url=storage,
         state_dir=state_dir or DEFAULT_STATE_DIR,
         warm_start_from=warm_start_from,
+        keep_models=keep_models,
     )
     with request.progress:
         outcome = engine(spec.engine.name).run(request)

@@ -93,6 +93,14 @@ def load_checkpoint(tracker: Tracker, run_id: str, folder: Path) -> Checkpoint |
     return None
 
 
+def keep_model(tracker: Tracker, run_id: str, model: Any) -> None:
+    """Keep a finished training's model with its run (`trained/model.keras`): an ensemble member."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(Artifact.TRAINED_MODEL).name
+        model.save(path)
+        tracker.client.log_artifact(run_id, str(path), str(Path(Artifact.TRAINED_MODEL).parent))
+
+
 def remove_checkpoints(tracker: Tracker, *run_ids: str) -> None:
     """Delete the checkpoints of finished trainings (their runs keep everything else)."""
     for run_id in run_ids:

@@ -24,13 +24,18 @@ import numpy as np
 
 from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits
-from tunelab.record.names import Artifact, MetricName, Role, TagKey
+from tunelab.record.names import MetricName, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.recorded import RecordedRun, load_recorded_run
 from tunelab.record.results import LOSS, VAL_ACCURACY, VAL_LOSS, TrialResult
 from tunelab.record.store import RunHandle, Tracker
 from tunelab.training.callbacks import EpochSinkCallback, fan_out
-from tunelab.training.checkpoints import CheckpointWriter, load_checkpoint, remove_checkpoints
+from tunelab.training.checkpoints import (
+    CheckpointWriter,
+    load_checkpoint,
+    remove_checkpoints,
+)
+from tunelab.training.checkpoints import keep_model as keep_trained_model
 from tunelab.training.deadline import Deadline
 from tunelab.training.progress import ProgressFactory, no_progress
 from tunelab.training.train import train_and_validate
@@ -252,10 +257,7 @@ def _record(
         )
     run.log_metrics(metrics)
     if keep_model:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(Artifact.TRAINED_MODEL).name
-            result.model.save(path)
-            run.log_file(path, str(Path(Artifact.TRAINED_MODEL).parent))
+        keep_trained_model(tracker, run.run_id, result.model)
     return differences
 
 

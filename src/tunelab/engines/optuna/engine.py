@@ -64,6 +64,7 @@ from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.training.checkpoints import (
     Checkpoint,
     CheckpointWriter,
+    keep_model,
     load_checkpoint,
     remove_checkpoints,
 )
@@ -320,6 +321,7 @@ class OptunaSweep:
         self.last_failure = ""
         self.aborted: str | None = None
         self.paused: int | None = None  # number of the trial this launch paused
+        self.keep_models = False
 
     # --- one trial --------------------------------------------------------------------
 
@@ -420,6 +422,8 @@ class OptunaSweep:
             state, pruned_at = TrialState.PRUNED, reporter.pruned_at
         else:
             state = TrialState.COMPLETE
+            if self.keep_models:
+                keep_model(self.tracker, run.run_id, result.model)
         self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
         return state, result, reason, pruned_at
 
@@ -607,6 +611,7 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
             progress.note(f"warm start: {added} finished trial(s) of study {source.study_name}")
         lock = StudyLock(request.storage_url, request.study)
         runner = OptunaSweep(spec, splits, sweep, study, progress, request.deadline)
+        runner.keep_models = request.keep_models
         with sweep.parent(splits, lock=lock) as parent:
             adapter_attr = "mlflow_parent_run_id"
             study.set_user_attr(adapter_attr, parent.run_id)

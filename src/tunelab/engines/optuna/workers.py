@@ -1,5 +1,9 @@
 """`tunelab tune --workers N`: N local worker processes of one sweep, sharing its storage.
 
+On a machine with GPUs each worker gets one device (round-robin: worker i sees GPU i mod G
+through CUDA_VISIBLE_DEVICES, with memory growth on), so N workers do not all grab every GPU;
+more workers than GPUs share devices in turn. Without a GPU nothing changes.
+
 Each worker is the plain `tunelab tune EXPERIMENT` command (they cooperate through the study's
 storage and lock; see `optuna.engine.run_optuna_sweep`), started with the storage and tracking
 URLs in the environment rather than on its command line, where `ps` would show a password to
@@ -33,6 +37,28 @@ def prepare_stores(spec: ExperimentSpec, study: str, storage_url: str, tracking_
     open_study(spec, study, storage_url, train_size)
 
 
+def gpu_devices() -> list[str]:
+    """The GPUs this machine offers workers: CUDA_VISIBLE_DEVICES if set, else the driver's."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    driver = Path("/proc/driver/nvidia/gpus")
+    if driver.is_dir():
+        return [str(index) for index, _ in enumerate(sorted(driver.iterdir()))]
+    return []
+
+
+def worker_environment(base: dict[str, str], index: int, devices: list[str]) -> dict[str, str]:
+    """Worker `index`'s environment: one GPU of `devices` (round-robin), memory growth on."""
+    if not devices:
+        return dict(base)
+    return {
+        **base,
+        "CUDA_VISIBLE_DEVICES": devices[index % len(devices)],
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+    }
+
+
 def run_workers(
     experiment: Path,
     count: int,
@@ -50,7 +76,11 @@ def run_workers(
     prepare_stores(spec, study or spec.name, storage_url, uri)
     environment = {**os.environ, STORAGE_ENV: storage_url, TRACKING_URI_ENV: uri}
     command = [sys.executable, "-m", "tunelab", "tune", str(experiment), "--quiet", *arguments]
-    workers = [subprocess.Popen(command, env=environment) for _ in range(count)]
+    devices = gpu_devices()
+    workers = [
+        subprocess.Popen(command, env=worker_environment(environment, index, devices))
+        for index in range(count)
+    ]
 
     def pass_on(signum: int, frame: Any) -> None:
         for worker in workers:
