@@ -6,33 +6,52 @@ BIN := $(VENV)/bin
 DATASET ?= mnist
 PORT ?= 5000
 EXP ?= experiments/mnist_quick.yaml
+HOUR ?= experiments/mnist_hour.yaml
+BUDGET ?= 1h
 TOP ?= 3
 SEEDS ?= 3
 SERVE_PORT ?= 5001
+DASHBOARD_PORT ?= 8080
 MODEL ?= tunelab-$(DATASET)
+# the locked runtime: TensorFlow's CPU build (never looks for CUDA); GPU machines use the gpu extra
+LOCK ?= requirements/cpu.lock
 
-.PHONY: help install data baseline tune validate ui compare confirm export serve services services-stop test test-fast lint fixture bench-overhead bench-pruning bench-engines bench-workers
+.PHONY: help install dev data baseline tune champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/tunelab: pyproject.toml
+$(BIN)/tunelab: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
-install: $(BIN)/tunelab ## create .venv and install tunelab (editable) with its dev tools
+$(BIN)/pytest: $(BIN)/tunelab requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@touch $@
+
+install: $(BIN)/tunelab ## create .venv and install tunelab from the lock file (hashes checked)
+
+install-gpu: ## the same with TensorFlow's CUDA build (machines with an NVIDIA GPU)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[gpu,export,services,dashboard]'
+
+dev: $(BIN)/pytest ## add the test and lint tools (locked too)
 
 data: install ## fetch and verify the dataset (DATASET=mnist|fashion_mnist) into the cache
 	@if [ "$(DATASET)" = fashion_mnist ]; then bash scripts/install_fashion_mnist.sh; fi
 	$(BIN)/tunelab data --dataset $(DATASET)
 
-baseline: install ## train and record the classic Keras MNIST CNN (12 epochs, ~15 min on 2 cores)
+baseline: install ## train and record the classic Keras MNIST CNN (12 epochs, ~14 min on 2 cores)
 	$(BIN)/tunelab baseline --dataset $(DATASET)
 
 tune: install ## the main job: run (or resume) the sweep of EXP (default experiments/mnist_quick.yaml)
 	$(BIN)/tunelab tune $(EXP)
+
+champion: install ## search, confirm and export HOUR's champion within BUDGET (tunelab run; resumes)
+	$(BIN)/tunelab run $(HOUR) --budget $(BUDGET)
 
 validate: install ## check every experiment and search-space file without running anything
 	$(BIN)/tunelab validate experiments/*.yaml search_spaces/*.yaml
@@ -58,35 +77,55 @@ services: install ## start PostgreSQL + an MLflow server on 127.0.0.1 (installs 
 services-stop: ## stop the PostgreSQL and MLflow servers of `make services`
 	bash scripts/services.sh stop
 
-ui: install ## MLflow UI on http://127.0.0.1:$(PORT) against the default store
-	$(BIN)/tunelab ui --port $(PORT)
+ui: install ## MLflow UI on http://127.0.0.1:$(PORT); prints the link to EXP's runs, best first
+	$(BIN)/tunelab ui $(EXP) --port $(PORT)
 
-test: install ## the whole suite, slow tests included (installs PostgreSQL and Chromium if missing)
+dashboard: install ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT): EXP's study, live
+	$(BIN)/tunelab dashboard $(EXP) --port $(DASHBOARD_PORT)
+
+test: dev ## the whole suite, slow tests included (installs PostgreSQL, Chromium, strace if missing)
 	bash scripts/services.sh install
-	bash scripts/install_browser.sh
+	bash scripts/install_test_tools.sh
 	$(BIN)/python -m pytest
 
-test-fast: install ## run the tests without the slow end-to-end ones
+test-fast: dev ## run the tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: dev ## ruff and mypy (strict)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
 
 schema: install ## write the JSON Schemas of experiment and search-space files (schemas/)
 	$(BIN)/python -c "from tunelab.define.schema import write_schemas; print(*write_schemas())"
 
-lint: install ## ruff and mypy (strict)
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/mypy
+lock: ## recompile the lock files from pyproject.toml (pip-tools, hashes; needs the network)
+	$(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install --quiet pip-tools
+	.lockenv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
+	  --extra cpu --extra export --extra services --extra dashboard -o requirements/cpu.lock pyproject.toml
+	.lockenv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
+	  --extra cpu --extra export --extra services --extra dashboard --extra dev \
+	  -c requirements/cpu.lock -o requirements/dev.lock pyproject.toml
+	rm -rf .lockenv
+
+clean: ## remove build and test leftovers (keeps .venv, tracking/ and the data cache)
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache report.html
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
 fixture: install ## rebuild tests/fixtures/mnist_tiny.npz from the verified full MNIST
 	$(BIN)/python scripts/make_fixture.py
 
-bench-overhead: install ## tunelab's tracked training vs a bare model.fit (prints the ratio)
+bench-overhead: install ## images/s of tunelab's tracked training vs a bare model.fit (ratio)
 	$(BIN)/python benchmarks/overhead.py
 
-bench-pruning: install ## the same sampler with and without pruning (prints the epoch ratio)
+bench-pruning: install ## the same sampler with and without pruning (images seen, best value)
 	$(BIN)/python benchmarks/pruning.py
 
 bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-clock budget
 	$(BIN)/python benchmarks/engines.py
 
-bench-workers: install ## trials per minute with 1, 2 and 4 workers (starts its own services)
+bench-workers: dev ## trials per minute with 1, 2 and 4 workers (starts its own services)
 	$(BIN)/python benchmarks/workers.py
+
+bench-hour: install ## `make champion` with a 60-minute budget from a clean store; the README's table
+	$(BIN)/python benchmarks/hour.py --budget 60m

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +67,88 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@dataclass(frozen=True)
+class Services:
+    """PostgreSQL and an MLflow server started by the project's own script."""
+
+    storage_url: str
+    tracking_uri: str
+    password: str
+    folder: Path
+    trace: Path | None  # strace's record of every process the script started (if strace exists)
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """`scripts/services.sh start` on free ports in a temporary folder, as `make services` does.
+
+    When strace is installed, the script runs under `strace -f -e execve`, so the security test
+    can read the command line of every process it started (the MLflow server's workers too).
+    """
+    folder = tmp_path_factory.mktemp("services")
+    if os.geteuid() == 0:  # the server runs as user postgres: let it traverse pytest's folders
+        for parent in [folder, *folder.parents]:
+            if parent == Path(tempfile.gettempdir()):
+                break
+            parent.chmod(parent.stat().st_mode | 0o011)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
+    env = {
+        **os.environ,
+        "TUNELAB_SERVICES_DIR": str(folder),
+        "TUNELAB_PG_PORT": str(free_port()),
+        "TUNELAB_MLFLOW_PORT": str(free_port()),
+        "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
+    }
+    trace = folder / "services.strace" if shutil.which("strace") else None
+    prefix = (
+        ["strace", "-f", "-qq", "-e", "trace=execve", "-s", "4096", "-o", str(trace)]
+        if trace
+        else []
+    )
+    tracer = subprocess.Popen(
+        [*prefix, "bash", str(script), "start"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while (
+        not (folder / "env").is_file() or "MLFLOW_TRACKING_URI" not in (folder / "env").read_text()
+    ):
+        assert time.monotonic() < deadline, "services did not start"
+        if tracer.poll() is not None and tracer.returncode != 0:
+            raise AssertionError(tracer.stderr.read().decode()[-2000:] if tracer.stderr else "")
+        time.sleep(0.5)
+    _detach(tracer)  # every server process has started: the record is complete
+    values = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (folder / "env").read_text().splitlines()
+        if line.startswith("export ")
+    )
+    try:
+        yield Services(
+            values["TUNELAB_OPTUNA_STORAGE"],
+            values["MLFLOW_TRACKING_URI"],
+            (folder / "pg_password").read_text().strip(),
+            folder,
+            trace,
+        )
+    finally:
+        subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True)
+
+
+def _detach(tracer: subprocess.Popen[bytes]) -> None:
+    """Stop strace (the traced servers keep running) and let it flush its record."""
+    if tracer.poll() is not None:
+        return
+    tracer.send_signal(signal.SIGINT)
+    try:
+        tracer.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        tracer.kill()  # the kernel detaches the tracees; they run on
+        tracer.wait(timeout=15)
 
 
 def free_port() -> int:

@@ -11,23 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
 
-from conftest import free_port
+from conftest import Services, free_port
 from tunelab.record.names import PARENT_RUN_TAG, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
-
-ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ROOT / "scripts" / "services.sh"
 
 SPACE = """
 parameters:
@@ -54,46 +48,6 @@ print(run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=Fal
 """
 
 
-@dataclass(frozen=True)
-class Services:
-    storage_url: str
-    tracking_uri: str
-    password: str
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """PostgreSQL + MLflow server started by the project's script; stopped afterwards."""
-    folder = tmp_path_factory.mktemp("services")
-    if os.geteuid() == 0:  # the server runs as user postgres: let it traverse pytest's folders
-        for parent in [folder, *folder.parents]:
-            if parent == Path(tempfile.gettempdir()):
-                break
-            parent.chmod(parent.stat().st_mode | 0o011)
-    env = {
-        **os.environ,
-        "TUNELAB_SERVICES_DIR": str(folder),
-        "TUNELAB_PG_PORT": str(free_port()),
-        "TUNELAB_MLFLOW_PORT": str(free_port()),
-        "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
-    }
-    started = subprocess.run(["bash", str(SERVICES), "start"], env=env, capture_output=True)
-    assert started.returncode == 0, started.stderr.decode()[-2000:]
-    values = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in (folder / "env").read_text().splitlines()
-        if line.startswith("export ")
-    )
-    try:
-        yield Services(
-            values["TUNELAB_OPTUNA_STORAGE"],
-            values["MLFLOW_TRACKING_URI"],
-            (folder / "pg_password").read_text().strip(),
-        )
-    finally:
-        subprocess.run(["bash", str(SERVICES), "stop"], env=env, capture_output=True)
-
-
 def write_experiment(folder: Path, name: str, trials: int, epochs: int, storage: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", str(epochs)))
@@ -109,19 +63,31 @@ def write_experiment(folder: Path, name: str, trials: int, epochs: int, storage:
 
 
 def start_workers(
-    count: int, experiment: Path, tiny_npz: Path, services: Services, **env: str
+    count: int,
+    experiment: Path,
+    tiny_npz: Path,
+    services: Services,
+    separate_folders: bool = False,
+    **env: str,
 ) -> list[subprocess.Popen[bytes]]:
+    """`count` worker processes; with `separate_folders`, each in a working folder of its own
+    (as on different machines: nothing local is shared)."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
-    return [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(experiment), str(tiny_npz), services.tracking_uri],
-            cwd=experiment.parent,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+    workers = []
+    for index in range(count):
+        folder = experiment.parent / f"machine_{index}" if separate_folders else experiment.parent
+        folder.mkdir(exist_ok=True)
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(experiment), str(tiny_npz),
+                 services.tracking_uri],
+                cwd=folder,
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         )
-        for _ in range(count)
-    ]
+    return workers
 
 
 def finish(workers: list[subprocess.Popen[bytes]], limit: float = 420) -> None:
@@ -177,15 +143,21 @@ def test_a_worker_killed_mid_trial_is_found_by_its_heartbeat_and_retried_from_it
     name, budget = "killed", 3
     experiment = write_experiment(tmp_path / name, name, budget, 8, services.storage_url)
     fast_heartbeat = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "4"}
-    pair = start_workers(2, experiment, tiny_npz, services, **fast_heartbeat)
-    checkpoints = experiment.parent / "tracking" / "checkpoints" / name
+    pair = start_workers(2, experiment, tiny_npz, services, separate_folders=True,
+                         **fast_heartbeat)
+    tracker = Tracker(services.tracking_uri)
     deadline = time.monotonic() + 240
-    saved: list[Path] = []
-    while not saved:  # kill a worker once its trial has saved an epoch
+    saved: list[str] = []
+    while not saved:  # kill a worker once its trial has saved an epoch (on the tracking server)
         assert all(w.poll() is None for w in pair) and time.monotonic() < deadline, "too slow"
-        saved = list(checkpoints.glob("trial_*/state.json"))
+        running = tracker.search(name, Query.of(role=Role.TRIAL, status="RUNNING"))
+        saved = [
+            r.data.tags[TagKey.TRIAL_NUMBER]
+            for r in running
+            if tracker.list_artifacts(r.info.run_id, "checkpoint")
+        ]
         time.sleep(0.2)
-    number = int(saved[0].parent.name.removeprefix("trial_"))
+    number = int(saved[0])
     study = optuna.load_study(study_name=name, storage=services.storage_url)
     pid = int(study.trials[number].user_attrs["pid"])
     [victim] = [w for w in pair if w.pid == pid]
@@ -212,7 +184,10 @@ def test_a_worker_killed_mid_trial_is_found_by_its_heartbeat_and_retried_from_it
     assert resumed.data.metrics["resumed_from_epoch"] >= 1  # continued, not started over
     assert resumed.data.metrics["epochs_trained"] == 8
     assert all(r.info.status != "RUNNING" for r in trials)
-    assert not list(checkpoints.glob("trial_*"))  # removed once the trials finished
+    # the retry read the dead attempt's checkpoint from the tracking server; once the trial
+    # ended, no checkpoint is left on any run, and no worker kept one in its own folder
+    assert all(not tracker.list_artifacts(r.info.run_id, "checkpoint") for r in trials)
+    assert not list(experiment.parent.rglob("*.keras"))
 
 
 def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
