@@ -1,6 +1,6 @@
 """In a real browser: the MLflow UI lists the sweep and the baseline; the report renders.
 
-Headless Debian Chromium (`scripts/install_browser.sh`, which `make test` runs) driven by
+Headless Debian Chromium (`scripts/install_test_tools.sh`, which `make test` runs) driven by
 Selenium through Debian's chromedriver: no browser download.
 """
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 def chromium_paths() -> tuple[str, str]:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert browser and driver, "no chromium/chromedriver: run scripts/install_browser.sh"
+    assert browser and driver, "no chromium/chromedriver: run scripts/install_test_tools.sh"
     return browser, driver
 
 
