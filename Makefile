@@ -95,8 +95,9 @@ lint: dev ## ruff and mypy (strict)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
-schema: install ## write the JSON Schemas of experiment and search-space files (schemas/)
+schema: install ## write the JSON Schemas (schemas/) and the README's key reference from the models
 	$(BIN)/python -c "from tunelab.define.schema import write_schemas; print(*write_schemas())"
+	$(BIN)/python -c "from pathlib import Path; from tunelab.define.reference import write_into; write_into(Path('README.md'))"
 
 lock: ## recompile the lock files from pyproject.toml (pip-tools, hashes; needs the network)
 	$(PYTHON) -m venv .lockenv

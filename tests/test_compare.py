@@ -11,19 +11,28 @@ from tunelab.analysis.compare import COLUMNS, comparison_table, render
 from tunelab.analysis.stats import wilson_interval
 from tunelab.cli import main
 from tunelab.define.data import Splits
-from tunelab.delivery.export import export_model, resolve_source
+from tunelab.delivery.export import ExportResult, export_model, resolve_source
 from tunelab.record.recorded import find_sweep
 from tunelab.record.store import Tracker
 
 
+@pytest.fixture(scope="module")
+def exported(
+    recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path_factory: pytest.TempPathFactory
+) -> ExportResult:
+    """The best trial exported once for this module (each test here needs a finalist)."""
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    source, _ = resolve_source(tracker, recorded_sweep.best_run_id)
+    folder = tmp_path_factory.mktemp("bundle")
+    return export_model(tracker, source, tiny_splits, out=folder, formats=("keras",),
+                        register=False)
+
+
 def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_statistics(
-    recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
+    recorded_sweep: RecordedSweep, tiny_splits: Splits, exported: ExportResult
 ) -> None:
     tracker = Tracker(recorded_sweep.tracking_uri)
     source, _ = resolve_source(tracker, recorded_sweep.best_run_id)
-    exported = export_model(
-        tracker, source, tiny_splits, out=tmp_path / "b", formats=("keras",), register=False
-    )
     sweep = find_sweep(tracker, "recorded")
     table = comparison_table(tracker, sweep, top=2, test_labels=tiny_splits.test.y)
     assert list(table.columns) == COLUMNS
@@ -51,7 +60,10 @@ def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_st
 
 
 def test_compare_command_writes_the_file_and_logs_to_the_parent(
-    recorded_sweep: RecordedSweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    recorded_sweep: RecordedSweep,
+    exported: ExportResult,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "comparison.csv"
     uri = recorded_sweep.tracking_uri
@@ -77,9 +89,10 @@ def test_compare_command_writes_the_file_and_logs_to_the_parent(
     import pandas as pd
 
     rows = pd.read_csv(io.StringIO(printed))
-    exported = rows[rows["model"].str.endswith("(exported)")]
+    finalists = rows[rows["model"].str.endswith("(exported)")]
     # no data download: the test labels come from the runs that stored them
-    assert len(exported) == 1 and 0 < exported["McNemar p"].iloc[0] <= 1
+    assert len(finalists) == 1 and 0 < finalists["McNemar p"].iloc[0] <= 1
+    assert finalists["test acc"].iloc[0] == pytest.approx(exported.test.accuracy)
     tracker = Tracker(uri)
     logged = {
         a.path for a in tracker.client.list_artifacts(recorded_sweep.parent_run_id, "comparison")

@@ -10,18 +10,25 @@ from tunelab.errors import UserError
 from tunelab.record.names import PARENT_RUN_TAG, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound, load_recorded_run
 from tunelab.record.store import Tracker
-from tunelab.training.retrain import reproduce
+from tunelab.training.retrain import Retraining, reproduce
+
+
+@pytest.fixture(scope="module")
+def reproduced(recorded_sweep: RecordedSweep, tiny_splits: Splits) -> Retraining:
+    """The best trial retrained once with its recorded seed (each test here needs one)."""
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    return reproduce(tracker, load_recorded_run(tracker, recorded_sweep.best_run_id), tiny_splits)
 
 
 def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
-    recorded_sweep: RecordedSweep, tiny_splits: Splits
+    recorded_sweep: RecordedSweep, reproduced: Retraining
 ) -> None:
     tracker = Tracker(recorded_sweep.tracking_uri)
     original = load_recorded_run(tracker, recorded_sweep.best_run_id)
     assert original.trial_number is not None and original.seed == 5 + original.trial_number
     assert original.config.filters == 8 and original.config.epochs == 2
     assert original.data.validation_size == 500
-    again = reproduce(tracker, original, tiny_splits)
+    again = reproduced
     # same seed, same data, same CPU kernels: the same numbers (seen bit-identical here; one
     # validation image of slack in case a multi-threaded reduction orders sums differently)
     assert again.best_val_accuracy == pytest.approx(original.best_val_accuracy, abs=1 / 500)
@@ -32,10 +39,14 @@ def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
     assert run.data.metrics[MetricName.RECORDED_BEST_VAL_ACCURACY] == pytest.approx(
         original.best_val_accuracy
     )
+    # the per-epoch comparison `tunelab reproduce` prints: loss, val_loss, val_accuracy
+    assert set(again.epoch_differences) == {"loss", "val_loss", "val_accuracy"}
+    assert all(value <= 1e-3 for value in again.epoch_differences.values())
+    assert not original.resumed  # so bit-identity is what to expect
 
 
 def test_a_retraining_does_not_count_as_a_trial_of_the_sweep(
-    recorded_sweep: RecordedSweep,
+    recorded_sweep: RecordedSweep, reproduced: Retraining
 ) -> None:
     from tunelab.define.experiment import load_experiment
     from tunelab.engines.sweep import SweepTracker
@@ -44,7 +55,10 @@ def test_a_retraining_does_not_count_as_a_trial_of_the_sweep(
     spec = load_experiment(recorded_sweep.folder / "recorded.yaml")
     sweep = SweepTracker(tracker, spec, "recorded", "optuna", None)
     sweep.parent_run_id = recorded_sweep.parent_run_id
-    assert sorted(sweep.run_ids()) == [0, 1, 2]
+    retraining = tracker.client.get_run(reproduced.run_id)
+    assert retraining.data.tags[PARENT_RUN_TAG] == recorded_sweep.parent_run_id  # nested there
+    assert sorted(sweep.run_ids()) == [0, 1, 2]  # ... and still not one of its trials
+    assert reproduced.run_id not in sweep.run_ids().values()
 
 
 def test_unknown_run_and_a_parent_run_are_refused_in_one_line(

@@ -70,7 +70,7 @@ class CnnConfig(BaseModel):
     padding: Literal["valid", "same"] = Field("valid", description="of the non-strided convs")
     batch_norm: bool = Field(False, description="BatchNormalization after each conv")
     conv_bias: bool = Field(True, description="bias in conv layers (batch norm makes it redundant)")
-    activation: Activation = "relu"
+    activation: Activation = Field("relu", description="after each conv and dense layer")
     pooling: Pooling = Field(
         "max", description="end of each block: 2x2 max/avg pooling, none, or a strided last conv"
     )
@@ -78,19 +78,19 @@ class CnnConfig(BaseModel):
     conv_dropout: float = Field(0.25, ge=0.0, lt=1.0, description="dropout after each block")
     head: Head = Field("flatten", description="how feature maps become a vector")
     head_filters: int = Field(128, ge=1, le=8192, description="filters of the conv head")
-    dense_layers: int = Field(1, ge=0, le=4)
-    dense_units: int = Field(128, ge=1, le=8192)
+    dense_layers: int = Field(1, ge=0, le=4, description="hidden dense layers before the output")
+    dense_units: int = Field(128, ge=1, le=8192, description="width of each dense layer")
     dense_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="after dense layers, conv head")
     # optimisation
-    optimizer: Optimizer = "adadelta"
+    optimizer: Optimizer = Field("adadelta", description="the baseline's is Adadelta, rate 1.0")
     learning_rate: float = Field(1.0, gt=0.0, le=10.0, description="peak rate of a schedule")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd and rmsprop only")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decoupled weight decay")
-    lr_schedule: Schedule = "constant"
+    lr_schedule: Schedule = Field("constant", description="over the whole training")
     warmup_epochs: float = Field(0.0, ge=0.0, le=100.0, description="linear warm-up (epochs)")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
-    batch_size: int = Field(128, ge=1, le=65536)
-    epochs: int = Field(DEFAULT_EPOCHS, ge=1, le=1000)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="of the training targets")
+    batch_size: int = Field(128, ge=1, le=65536, description="training images per step")
+    epochs: int = Field(DEFAULT_EPOCHS, ge=1, le=1000, description="passes over the training set")
     # data augmentation, in the input pipeline (training only; off by default)
     augment_translation: float = Field(0.0, ge=0.0, le=0.5, description="max shift, image fraction")
     augment_rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation, degrees")
@@ -98,8 +98,8 @@ class CnnConfig(BaseModel):
     # numerics: an experiment setting (not searched); exported models are always float32
     precision: Precision = Field("float32", description="float32 or per-layer mixed_bfloat16")
     # the data's shape
-    image_size: int = Field(28, ge=1)
-    num_classes: int = Field(10, ge=2)
+    image_size: int = Field(28, ge=1, description="side of the square input images")
+    num_classes: int = Field(10, ge=2, description="output classes")
 
     @model_validator(mode="after")
     def _check_buildable(self) -> CnnConfig:

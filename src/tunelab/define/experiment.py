@@ -111,8 +111,10 @@ class EngineSettings(StrictModel):
 class Objective(StrictModel):
     """A metric to optimise; the direction defaults to the metric's natural one."""
 
-    metric: ObjectiveMetric
-    direction: Literal["maximize", "minimize"] | None = None
+    metric: ObjectiveMetric = Field(description="what to optimise")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="default: maximize val_accuracy, minimize the others"
+    )
 
     @property
     def goal(self) -> Literal["maximize", "minimize"]:
@@ -135,9 +137,9 @@ class BudgetSettings(StrictModel):
 class Shares(StrictModel):
     """How `tunelab run` divides its budget; a stage that ends early hands its rest on."""
 
-    search: float = Field(0.55, ge=0.0, le=1.0)
-    confirmation: float = Field(0.25, ge=0.0, le=1.0)
-    final: float = Field(0.20, ge=0.0, le=1.0)
+    search: float = Field(0.55, ge=0.0, le=1.0, description="the sweep")
+    confirmation: float = Field(0.25, ge=0.0, le=1.0, description="fresh-seed retrainings")
+    final: float = Field(0.20, ge=0.0, le=1.0, description="refit, test, export (ensemble)")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Shares:
@@ -155,13 +157,15 @@ class PipelineSettings(StrictModel):
     """`tunelab run`: search -> confirmation -> final model under one budget."""
 
     budget: Duration | None = Field(None, description="default of `tunelab run --budget`")
-    shares: Shares = Field(default_factory=Shares)
+    shares: Shares = Field(default_factory=Shares, description="of the budget, per stage")
     confirm_top: PositiveInt = Field(2, description="configurations confirmed")
     confirm_seeds: PositiveInt = Field(1, description="fresh seeds per configuration")
     ensemble: NonNegativeInt = Field(
         0, description="members averaged into the delivered model (0: the single champion)"
     )
-    formats: list[ExportFormat] = Field(default_factory=lambda: _all_formats())
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: _all_formats(), description="exported, each checked for parity"
+    )
 
     @model_validator(mode="after")
     def _ensemble_size(self) -> PipelineSettings:
@@ -179,26 +183,32 @@ def _all_formats() -> list[ExportFormat]:
 class ExperimentFile(StrictModel):
     """An experiment file as written (the JSON Schema of experiments/*.yaml is made from this)."""
 
-    name: StrictStr | None = Field(None, description="MLflow experiment and study name")
-    description: str = ""
-    dataset: DatasetName = "mnist"
+    name: StrictStr | None = Field(None, description="MLflow experiment and study name (file stem)")
+    description: str = Field("", description="free text, logged with the sweep")
+    dataset: DatasetName = Field("mnist", description="fetched, verified against pinned digests")
     validation_size: int = Field(10_000, ge=1, le=59_999, description="held-out training images")
     split_seed: NonNegativeInt | None = Field(None, description="None: the last images")
     train_size: PositiveInt | None = Field(None, description="fewer training images (cheap)")
     search_space: StrictStr = Field(description="search-space file, relative to this file")
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings, description="the search library and its algorithms"
+    )
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="val_accuracy")],
         description="val_accuracy first; optionally a second for a Pareto front",
     )
-    budget: BudgetSettings = Field(default_factory=BudgetSettings)
-    seed: NonNegativeInt = 0
+    budget: BudgetSettings = Field(
+        default_factory=BudgetSettings, description="when a sweep stops (trials and/or time)"
+    )
+    seed: NonNegativeInt = Field(0, description="sampler seed; trial n trains with seed + n")
     storage: StrictStr | None = Field(None, description="Optuna storage URL")
     precision: Precision = Field("float32", description="numerics of every training")
     enqueue: list[dict[str, StrictScalar]] = Field(
         default_factory=list, description="points of the space evaluated first (Optuna)"
     )
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    pipeline: PipelineSettings = Field(
+        default_factory=PipelineSettings, description="`tunelab run`: budget, shares, ensemble"
+    )
 
     @model_validator(mode="after")
     def _check_experiment(self) -> ExperimentFile:

@@ -123,7 +123,7 @@ class ParameterEntry(StrictModel):
 class SpaceFile(StrictModel):
     """A search-space file: parameters to search and CnnConfig values to fix."""
 
-    description: str = ""
+    description: str = Field("", description="free text")
     parameters: dict[str, ParameterEntry] = Field(
         description="name: definition; a name is a CnnConfig field unless `field` says which"
     )

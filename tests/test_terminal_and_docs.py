@@ -1,0 +1,98 @@
+"""What a newcomer sees: a quiet terminal, tables that fit, a README that tells the truth."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RecordedSweep
+from tunelab.define.data import Splits
+from tunelab.define.reference import embedded, reference_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+STARTUP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cuda", "cuInit",
+                 "cpu_feature_guard", "rebuild TensorFlow")
+
+
+def test_the_readme_key_reference_is_the_config_models() -> None:
+    assert embedded(README.read_text()) == reference_markdown(), "run `make schema`"
+
+
+def test_the_readme_api_example_runs(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = README.read_text().split("<!-- api:begin -->")[1].split("<!-- api:end -->")[0]
+    code = text.split("```python")[1].split("```")[0]
+    for folder in ("experiments", "search_spaces"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    from tunelab.engines import launch
+    from tunelab.record import recorded
+
+    def fixture_data(*args: Any, **kwargs: Any) -> Splits:
+        return tiny_splits  # the real MNIST is not in the tests' offline world
+
+    monkeypatch.setattr(launch, "load_splits", fixture_data)
+    monkeypatch.setattr(recorded, "load_splits", fixture_data)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].best is not None
+    assert len(namespace["trials"]) == 2 and "val_accuracy" in namespace["trials"].columns
+    assert namespace["bundle"].test.accuracy > 0.5
+    assert (Path(namespace["bundle"].folder) / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("entry", ["module", "script"])
+def test_no_tensorflow_start_up_line_reaches_the_terminal(entry: str, tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text("parameters:\n  filters: {type: int, low: 4, high: 8}\n")
+    (tmp_path / "e.yaml").write_text("search_space: space.yaml\nbudget: {trials: 1}\n")
+    command = (
+        [sys.executable, "-m", "tunelab"]
+        if entry == "module"
+        else [str(Path(sys.executable).parent / "tunelab")]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([*command, "tune", "e.yaml"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    # TensorFlow was imported (tune needs it), the data is missing offline: one error line
+    assert quiet.returncode == 2
+    assert not [line for line in quiet.stderr.splitlines()
+                if any(noise in line for noise in STARTUP_NOISE)], quiet.stderr
+    assert quiet.stderr.count("error:") == 1
+    loud = subprocess.run([*command, "--verbose", "tune", "e.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "oneDNN custom operations" in loud.stderr  # they exist; the quiet run hid them
+
+
+def test_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "tunelab", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("tunelab ")
+
+
+def test_compare_fits_a_100_column_terminal_without_empty_columns(
+    recorded_sweep: RecordedSweep,
+) -> None:
+    from tunelab.analysis.compare import comparison_table, render
+    from tunelab.record.recorded import find_sweep
+    from tunelab.record.store import Tracker
+
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    table = comparison_table(tracker, find_sweep(tracker, "recorded"), top=3)
+    text = render(table, "table", width=100)
+    lines = text.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = lines[0]
+    shown = [c for c in table.columns if c.split()[0] in header]
+    for column in shown:  # every column shown has at least one value
+        assert any(str(v).strip() not in ("", "None", "nan") for v in table[column]), column
+    assert "test 95% CI" not in header or table["test 95% CI"].astype(bool).any()
+    assert all(recorded_sweep.best_run_id in text for _ in [0])  # run ids stay whole
+    csv = render(table, "csv")
+    assert csv.splitlines()[0].count(",") == len(table.columns) - 1  # every column kept
