@@ -93,7 +93,7 @@ def main() -> None:
     splits = load_splits(
         base.dataset, base.validation_size, base.split_seed, train_size=base.train_size
     )
-    budget = replace(base.budget, trials=None, timeout_seconds=args.minutes * 60)
+    budget = base.budget.model_copy(update={"trials": None, "timeout": args.minutes * 60})
     print(
         f"{args.experiment}: {len(splits.train)} training images, {args.minutes:g} min per engine, "
         f"target val_accuracy {target:.4f}"
@@ -103,7 +103,7 @@ def main() -> None:
         for label, engine in ENGINES.items():
             spec = replace(
                 base,
-                engine=replace(engine, startup_trials=base.engine.startup_trials),
+                engine=engine.model_copy(update={"startup_trials": base.engine.startup_trials}),
                 budget=budget,
             )
             folder = Path(tmp) / label.replace(" ", "_").replace("+", "")

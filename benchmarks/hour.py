@@ -51,13 +51,26 @@ def main() -> None:
     baseline = ensure_baseline(tracking)
     started = time.time()
     command = [
-        sys.executable, "-m", "tunelab", "run", str(args.experiment.resolve()),
-        "--budget", args.budget, "--tracking-uri", tracking, "--storage", storage,
-        "--out", str(folder / "exports"), "--quiet",
+        sys.executable,
+        "-m",
+        "tunelab",
+        "run",
+        str(args.experiment.resolve()),
+        "--budget",
+        args.budget,
+        "--tracking-uri",
+        tracking,
+        "--storage",
+        storage,
+        "--out",
+        str(folder / "exports"),
+        "--quiet",
     ]
     print("running:", " ".join(command[2:]), flush=True)
     with open(folder / "run.log", "w") as log:
-        done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(
+            command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     wall = time.time() - started
     print((folder / "run.log").read_text()[-3000:])
     if done.returncode != 0:
@@ -130,9 +143,7 @@ def summarise(
     }
 
 
-def quarter_schedule(
-    tracking: str, experiment: Path, baseline: dict[str, Any]
-) -> dict[str, Any]:
+def quarter_schedule(tracking: str, experiment: Path, baseline: dict[str, Any]) -> dict[str, Any]:
     """The champion's config on all images, its schedule fit to 0.25x the baseline's time."""
     import_tensorflow()
     from tunelab.define.data import load_splits
@@ -170,25 +181,43 @@ def print_table(results: dict[str, Any]) -> None:
     baseline, quarter = results["baseline"], results["quarter"]
     rows = [
         ("end to end (tunelab run)", f"{results['end_to_end_seconds'] / 60:.1f} min"),
-        ("stages", ", ".join(f"{k} {v / 60:.1f} min" for k, v in
-                             (results.get("stage_seconds") or {}).items())),
-        ("champion", f"{results.get('champion')}, confirmed val "
-                     f"{results.get('confirmed_mean') or float('nan'):.4f}, "
-                     f"final refit {results.get('final_epochs')} epochs"),
+        (
+            "stages",
+            ", ".join(
+                f"{k} {v / 60:.1f} min" for k, v in (results.get("stage_seconds") or {}).items()
+            ),
+        ),
+        (
+            "champion",
+            f"{results.get('champion')}, confirmed val "
+            f"{results.get('confirmed_mean') or float('nan'):.4f}, "
+            f"final refit {results.get('final_epochs')} epochs",
+        ),
     ]
     for name, item in (("single champion", single), ("ensemble", ensemble)):
         if item:
-            rows.append((name, f"{item['test_accuracy']:.4f} [{item['ci95_low']:.4f}, "
-                               f"{item['ci95_high']:.4f}], {item['errors']} errors, McNemar p vs "
-                               f"baseline {item['p_vs_baseline']}, vs single "
-                               f"{item.get('p_vs_single')}"))
+            rows.append(
+                (
+                    name,
+                    f"{item['test_accuracy']:.4f} [{item['ci95_low']:.4f}, "
+                    f"{item['ci95_high']:.4f}], {item['errors']} errors, McNemar p vs "
+                    f"baseline {item['p_vs_baseline']}, vs single "
+                    f"{item.get('p_vs_single')}",
+                )
+            )
     rows += [
-        ("baseline", f"{baseline['test_accuracy']:.4f} (12 epochs on 60,000 images: "
-                     f"{baseline['full_train_seconds']:.0f} s)"),
+        (
+            "baseline",
+            f"{baseline['test_accuracy']:.4f} (12 epochs on 60,000 images: "
+            f"{baseline['full_train_seconds']:.0f} s)",
+        ),
         ("test set reads by the sweep", str(results.get("test_set_reads_by_sweep"))),
-        ("0.25x schedule", f"{quarter['epochs']} epochs in {quarter['seconds_taken']:.0f} s "
-                           f"(allowed {quarter['seconds_allowed']:.0f} s): "
-                           f"{quarter['test_accuracy']:.4f}"),
+        (
+            "0.25x schedule",
+            f"{quarter['epochs']} epochs in {quarter['seconds_taken']:.0f} s "
+            f"(allowed {quarter['seconds_allowed']:.0f} s): "
+            f"{quarter['test_accuracy']:.4f}",
+        ),
         ("trials", str(results.get("trials"))),
     ]
     width = max(len(r[0]) for r in rows)

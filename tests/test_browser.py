@@ -77,8 +77,18 @@ def mlflow_ui(recorded_sweep: RecordedSweep) -> Iterator[str]:
     """`mlflow ui` on 127.0.0.1 against the recorded store (a baseline and a tiny sweep)."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
         env={
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -161,8 +171,16 @@ def test_dashboard_serves_the_study_and_its_trials(
 ) -> None:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "dashboard", "--storage", recorded_sweep.storage_url,
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "dashboard",
+            "--storage",
+            recorded_sweep.storage_url,
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -24,8 +24,9 @@ def exported(
     tracker = Tracker(recorded_sweep.tracking_uri)
     source, _ = resolve_source(tracker, recorded_sweep.best_run_id)
     folder = tmp_path_factory.mktemp("bundle")
-    return export_model(tracker, source, tiny_splits, out=folder, formats=("keras",),
-                        register=False)
+    return export_model(
+        tracker, source, tiny_splits, out=folder, formats=("keras",), register=False
+    )
 
 
 def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_statistics(

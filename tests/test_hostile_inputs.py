@@ -152,8 +152,7 @@ def test_a_hostile_flag_or_argument_is_one_line_before_anything_runs(
 ) -> None:
     experiment = good_experiment(tmp_path)
     arguments = [
-        a.replace("EXP", str(experiment)).replace("FOLDER", str(tmp_path))
-        for a in FLAG_CASES[case]
+        a.replace("EXP", str(experiment)).replace("FOLDER", str(tmp_path)) for a in FLAG_CASES[case]
     ]
     if "--tracking-uri" not in arguments:
         arguments += ["--tracking-uri", f"sqlite:///{tmp_path / 'store' / 'm.db'}"]

@@ -112,8 +112,7 @@ def test_no_command_line_carries_the_password(
             25,
         ),
         "dashboard": traced(
-            [*tunelab, "dashboard",
-                "--port", str(free_port())],
+            [*tunelab, "dashboard", "--port", str(free_port())],
             tmp_path / "dash.strace",
             env,
             25,

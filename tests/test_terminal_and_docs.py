@@ -17,8 +17,14 @@ from tunelab.define.reference import embedded, reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-STARTUP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cuda", "cuInit",
-                 "cpu_feature_guard", "rebuild TensorFlow")
+STARTUP_NOISE = (
+    "absl::InitializeLog",
+    "oneDNN custom operations",
+    "cuda",
+    "cuInit",
+    "cpu_feature_guard",
+    "rebuild TensorFlow",
+)
 
 
 def test_the_readme_key_reference_is_the_config_models() -> None:
@@ -58,21 +64,35 @@ def test_no_tensorflow_start_up_line_reaches_the_terminal(entry: str, tmp_path: 
         else [str(Path(sys.executable).parent / "tunelab")]
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    quiet = subprocess.run([*command, "tune", "e.yaml"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run(
+        [*command, "tune", "e.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # TensorFlow was imported (tune needs it), the data is missing offline: one error line
     assert quiet.returncode == 2
-    assert not [line for line in quiet.stderr.splitlines()
-                if any(noise in line for noise in STARTUP_NOISE)], quiet.stderr
+    assert not [
+        line for line in quiet.stderr.splitlines() if any(noise in line for noise in STARTUP_NOISE)
+    ], quiet.stderr
     assert quiet.stderr.count("error:") == 1
-    loud = subprocess.run([*command, "--verbose", "tune", "e.yaml"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    loud = subprocess.run(
+        [*command, "--verbose", "tune", "e.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "oneDNN custom operations" in loud.stderr  # they exist; the quiet run hid them
 
 
 def test_version() -> None:
-    done = subprocess.run([sys.executable, "-m", "tunelab", "--version"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.startswith("tunelab ")
 
 

@@ -79,8 +79,14 @@ def start_workers(
         folder.mkdir(exist_ok=True)
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(experiment), str(tiny_npz),
-                 services.tracking_uri],
+                [
+                    sys.executable,
+                    "-c",
+                    WORKER,
+                    str(experiment),
+                    str(tiny_npz),
+                    services.tracking_uri,
+                ],
                 cwd=folder,
                 env=environment,
                 stdout=subprocess.DEVNULL,
@@ -143,8 +149,7 @@ def test_a_worker_killed_mid_trial_is_found_by_its_heartbeat_and_retried_from_it
     name, budget = "killed", 3
     experiment = write_experiment(tmp_path / name, name, budget, 8, services.storage_url)
     fast_heartbeat = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "4"}
-    pair = start_workers(2, experiment, tiny_npz, services, separate_folders=True,
-                         **fast_heartbeat)
+    pair = start_workers(2, experiment, tiny_npz, services, separate_folders=True, **fast_heartbeat)
     tracker = Tracker(services.tracking_uri)
     deadline = time.monotonic() + 240
     saved: list[str] = []

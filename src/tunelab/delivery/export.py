@@ -53,7 +53,7 @@ from tunelab.training.deadline import Deadline
 from tunelab.training.model import serving_model
 from tunelab.training.progress import ProgressFactory, no_progress
 from tunelab.training.retrain import epochs_to_retrain, train_as_recorded
-from tunelab.training.train import evaluate_test, score_test, train_and_validate
+from tunelab.training.train import evaluate_test, train_and_validate
 
 CHAMPION_ALIAS = "champion"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -658,9 +658,3 @@ def _fill_card(
         }
         for c in checks
     ]
-
-
-def ensemble_probabilities(results: list[TestEvaluation], splits: Splits) -> TestEvaluation:
-    """The test evaluation of averaged probabilities (what the ensemble model computes)."""
-    averaged = np.mean([r.probabilities for r in results], axis=0)
-    return score_test(averaged, splits)

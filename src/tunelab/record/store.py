@@ -182,9 +182,6 @@ class RunHandle:
     def log_folder(self, folder: Path, artifact_dir: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_dir)
 
-    def log_file(self, path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
-
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 110})
 
