@@ -21,7 +21,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     StrictStr,
-    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -33,8 +32,7 @@ from tunelab.define.files import (
     DURATION_PATTERN,
     ConfigError,
     duration_seconds,
-    from_validation_error,
-    read_yaml,
+    read_model,
 )
 from tunelab.define.space import (
     Scalar,
@@ -305,11 +303,7 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         ConfigError: the first problem, as `file: field: problem (got value)`.
     """
     path = Path(path)
-    raw = read_yaml(path)
-    try:
-        model = ExperimentFile.model_validate(raw)
-    except ValidationError as error:
-        raise from_validation_error(path, error) from None
+    model = read_model(path, ExperimentFile)
     space_path = (path.parent / model.search_space).resolve()
     if not space_path.is_file():
         raise ConfigError(path, "search_space", f"no such file {space_path}", model.search_space)

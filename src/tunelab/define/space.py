@@ -46,7 +46,7 @@ from pydantic import (
 )
 
 from tunelab.define.cnn import CnnConfig, parse_config
-from tunelab.define.files import ConfigError, from_validation_error, read_yaml
+from tunelab.define.files import ConfigError, read_model
 
 Scalar = bool | int | float | str
 StrictScalar = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -269,11 +269,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         ConfigError: the first problem, as `file: field: problem (got value)`.
     """
     path = Path(path)
-    raw = read_yaml(path)
-    try:
-        model = SpaceFile.model_validate(raw)
-    except ValidationError as error:
-        raise from_validation_error(path, error) from None
+    model = read_model(path, SpaceFile)
     return model.to_space(path)
 
 
