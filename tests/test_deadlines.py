@@ -129,7 +129,9 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     more = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0
     )
-    assert 16.0 < more.spent_seconds < 30.0  # about 10 s more, on top of the first 10
+    # it trains on in the 10 s the first launch left (startup and checkpoint restore included),
+    # and stops by the summed budget of 20 s plus at most one step
+    assert first.spent_seconds + 3.0 < more.spent_seconds < 30.0
     tracker = Tracker(uri)
     [parent] = tracker.search("late", Query.of(role=Role.SWEEP))
     ledger = Ledger(tracker, parent.info.run_id, "sweep")

@@ -67,7 +67,13 @@ def tiny_card(member: Member, splits: Splits) -> ModelCard:
         config=member.config.as_params(),
         param_count=int(member.model.count_params()),
         data={"dataset": splits.dataset, "digest": splits.digest, "source": splits.source},
-        training={"mode": "one epoch", "epochs": 1, "seed": 1, "wall_seconds": 1.0},
+        training={
+            "mode": "one epoch",
+            "images": len(splits.train),
+            "epochs": 1,
+            "seed": 1,
+            "wall_seconds": 1.0,
+        },
         test={},
         baseline=None,
         confirmation=None,
@@ -83,6 +89,7 @@ def deliver_one(
 ) -> ExportResult:
     from tunelab.training.model import serving_model
 
+    out.mkdir(parents=True)  # as export() makes it
     tags = {TagKey.ROLE: Role.EXPORT}
     with tracker.run("exports", "export", tags=tags, parent_run_id=sweep.parent_run_id) as run:
         return deliver(

@@ -45,7 +45,7 @@ def write(folder: Path, experiment: str = EXPERIMENT, name: str = "rungs.yaml") 
 def test_rungs_cut_the_first_epoch_then_every_epoch_is_a_step() -> None:
     plan = plan_steps(50_000, 128, 3, min_images=5_000, reduction_factor=3)
     assert [s.report_images for s in plan.steps] == [5_000, 15_000, 50_000, 100_000, 150_000]
-    assert [s.images_seen for s in plan.steps] == [5_120, 15_360, 50_000, 100_000, 150_000]
+    assert [s.images_seen for s in plan.steps] == [5_120, 15_104, 50_000, 100_000, 150_000]
     assert plan.steps_for_epochs(1) == 3 and plan.images == 150_000
     # without data-size fidelity a step is an epoch, as it always was
     plain = plan_steps(50_000, 128, 3)
@@ -98,6 +98,7 @@ def test_warm_start_gives_the_sampler_an_earlier_studys_fitting_trials(
     first = load_experiment(write(tmp_path, EXPERIMENT.replace("trials: 3", "trials: 2")))
     quiet_sweep(first, tiny_splits, tracking_uri=uri, storage_url=storage)
     second_text = EXPERIMENT.replace("name: rungs", "name: later").replace("trials: 3", "trials: 1")
+    second_text = second_text.split("enqueue:")[0]  # (enqueued points would be numbered first)
     second = load_experiment(write(tmp_path, second_text, "later.yaml"))
     result = quiet_sweep(
         second, tiny_splits, tracking_uri=uri, storage_url=storage, warm_start_from="rungs"

@@ -69,6 +69,13 @@ class CnnConfig(BaseModel):
     kernel_size: int = Field(3, ge=1, le=9, description="square kernel side (odd)")
     padding: Literal["valid", "same"] = Field("valid", description="of the non-strided convs")
     batch_norm: bool = Field(False, description="BatchNormalization after each conv")
+    batch_norm_momentum: float = Field(
+        0.99,
+        ge=0.0,
+        lt=1.0,
+        description="of the moving statistics used at validation; 0.9 settles them within a "
+        "few dozen steps (rungs inside the first epoch need that), 0.99 (Keras) takes hundreds",
+    )
     conv_bias: bool = Field(True, description="bias in conv layers (batch norm makes it redundant)")
     activation: Activation = Field("relu", description="after each conv and dense layer")
     pooling: Pooling = Field(

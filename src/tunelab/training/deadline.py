@@ -57,8 +57,10 @@ class StepTimer:
     def seconds_for(self, images: int) -> float:
         """Predicted seconds of a step that trains on `images` and then validates."""
         if self._per_image:
-            per_image = max(self._per_image[-2:])
-            validation = max(self._validation[-2:])
+            # the first step also traced the train and eval functions: once a later step was
+            # measured, it no longer speaks for the steps to come
+            per_image = max(self._per_image[1:][-2:] or self._per_image)
+            validation = max(self._validation[1:][-2:] or self._validation)
             return SAFETY * (images * per_image + validation)
         rate = self.flop_rate or DEFAULT_FLOP_RATE
         train = images * training_flops(self.cfg) / rate

@@ -118,7 +118,9 @@ def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None, name: str = "t
             )(x)
             if layer.batch_norm:
                 suffix = layer.name.removeprefix("conv").removeprefix("head_conv")
-                x = layers.BatchNormalization(name=f"bn{suffix or '_head'}", dtype=policy)(x)
+                x = layers.BatchNormalization(
+                    momentum=cfg.batch_norm_momentum, name=f"bn{suffix or '_head'}", dtype=policy
+                )(x)
                 x = layers.Activation(activation, name=f"act{suffix or '_head'}", dtype=policy)(x)
         elif isinstance(layer, PoolLayer):
             pool = layers.MaxPooling2D if layer.kind == "max" else layers.AveragePooling2D
