@@ -148,8 +148,8 @@ def quarter_schedule(tracking: str, experiment: Path, baseline: dict[str, Any]) 
     import_tensorflow()
     from tunelab.define.data import load_splits
     from tunelab.define.experiment import load_experiment
-    from tunelab.pipeline import plan_final_epochs
-    from tunelab.record.names import MetricName, TagKey
+    from tunelab.pipeline import plan_final_epochs, wall_seconds_per_image
+    from tunelab.record.names import TagKey
     from tunelab.record.recorded import find_sweep, load_recorded_run
     from tunelab.record.store import Tracker
     from tunelab.training.train import evaluate_test, train_and_validate
@@ -158,9 +158,9 @@ def quarter_schedule(tracking: str, experiment: Path, baseline: dict[str, Any]) 
     sweep = find_sweep(tracker, load_experiment(experiment).name)
     champion = load_recorded_run(tracker, sweep.tags[TagKey.CHAMPION_RUN_ID])
     seconds = 0.25 * baseline["full_train_seconds"]
-    speed = float(champion.metrics.get(MetricName.IMAGES_PER_SECOND) or 1000.0)
     splits = load_splits("mnist")
-    epochs = plan_final_epochs(seconds - 8.0, 60_000, speed, champion.config)
+    per_image = wall_seconds_per_image(champion)
+    epochs = plan_final_epochs(seconds - 8.0, 60_000, per_image, champion.config)
     config = champion.config.model_copy(update={"epochs": epochs})
     started = time.time()
     result = train_and_validate(config, splits.for_refit(), seed=champion.seed)

@@ -207,3 +207,30 @@ def test_run_killed_in_any_stage_resumes_and_completes(
     result = go(tmp_path, tiny_splits, baseline=False)
     assert result.single is not None and result.ensemble is not None
     check_record(tmp_path)
+
+
+def test_a_refit_that_runs_late_delivers_the_kept_models_instead_of_nothing(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunelab.pipeline
+
+    write(tmp_path)
+    # a plan far too long for the final share (as when the machine slows down mid-refit)
+    monkeypatch.setattr(tunelab.pipeline, "plan_final_epochs", lambda *args: 1000)
+    result = go(tmp_path, tiny_splits, baseline=False, budget=60.0)
+    assert result.single is None and result.ensemble is not None
+    assert result.ensemble.label.startswith("ensemble of") and result.ensemble.registered
+    assert 0.0 < result.ensemble.test_accuracy <= 1.0
+    assert any("kept model" in note and "refit epochs" in note for note in result.notes)
+    assert result.spent_seconds < result.budget_seconds + 10.0  # the deadline held
+    uri, _ = stores(tmp_path)
+    tracker = Tracker(uri)
+    [refit] = [
+        r
+        for r in tracker.search("onego", Query.of(role=Role.EXPORT))
+        if TagKey.ENSEMBLE_MEMBERS not in r.data.tags
+    ]
+    assert refit.info.status == "KILLED"  # paused with its checkpoint, not delivered half-decayed
+    [parent] = tracker.search("onego", Query.of(role=Role.SWEEP))
+    assert parent.data.tags[TagKey.EXPORT_RUN_ID] != refit.info.run_id
+    assert parent.data.metrics[MetricName.TEST_ACCURACY] == result.ensemble.test_accuracy

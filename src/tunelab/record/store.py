@@ -368,7 +368,8 @@ class Tracker:
         """Open a run (or reopen `resume_run_id`) and always close it on leaving.
 
         The status on leaving is `handle.status_on_exit` (FINISHED unless the block changed it),
-        FAILED on an exception, KILLED on Ctrl-C: no run is left RUNNING.
+        FAILED on an exception (unless the block chose another status first), KILLED on Ctrl-C:
+        no run is left RUNNING.
         """
         if resume_run_id is not None:
             handle = RunHandle(self.client, resume_run_id)
@@ -386,7 +387,11 @@ class Tracker:
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         except BaseException:
-            status = RunStatus.to_string(RunStatus.FAILED)
+            # a block that chose its status before raising (a paused training ends KILLED and
+            # raises to say so) keeps it; any other exception is a failure
+            finished = RunStatus.to_string(RunStatus.FINISHED)
+            chosen = handle.status_on_exit
+            status = chosen if chosen != finished else RunStatus.to_string(RunStatus.FAILED)
             raise
         finally:
             if status is not None or not handle.keep_open:
