@@ -30,6 +30,12 @@ from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Split
 
 EVAL_BATCH = 512
+# tf.data's autotuner is off, with fixed parallelism: on two cores and a cheap vectorised map it
+# buys nothing, and in a long-lived process its model thread made destroying a step's iterator
+# wait for up to ~40 s with the CPU idle (seen with py-spy in TF's ~LogicalThreadWrapper during
+# the hour run's refit: 316 s lost over 15 epochs, docs/results.md)
+PARALLEL_CALLS = 2
+PREFETCH_BATCHES = 2
 # a rung closer than this to the end of the first epoch is dropped (validating twice in a row
 # for a handful of images buys no information)
 LAST_RUNG_SHARE = 2 / 3
@@ -130,13 +136,23 @@ def step_dataset(split: Split, cfg: CnnConfig, plan: StepPlan, step: Step, seed:
     numbers = tf.data.Dataset.range(step.start, step.stop)
     data = tf.data.Dataset.zip((numbers, data))
     augment = Augmenter(cfg, seed)
-    return data.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    data = data.map(augment, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
+    return data.with_options(_fixed_threads())
 
 
 def eval_dataset(split: Split) -> Any:
     """Validation or test images in order, float32 pixels 0..255, never augmented."""
     data = tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(EVAL_BATCH).cache()
-    return data.map(_plain, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    data = data.map(_plain, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
+    return data.with_options(_fixed_threads())
+
+
+def _fixed_threads() -> Any:
+    """Options without the autotuner (see PARALLEL_CALLS); the stream's order is unchanged."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return options
 
 
 def _plain(x: Any, y: Any) -> tuple[Any, Any]:
