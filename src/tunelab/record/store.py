@@ -304,8 +304,10 @@ class Tracker:
         self.client = MlflowClient(self.tracking_uri)
 
     def _check_reachable(self) -> None:
-        """A tracking server must answer at once: refused in seconds, not after minutes."""
+        """A tracking server or database must answer at once: refused in seconds, not after
+        minutes (MLflow retries a database connection for about two minutes)."""
         if not self.tracking_uri.startswith(("http://", "https://")):
+            self._check_database()
             return
         url = self.tracking_uri.rstrip("/") + "/health"
         try:
@@ -317,6 +319,30 @@ class Tracker:
                 f"cannot reach the MLflow tracking server {self.shown_uri} ({reason}); is it "
                 "running (`make services`), or is --tracking-uri / $MLFLOW_TRACKING_URI wrong?"
             ) from None
+
+    def _check_database(self) -> None:
+        """One connection attempt, with a timeout, to a database-backed store (not SQLite)."""
+        dialect = urlparse(self.tracking_uri).scheme.split("+")[0]
+        if dialect in ("", "file", "sqlite"):
+            return
+        import sqlalchemy
+
+        timeout = {"connect_timeout": int(REACH_SECONDS)} if dialect == "postgresql" else {}
+        engine = None
+        try:
+            engine = sqlalchemy.create_engine(self.tracking_uri, connect_args=timeout)
+            with engine.connect():
+                pass
+        except Exception as error:  # the driver's own error types: any failure is "unreachable"
+            reason = redact_text(str(error).strip().splitlines()[0] if str(error).strip() else "")
+            raise TrackingError(
+                f"cannot reach the tracking database {self.shown_uri} ({type(error).__name__}: "
+                f"{reason[:200]}); is it running (`make services`), or is --tracking-uri / "
+                "$MLFLOW_TRACKING_URI wrong?"
+            ) from None
+        finally:
+            if engine is not None:
+                engine.dispose()
 
     @contextmanager
     def errors_in_one_line(self) -> Iterator[None]:
