@@ -327,8 +327,9 @@ class OptunaSweep:
 
     def objective(self, trial: optuna.Trial) -> float | Sequence[float]:
         chosen = suggest(self.spec.search_space, trial)
-        trial.set_user_attr(HOST, socket.gethostname())
+        # PID first: a worker that sees HOST (ours) judges the trial by its PID
         trial.set_user_attr(PID, os.getpid())
+        trial.set_user_attr(HOST, socket.gethostname())
         # a retried or continued trial trains like the original and continues from the last
         # checkpoint an earlier attempt left (on its MLflow run, wherever that worker ran)
         history = adapter.retry_history(adapter.frozen(self.study, trial))
@@ -561,8 +562,9 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     failed = []
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        if trial.user_attrs.get(HOST) != host or _alive(int(trial.user_attrs.get(PID, -1))):
-            continue
+        attrs = trial.user_attrs
+        if attrs.get(HOST) != host or PID not in attrs or _alive(int(attrs[PID])):
+            continue  # another machine's (the heartbeat's to judge), being set up, or alive
         adapter.set_user_attr(study, trial, FAIL_REASON, "its process died")
         if not adapter.fail(study, trial):
             continue  # another worker failed it first (and queued the retry)
