@@ -414,17 +414,7 @@ class Pipeline:
         if settings.ensemble >= 2:
             members = ensemble_members(self.tracker, sweep, champion, single, settings.ensemble)
             if len(members) >= 2:
-                ensemble = export_ensemble(
-                    self.tracker,
-                    sweep,
-                    members,
-                    self.full_splits,
-                    out=self.out / "ensemble",
-                    formats=formats,
-                    single=single,
-                    report=self.say,
-                )
-                result.ensemble = Delivered.of(ensemble)
+                result.ensemble = self._export_ensemble(sweep, members, formats, "ensemble", single)
             else:
                 result.notes.append(
                     "ensemble: fewer than 2 trained members were available; delivered the single "
@@ -452,20 +442,32 @@ class Pipeline:
             f"final: {why}; delivering the {len(members)} model(s) kept by the search and "
             "confirmation instead"
         )
-        delivered = export_ensemble(
-            self.tracker,
-            sweep,
-            members,
-            self.full_splits,
-            out=self.out / "kept",
-            formats=formats,
-            report=self.say,
-        )
-        result.ensemble = Delivered.of(delivered)
+        result.ensemble = self._export_ensemble(sweep, members, formats, "kept", None)
         result.notes.append(
             f"final: {why}; delivered the averaged softmax of {len(members)} kept model(s) "
             "instead (trained on the search split with complete schedules)"
         )
+
+    def _export_ensemble(
+        self,
+        sweep: SweepRecord,
+        members: list[Member],
+        formats: tuple[str, ...],
+        folder: str,
+        single: ExportResult | None,
+    ) -> Delivered:
+        """The averaged softmax of `members`, exported into `out/folder` and summarised."""
+        exported = export_ensemble(
+            self.tracker,
+            sweep,
+            members,
+            self.full_splits,
+            out=self.out / folder,
+            formats=formats,
+            single=single,
+            report=self.say,
+        )
+        return Delivered.of(exported)
 
     def _planned_epochs(
         self, parent: str, champion: RecordedRun, deadline: Deadline, formats: int, members: int

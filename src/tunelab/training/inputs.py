@@ -33,7 +33,7 @@ EVAL_BATCH = 512
 # tf.data's autotuner is off, with fixed parallelism: on two cores and a cheap vectorised map it
 # buys nothing, and in a long-lived process its model thread made destroying a step's iterator
 # wait for up to ~40 s with the CPU idle (seen with py-spy in TF's ~LogicalThreadWrapper during
-# the hour run's refit: 316 s lost over 15 epochs, docs/results.md)
+# the hour run's refit: 593 s lost over 28 epochs, docs/results.md)
 PARALLEL_CALLS = 2
 PREFETCH_BATCHES = 2
 # a rung closer than this to the end of the first epoch is dropped (validating twice in a row
