@@ -77,7 +77,8 @@ def main() -> None:
     if done.returncode != 0:
         raise SystemExit(f"tunelab run failed with exit code {done.returncode}")
     results = summarise(tracking, args.experiment, wall, baseline)
-    results["quarter"] = quarter_schedule(tracking, args.experiment, baseline)
+    refit = (results.get("single") or {}).get("run_id")
+    results["quarter"] = quarter_schedule(tracking, args.experiment, baseline, refit)
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print_table(results)
 
@@ -110,8 +111,8 @@ def ensure_baseline(tracking: str) -> dict[str, Any]:
 def summarise(
     tracking: str, experiment: Path, wall: float, baseline: dict[str, Any]
 ) -> dict[str, Any]:
-
     from tunelab.define.experiment import load_experiment
+    from tunelab.pipeline import stored_summary
     from tunelab.record.names import MetricName
     from tunelab.record.recorded import find_sweep
     from tunelab.record.store import Tracker
@@ -119,7 +120,7 @@ def summarise(
     tracker = Tracker(tracking)
     spec = load_experiment(experiment)
     sweep = find_sweep(tracker, spec.name)
-    summary = summary_of(tracker, sweep.parent_run_id)
+    summary = stored_summary(tracker, sweep.parent_run_id) or {}
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "budget_seconds": summary.get("budget_seconds"),
@@ -144,19 +145,11 @@ def summarise(
 QUARTER_SAFETY = 1.05
 
 
-def summary_of(tracker: Any, parent_run_id: str) -> dict[str, Any]:
-    """The pipeline's summary.json on the sweep's parent run ({} if it has none)."""
-    import tempfile
-
-    from tunelab.record.names import Artifact
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracker.download_artifact(parent_run_id, Artifact.SUMMARY, Path(tmp))
-        return json.loads(path.read_text()) if path else {}
-
-
-def quarter_schedule(tracking: str, experiment: Path, baseline: dict[str, Any]) -> dict[str, Any]:
-    """The champion's config on all images, its schedule fit to 0.25x the baseline's time."""
+def quarter_schedule(
+    tracking: str, experiment: Path, baseline: dict[str, Any], refit: str | None
+) -> dict[str, Any]:
+    """The champion's config on all images, its schedule fit to 0.25x the baseline's time;
+    planned from the final stage's refit (`refit`, a run id) where the pipeline made one."""
     import_tensorflow()
     from tunelab.define.data import load_splits
     from tunelab.define.experiment import load_experiment
@@ -171,25 +164,25 @@ def quarter_schedule(tracking: str, experiment: Path, baseline: dict[str, Any]) 
     champion = load_recorded_run(tracker, sweep.tags[TagKey.CHAMPION_RUN_ID])
     seconds = 0.25 * baseline["full_train_seconds"]
     splits = load_splits("mnist")
-    # The wall seconds per image of a training like this one: the final stage's refit (all
-    # 60,000 images, no validation) where it exists; the champion's trial validated every
+    everything = splits.for_refit()
+    images = len(everything.train.y)
+    # The wall seconds per image of a training like this one: the final stage's refit (every
+    # training image, no validation) where it exists; the champion's trial validated every
     # epoch, so its figure is about a tenth too high for a training that does not.
-    refit = (summary_of(tracker, sweep.parent_run_id).get("single") or {}).get("run_id")
-    measured = load_recorded_run(tracker, refit) if refit else champion
-    per_image = wall_seconds_per_image(measured)
+    per_image = wall_seconds_per_image(load_recorded_run(tracker, refit) if refit else champion)
     # A benchmark measured in this run against the baseline's time in this run: a 5 % margin
     # (not the pipeline's 15 %, which is there to protect a budget) and 8 s for tracing.
-    epochs = max(1, math.floor((seconds - 8.0) / (QUARTER_SAFETY * 60_000 * per_image)))
+    epochs = max(1, math.floor((seconds - 8.0) / (QUARTER_SAFETY * images * per_image)))
     config = champion.config.model_copy(update={"epochs": epochs})
     started = time.time()
-    result = train_and_validate(config, splits.for_refit(), seed=champion.seed)
+    result = train_and_validate(config, everything, seed=champion.seed)
     took = time.time() - started
     test = evaluate_test(result.model, splits)
     return {
         "seconds_allowed": seconds,
         "seconds_taken": took,
         "planned_from": "final refit" if refit else "champion trial",
-        "seconds_per_epoch_measured": 60_000 * per_image,
+        "seconds_per_epoch_measured": images * per_image,
         "epochs": epochs,
         "test_accuracy": test.accuracy,
         "errors": test.errors,

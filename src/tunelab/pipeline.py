@@ -520,19 +520,25 @@ class Pipeline:
 
     def recorded_result(self, parent: str) -> PipelineResult:
         """A finished pipeline's result, read back (nothing is trained)."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.tracker.download_artifact(parent, Artifact.SUMMARY, Path(tmp))
-            if path is None:
-                raise UserError(f"pipeline {self.study} is done but its summary.json is missing")
-            data = json.loads(path.read_text())
+        data = stored_summary(self.tracker, parent)
+        if data is None:
+            raise UserError(f"pipeline {self.study} is done but its summary.json is missing")
         for key in ("single", "ensemble"):
             if data.get(key):
                 data[key] = Delivered(**data[key])
         result = PipelineResult(**data)
         result.notes = [*result.notes, "(finished earlier: nothing was trained this time)"]
         return result
+
+
+def stored_summary(tracker: Tracker, parent: str) -> dict[str, Any] | None:
+    """The summary.json a finished pipeline left on its sweep's parent run, as a dict (None
+    when it has none): what `recorded_result` reads back and benchmarks report."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.download_artifact(parent, Artifact.SUMMARY, Path(tmp))
+        return json.loads(path.read_text()) if path is not None else None
 
 
 def ensemble_members(

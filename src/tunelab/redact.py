@@ -31,3 +31,10 @@ def redact_url(url: str) -> str:
 def redact_text(text: str) -> str:
     """Every `scheme://user:password@` in free text, with the password replaced by ***."""
     return _URL_WITH_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+
+
+def database_error_line(error: BaseException) -> str:
+    """A database error's first line with passwords masked: the driver's own message where
+    SQLAlchemy wraps it (`error.orig`), else the error's type name when it says nothing."""
+    text = str(getattr(error, "orig", error)).strip()
+    return redact_text(text.splitlines()[0] if text else type(error).__name__)

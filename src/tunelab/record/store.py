@@ -53,8 +53,7 @@ from tunelab.record.names import (
 )
 from tunelab.record.query import Query
 from tunelab.record.results import EpochSink, TrialResult
-from tunelab.redact import redact_text, redact_url
-from tunelab.text import first_line
+from tunelab.redact import database_error_line, redact_text, redact_url
 
 PAGE = 1000  # runs per search request (MLflow's maximum); every page is read
 REACH_SECONDS = 5.0  # a tracking server that does not answer its health check in this is down
@@ -335,7 +334,7 @@ class Tracker:
             with engine.connect():
                 pass
         except Exception as error:  # the driver's own error types: any failure is "unreachable"
-            reason = redact_text(first_line(error))
+            reason = database_error_line(error)
             raise TrackingError(
                 f"cannot reach the tracking database {self.shown_uri} ({type(error).__name__}: "
                 f"{reason[:200]}); is it running (`make services`), or is --tracking-uri / "

@@ -59,7 +59,7 @@ from tunelab.engines.sweep import (
 from tunelab.record.names import TagKey, TrialState
 from tunelab.record.results import VAL_ACCURACY, TrialResult
 from tunelab.record.store import RunHandle
-from tunelab.redact import redact_text, redact_url
+from tunelab.redact import database_error_line, redact_url
 from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.training.checkpoints import (
     Checkpoint,
@@ -213,7 +213,7 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
             sqlalchemy.exc.InterfaceError,
             sqlalchemy.exc.IntegrityError,  # another process created the tables meanwhile
         ) as error:
-            problem = _first_line(error)
+            problem = database_error_line(error)
             if attempt < CONNECT_ATTEMPTS:
                 time.sleep(delay)
                 delay *= 2
@@ -221,12 +221,6 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
         f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
         f"attempts ({problem}); is the database running (`make services`)?"
     )
-
-
-def _first_line(error: Exception) -> str:
-    """A database error's first line, passwords masked (the driver's own message if wrapped)."""
-    text = str(getattr(error, "orig", error)).strip()
-    return redact_text(text.splitlines()[0] if text else type(error).__name__)
 
 
 def retry_crashed(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -666,7 +660,7 @@ def _storage_errors_in_one_line(storage_url: str) -> Iterator[None]:
         yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
         raise SweepError(
-            f"lost the Optuna storage {redact_url(storage_url)} ({_first_line(error)}); "
+            f"lost the Optuna storage {redact_url(storage_url)} ({database_error_line(error)}); "
             "finished trials are recorded: run the same command to resume"
         ) from None
 
