@@ -33,6 +33,27 @@ TINY_NPZ = FIXTURES / "mnist_tiny.npz"
 TINY_VALIDATION = 500
 
 
+FAKE_SPEEDS = {"float32": 2000.0, "mixed_bfloat16": 1000.0}  # images/s: float32 the faster
+
+
+def fake_images_per_second(
+    build: Any, precision: str, input_shape: Any, num_classes: int, batch_size: int
+) -> float:
+    """Fixed training speeds instead of timed steps (tests/test_precision.py times real ones)."""
+    return FAKE_SPEEDS[precision]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """In-process trainings decide their precision from fixed speeds, cached under tmp."""
+    from tunelab.training import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "images_per_second", fake_images_per_second)
+        patch.setenv("TUNELAB_DATA_DIR", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's cache or tracking store, or writes outside tmp_path."""

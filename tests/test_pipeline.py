@@ -49,9 +49,9 @@ import sys
 from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.define.experiment import load_experiment
-from tunelab.pipeline import run_pipeline, MAX_FINAL_EPOCHS
-import tunelab.pipeline
-tunelab.pipeline.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
+from tunelab.pipeline import run_pipeline
+import tunelab.plan
+tunelab.plan.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 run_pipeline(load_experiment(sys.argv[1]), tracking_uri=sys.argv[3], storage_url=sys.argv[4],
              baseline=False, splits=splits, full_splits=splits, show_progress=False,
@@ -216,7 +216,7 @@ def test_a_refit_that_runs_late_delivers_the_kept_models_instead_of_nothing(
 
     write(tmp_path)
     # a plan far too long for the final share (as when the machine slows down mid-refit)
-    monkeypatch.setattr(tunelab.pipeline, "plan_final_epochs", lambda *args: 1000)
+    monkeypatch.setattr(tunelab.plan, "final_epochs", lambda *args: 1000)
     result = go(tmp_path, tiny_splits, baseline=False, budget=60.0)
     assert result.single is None and result.ensemble is not None
     assert result.ensemble.label.startswith("ensemble of") and result.ensemble.registered

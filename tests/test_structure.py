@@ -41,6 +41,7 @@ LAYERS = {
     "analysis": 5,
     "delivery": 6,
     "pipeline": 7,
+    "plan": 7,
     "api": 8,
     "cli": 9,
     "__main__": 10,

@@ -202,7 +202,8 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
         )
     )
     retry_crashed(study, study.trials[0])  # what the heartbeat does for a dead worker
-    cfg = parse_config({**spec.config_values({"dense_units": 16}), "epochs": 2})
+    values = spec.with_precision("float32").config_values({"dense_units": 16})
+    cfg = parse_config({**values, "epochs": 2})
     model = build_cnn(cfg, steps_per_epoch=20)
     model.fit(tiny_splits.train.x[:256, ..., None], tiny_splits.train.y[:256], verbose=0)
     history = {"loss": [1.0] * saved_epoch, "val_accuracy": [0.5] * saved_epoch}

@@ -25,7 +25,6 @@ reference recorded once per dataset and store, outside the budget.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,17 +33,25 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab import plan
 from tunelab.analysis.confirm import confirm_sweep
-from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, forward_flops
+from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig
 from tunelab.define.data import Splits, load_splits
 from tunelab.define.experiment import STAGES, ExperimentSpec
 from tunelab.delivery.ensemble import Member, member_from_run
 from tunelab.delivery.export import ExportPaused, ExportResult, export_ensemble, export_model
-from tunelab.engines.launch import SweepResult, resolve_storage, run_sweep
+from tunelab.engines.launch import SweepResult, decide_numerics, resolve_storage, run_sweep
+from tunelab.engines.numerics import (
+    Numerics,
+    config_of,
+    measure_numerics,
+    representative_config,
+    speed_probe,
+)
 from tunelab.engines.sweep import SweepTracker, find_baseline_bar
 from tunelab.errors import UserError
 from tunelab.record.ledger import Ledger
-from tunelab.record.names import Artifact, MetricName, Role, TagKey
+from tunelab.record.names import Artifact, MetricName, Role, TagKey, TrialState
 from tunelab.record.recorded import (
     RecordedRun,
     SweepRecord,
@@ -55,20 +62,11 @@ from tunelab.record.recorded import (
 )
 from tunelab.record.store import RunHandle, Tracker
 from tunelab.training.deadline import Deadline
+from tunelab.training.precision import FLOAT32
 from tunelab.training.progress import ProgressFactory, no_progress
 
 RUN_LEDGER = "run"
 DONE = "done"
-MAX_FINAL_EPOCHS = 60
-# seconds of export work per format and test pass, on two CPU cores (measured: docs/results.md)
-EXPORT_SECONDS_PER_FORMAT = 12.0
-EXPORT_FIXED_SECONDS = 20.0
-DEFAULT_IMAGES_PER_SECOND = 1000.0  # if nothing was measured for the champion
-# the refit's plan is stretched by this much: measured wall per image already covers validation
-# and per-step overhead; this covers the shared VM's swings (a 60-minute run saw epochs 38 %
-# slower than planned from throughput alone, docs/results.md). If it still runs late, the kept
-# models are delivered instead (`Pipeline._final`).
-FINAL_SAFETY = 1.15
 
 
 @dataclass(frozen=True)
@@ -180,39 +178,16 @@ def stage_deadline(
     return Deadline(launch_start + shares.cumulative(stage) * budget - spent_before)
 
 
-def export_seconds(config: CnnConfig, formats: int, members: int) -> float:
-    """Time to reserve after the refit for testing and exporting (single and ensemble)."""
-    passes = formats + 1  # a test pass per format check, and the test evaluation
-    per_pass = 10_000 * forward_flops(config) / 1e11  # ~1e11 FLOP/s forward on two cores
-    single = EXPORT_FIXED_SECONDS + formats * EXPORT_SECONDS_PER_FORMAT + passes * per_pass
-    ensemble = (
-        0.0
-        if members < 2
-        else EXPORT_FIXED_SECONDS
-        + formats * EXPORT_SECONDS_PER_FORMAT * 1.5
-        + passes * per_pass * members
-    )
-    return single + ensemble
-
-
-def wall_seconds_per_image(run: RecordedRun) -> float:
+def wall_seconds_per_image(run: RecordedRun, estimate: float) -> float:
     """What one training image cost `run` in wall time: its whole training (validation,
-    per-step overhead, tracing and checkpoints included) over the images it saw. Throughput
-    alone (`images_per_second`) leaves out about a tenth of a refit's wall time."""
+    per-step overhead, tracing and checkpoints included) over the images it saw; `estimate`
+    (from this machine's measured speed) for a run that has not trained yet. Throughput alone
+    (`images_per_second`) leaves out about a tenth of a refit's wall time."""
     wall = run.metrics.get(MetricName.WALL_SECONDS)
     seen = run.metrics.get(MetricName.IMAGES_SEEN)
     if wall and seen:
         return float(wall) / float(seen)
-    speed = run.metrics.get(MetricName.IMAGES_PER_SECOND) or DEFAULT_IMAGES_PER_SECOND
-    return 1.0 / float(speed)
-
-
-def plan_final_epochs(seconds: float, images: int, seconds_per_image: float, cfg: CnnConfig) -> int:
-    """Epochs of a refit that end within `seconds` (at least one, at most MAX_FINAL_EPOCHS),
-    with FINAL_SAFETY for this machine's swings in speed."""
-    per_epoch = FINAL_SAFETY * images * seconds_per_image
-    fitting = math.floor(max(0.0, seconds - 5.0) / per_epoch)
-    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * cfg.epochs))
+    return estimate
 
 
 class Pipeline:
@@ -230,9 +205,11 @@ class Pipeline:
         console: Console,
         show_progress: bool,
         out: Path,
+        numerics: Numerics,
         progress: ProgressFactory = no_progress,
     ) -> None:
         self.spec, self.budget, self.tracker = spec, budget, tracker
+        self.numerics = numerics
         self.storage_url, self.splits, self.full_splits = storage_url, splits, full_splits
         self.console, self.show_progress, self.out = console, show_progress, out
         self.progress = progress
@@ -243,7 +220,9 @@ class Pipeline:
 
     def parent_run(self) -> str:
         baseline, _ = find_baseline_bar(self.tracker, self.splits)
-        sweep = SweepTracker(self.tracker, self.spec, self.study, self.spec.engine.name, baseline)
+        sweep = SweepTracker(
+            self.tracker, self.spec, self.study, self.spec.engine.name, baseline, self.numerics
+        )
         found = sweep.find_parent()
         if found is not None:
             return found
@@ -293,27 +272,19 @@ class Pipeline:
         return result
 
     def _search(self, parent: str, deadline: Deadline, result: PipelineResult) -> None:
-        outcome = self._sweep(deadline) if not deadline.passed() else None
-        # a pipeline needs one complete trial to go on: until there is one, the search keeps
-        # going (its overrun comes out of the confirmation's share), one trial at a time
-        later = Deadline(deadline.at + self.spec.pipeline.shares.confirmation * self.budget)
-        noted = False
-        while not self._has_complete_trial() and not later.passed():
-            if outcome is not None and not outcome.records and not self._paused_trial():
-                break  # nothing ran and nothing waits: more time would not help
-            if not noted:
-                result.notes.append(
-                    "search: no trial had finished within its share; it went on until one did "
-                    "(the time came out of the confirmation's share)"
-                )
-                noted = True
-            counts = outcome.counts if outcome is not None else {"complete": 0, "pruned": 0}
-            outcome = self._sweep(later, trials=counts["complete"] + counts["pruned"] + 1)
-        if not self._has_complete_trial():
-            raise UserError(
-                "the search finished no trial within its share and the confirmation's: give "
-                "`run` a larger --budget (the same command continues the search)"
+        """The sweep until its share's deadline, starting only trials that can finish in it.
+
+        When not even one epoch of a trial fits the share (`plan.search_schedule` gave 0), the
+        search is skipped: the final stage then trains the best-known configuration.
+        """
+        if self.spec.schedule_epochs == 0:
+            result.notes.append(
+                "search: its share could not fit one epoch of a trial on this machine: skipped; "
+                "the final stage trained the best-known configuration"
             )
+            return
+        if not deadline.passed():
+            self._sweep(deadline)
 
     def _sweep(self, deadline: Deadline, trials: int | None = None) -> SweepResult:
         outcome = run_sweep(
@@ -327,6 +298,8 @@ class Pipeline:
             show_progress=self.show_progress,
             splits=self.splits,
             keep_models=self.spec.pipeline.ensemble >= 2,
+            numerics=self.numerics,
+            complete_trials=True,
         )
         self.say(outcome.summary())
         return outcome
@@ -338,11 +311,10 @@ class Pipeline:
             return False
         return bool(sweep.tags.get(TagKey.BEST_RUN_ID))
 
-    def _paused_trial(self) -> bool:
-        sweep = find_sweep(self.tracker, self.spec.name, self.study)
-        return bool(sweep.metrics.get(MetricName.TRIALS_PAUSED))
-
     def _confirmation(self, parent: str, deadline: Deadline, result: PipelineResult) -> None:
+        if not self._has_complete_trial():
+            result.notes.append("confirmation: the search finished no trial; nothing to confirm")
+            return
         sweep = find_sweep(self.tracker, self.spec.name, self.study)
         settings = self.spec.pipeline
         try:
@@ -358,11 +330,6 @@ class Pipeline:
                 keep_models=settings.ensemble > 0,
             )
         except UserError as error:
-            if "no complete trial" in str(error):
-                raise UserError(
-                    f"the search finished no trial within its share: {error}; give `run` a "
-                    "larger --budget or the search a larger share"
-                ) from None
             result.notes.append(f"confirmation: {error}; the champion is the best trial")
             self._crown_best_trial(sweep)
             return
@@ -384,14 +351,22 @@ class Pipeline:
     def _final(self, parent: str, deadline: Deadline, result: PipelineResult) -> None:
         sweep = find_sweep(self.tracker, self.spec.name, self.study)
         champion_id = sweep.tags.get(TagKey.CHAMPION_RUN_ID) or sweep.tags.get(TagKey.BEST_RUN_ID)
-        if not champion_id:
-            raise UserError("the search finished no trial: there is no champion to train")
-        champion = load_recorded_run(self.tracker, champion_id)
+        if champion_id:
+            champion = load_recorded_run(self.tracker, champion_id)
+        else:
+            champion, why = best_known_source(self.tracker, self.spec, sweep)
+            result.notes.append(f"final: the search finished no trial; trained {why} instead")
         settings = self.spec.pipeline
         formats = tuple(settings.formats)
         epochs = self._planned_epochs(parent, champion, deadline, len(formats), settings.ensemble)
         self.say(f"final: {champion.label} refit on every training image for {epochs} epochs")
-        reserve = export_seconds(champion.config, len(formats), settings.ensemble)
+        reserve = plan.export_seconds(
+            champion.config,
+            len(formats),
+            settings.ensemble,
+            self.numerics.flop_rate,
+            len(self.full_splits.test),
+        )
         refit_deadline = Deadline(deadline.at - reserve)
         try:
             single = export_model(
@@ -477,17 +452,25 @@ class Pipeline:
         stored = json.loads(run.data.tags.get(TagKey.PIPELINE_PLAN, "{}")) if run else {}
         if stored.get("champion") == champion.run_id:
             return int(stored["epochs"])
-        per_image = wall_seconds_per_image(champion)
+        estimate = plan.LOOP_OVERHEAD * self.numerics.seconds_per_image(champion.config)
+        per_image = wall_seconds_per_image(champion, estimate)
         images = len(self.full_splits.train) + len(self.full_splits.val)
-        seconds = deadline.remaining() - export_seconds(champion.config, formats, members)
-        epochs = plan_final_epochs(seconds, images, per_image, champion.config)
-        plan = {
+        reserve = plan.export_seconds(
+            champion.config,
+            formats,
+            members,
+            self.numerics.flop_rate,
+            len(self.full_splits.test),
+        )
+        seconds = deadline.remaining() - reserve
+        epochs = plan.final_epochs(seconds, images, per_image, champion.config)
+        planned = {
             "champion": champion.run_id,
             "epochs": epochs,
             "wall_seconds_per_image": per_image,
             "seconds": seconds,
         }
-        RunHandle(self.tracker.client, parent).set_tags({TagKey.PIPELINE_PLAN: json.dumps(plan)})
+        RunHandle(self.tracker.client, parent).set_tags({TagKey.PIPELINE_PLAN: json.dumps(planned)})
         return epochs
 
     # --- the result on the record -----------------------------------------------------
@@ -539,6 +522,42 @@ def stored_summary(tracker: Tracker, parent: str) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = tracker.download_artifact(parent, Artifact.SUMMARY, Path(tmp))
         return json.loads(path.read_text()) if path is not None else None
+
+
+def best_known_source(
+    tracker: Tracker, spec: ExperimentSpec, sweep: SweepRecord
+) -> tuple[RecordedRun, str]:
+    """What the final stage trains when the search finished no trial, and how to name it: the
+    configuration of the trial the deadline paused, else the experiment's first enqueued point,
+    else the middle of its space (recorded as a `candidate` run under the sweep's parent)."""
+    paused = [
+        run
+        for run in sweep.trial_runs(tracker)
+        if run.data.tags.get(TagKey.TRIAL_STATE) == TrialState.PAUSED
+        and tracker.has_artifact(run.info.run_id, Artifact.CONFIG)
+    ]
+    if paused:
+        source = load_recorded_run(tracker, paused[-1].info.run_id)
+        return source, f"the configuration of {source.label}, which the deadline had paused"
+    why = "the experiment's first enqueued point" if spec.enqueue else "the middle of its space"
+    earlier = sweep.runs_of(tracker, Role.CANDIDATE)
+    if earlier:
+        return load_recorded_run(tracker, earlier[-1].info.run_id), why
+    point = spec.representative_point()
+    config = config_of(spec.with_schedule(None), point, spec.precision)
+    tags = {
+        TagKey.ROLE: Role.CANDIDATE,
+        TagKey.STUDY: sweep.study,
+        TagKey.ENGINE: sweep.engine,
+        TagKey.SEED: str(spec.seed),
+        TagKey.DATASET: spec.dataset,
+    }
+    with tracker.run(
+        sweep.experiment, f"candidate: {why}", tags=tags, parent_run_id=sweep.parent_run_id
+    ) as run:
+        run.log_params(dict(point))
+        run.log_config(config)
+    return load_recorded_run(tracker, run.run_id), why
 
 
 def ensemble_members(
@@ -605,7 +624,6 @@ def run_pipeline(
             f"{spec.source}: pipeline.budget: give `tunelab run` a --budget (like 1h) or set "
             "pipeline.budget in the experiment file"
         )
-    tracker = Tracker(tracking_uri)
     if splits is None:
         splits = load_splits(
             spec.dataset,
@@ -619,13 +637,34 @@ def run_pipeline(
         full_splits = load_splits(
             spec.dataset, spec.validation_size, spec.split_seed, user_path=data_file
         )
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False)
+
+    measured = measure_numerics(spec)  # before anything is created: a refusal leaves nothing
+    _check_budget_fits(
+        spec,
+        seconds,
+        representative_config(spec.with_schedule(None), measured.precision),
+        measured,
+        full_splits,
+    )
+    tracker = Tracker(tracking_uri)
+    spec, numerics, exists = decide_numerics(tracker, spec, spec.name, measured, say)
+    reference = representative_config(spec.with_schedule(None), numerics.precision)
     shares = spec.pipeline.shares
-    console.print(
+    if not exists:
+        spec = spec.with_schedule(
+            plan.search_schedule(
+                reference, numerics, len(splits.train), len(splits.val), shares.search * seconds
+            )
+        )
+    say(
         f"run {spec.name}: budget {seconds / 60:.1f} min: search {shares.search:.0%}, "
         f"confirmation {shares.confirmation:.0%}, final model {shares.final:.0%} "
-        f"(pipeline.shares in {spec.source.name}); the baseline is recorded outside the budget",
-        highlight=False,
+        f"(pipeline.shares in {spec.source.name}); the baseline is recorded outside the budget"
     )
+    say(_search_plan(spec, reference, numerics, splits, shares.search * seconds))
     baseline_seconds = _ensure_baseline(tracker, full_splits, baseline, console, progress)
     pipeline = Pipeline(
         spec,
@@ -637,11 +676,49 @@ def run_pipeline(
         console=console,
         show_progress=show_progress,
         out=out or Path("exports") / spec.name,
+        numerics=numerics,
         progress=progress,
     )
     result = pipeline.run()
     result.baseline_seconds = baseline_seconds
     return result
+
+
+def _check_budget_fits(
+    spec: ExperimentSpec, seconds: float, reference: CnnConfig, numerics: Numerics, splits: Splits
+) -> None:
+    """Refuse, before anything is recorded, a budget in which no model can finish one epoch."""
+    images = len(splits.train) + len(splits.val)
+    least = plan.minimum_budget(
+        reference, numerics, images, len(splits.test), len(spec.pipeline.formats)
+    )
+    if seconds >= least:
+        return
+    speed = numerics.choice.speeds.of(numerics.precision)
+    raise UserError(
+        f"budget {seconds / 60:.1f} min: too short to train one epoch of {spec.name}'s model "
+        f"on {images} images and export it on this machine: needs at least {least / 60:.1f} min "
+        f"(measured {speed:.0f} training images/s in {numerics.precision}); give a larger --budget"
+    )
+
+
+def _search_plan(
+    spec: ExperimentSpec, reference: CnnConfig, numerics: Numerics, splits: Splits, share: float
+) -> str:
+    """One line: how long a trial's schedule takes here, and what the search's share holds."""
+    epoch = plan.epoch_seconds(reference, numerics, len(splits.train), len(splits.val))
+    full = f"{reference.epochs} epochs of about {epoch:.0f} s each on this machine"
+    if spec.schedule_epochs is None:
+        return f"search: a trial's schedule is {full}; {share / 60:.1f} min for the search"
+    if spec.schedule_epochs == 0:
+        return (
+            f"search: skipped: a trial's schedule is {full}, and not one epoch fits the "
+            f"search's {share / 60:.1f} min; the final stage trains the best-known configuration"
+        )
+    return (
+        f"search: trials train complete {spec.schedule_epochs}-epoch schedules (warm-up and decay "
+        f"scaled): the full schedule, {full}, does not fit the search's {share / 60:.1f} min"
+    )
 
 
 def _ensure_baseline(
@@ -657,9 +734,12 @@ def _ensure_baseline(
             highlight=False,
         )
         return None
+    speed = speed_probe(CnnConfig(num_classes=splits.num_classes)).speed(FLOAT32)
+    minutes = plan.baseline_seconds(speed, len(splits.train), len(splits.val)) / 60
     console.print(
         f"no baseline for {splits.dataset} in {tracker.shown_uri}: recording it first (the "
-        "classic CNN, 12 epochs twice; about 14 minutes on two cores, outside the budget)",
+        f"classic CNN, 12 epochs twice; about {minutes:.0f} minutes here at the measured "
+        f"{speed:.0f} images/s in float32, outside the budget)",
         highlight=False,
     )
     from tunelab.training.baseline import run_baseline

@@ -37,6 +37,7 @@ Pooling = Literal["max", "avg", "none", "strided"]
 Head = Literal["flatten", "global_average", "conv"]
 Schedule = Literal["constant", "cosine", "one_cycle"]
 Precision = Literal["float32", "mixed_bfloat16"]
+RequestedPrecision = Literal["auto", "float32", "mixed_bfloat16"]
 
 PUBLISHED_TEST_ACCURACY = 0.9925  # the classic Keras MNIST CNN, as its example reports it
 POOL_SIZE = 2
@@ -311,6 +312,26 @@ def forward_flops(cfg: CnnConfig) -> int:
 def training_flops(cfg: CnnConfig) -> int:
     """Operations to train on one image (forward and backward): what an epoch costs per image."""
     return TRAINING_PASSES * forward_flops(cfg)
+
+
+def fit_schedule(values: dict[str, Any], most_epochs: int | None) -> dict[str, Any]:
+    """Config values whose schedule is at most `most_epochs` long: a complete shorter schedule.
+
+    The learning-rate schedule spans the configuration's `epochs`, so fewer epochs already decay
+    to the end; the warm-up shrinks in proportion, so it keeps its share of the training.
+    """
+    epochs = int(values.get("epochs", DEFAULT_EPOCHS))
+    if most_epochs is None or epochs <= most_epochs:
+        return values
+    warmup = float(values.get("warmup_epochs", 0.0))
+    return {**values, "epochs": most_epochs, "warmup_epochs": warmup * most_epochs / epochs}
+
+
+def with_epochs(cfg: CnnConfig, epochs: int) -> CnnConfig:
+    """`cfg` trained for `epochs` (a refit's planned length): shortened as `fit_schedule` does;
+    a longer schedule keeps its warm-up in epochs."""
+    values = fit_schedule(cfg.model_dump(), epochs)
+    return parse_config({**values, "epochs": epochs})
 
 
 def parse_config(values: dict[str, Any]) -> CnnConfig:

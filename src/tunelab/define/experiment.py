@@ -11,7 +11,9 @@ validation and dispatch cannot disagree. Every problem is one line,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -26,7 +28,13 @@ from pydantic import (
 )
 
 from tunelab.define.algorithms import ENGINES, PRUNERS, SAMPLERS, TUNERS
-from tunelab.define.cnn import CnnConfigError, Precision, parse_config, training_flops
+from tunelab.define.cnn import (
+    CnnConfigError,
+    RequestedPrecision,
+    fit_schedule,
+    parse_config,
+    training_flops,
+)
 from tunelab.define.data import DATASET_INFO, DatasetName
 from tunelab.define.files import (
     DURATION_PATTERN,
@@ -63,6 +71,7 @@ ObjectiveMetric = Literal["val_accuracy", "param_count", "wall_seconds"]
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 ExportFormat = Literal["keras", "savedmodel", "tflite", "onnx"]
 STAGES = ("search", "confirmation", "final")
+REPRESENTATIVE_TRIES = 50  # seeded points tried when neither the middle nor the low end builds
 
 Duration = Annotated[
     float,
@@ -200,7 +209,11 @@ class ExperimentFile(StrictModel):
     )
     seed: NonNegativeInt = Field(0, description="sampler seed; trial n trains with seed + n")
     storage: StrictStr | None = Field(None, description="Optuna storage URL")
-    precision: Precision = Field("float32", description="numerics of every training")
+    precision: RequestedPrecision = Field(
+        "auto",
+        description="numerics of every training; auto: bfloat16 only where this machine measures "
+        "it faster (decided once per sweep, recorded on its parent run)",
+    )
     enqueue: list[dict[str, StrictScalar]] = Field(
         default_factory=list, description="points of the space evaluated first (Optuna)"
     )
@@ -281,19 +294,59 @@ class ExperimentSpec:
     seed: int = 0
     storage: str | None = None
     description: str = ""
-    precision: str = "float32"
+    precision: str = "auto"  # as requested; `with_precision` sets what a sweep decided
     enqueue: tuple[dict[str, Scalar], ...] = ()
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    schedule_epochs: int | None = None  # a sweep's shortened schedule (`tunelab run`), if any
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def config_values(self, chosen: dict[str, Scalar]) -> dict[str, Scalar]:
-        """CnnConfig values of a chosen point: the space's mapping plus experiment settings."""
+    def with_precision(self, precision: str) -> ExperimentSpec:
+        """This experiment with its precision decided (float32 or mixed_bfloat16)."""
+        return replace(self, precision=precision)
+
+    def with_schedule(self, epochs: int | None) -> ExperimentSpec:
+        """This experiment with every trial's schedule at most `epochs` long (None: as written)."""
+        return replace(self, schedule_epochs=epochs)
+
+    def config_values(self, chosen: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        """CnnConfig values of a chosen point: the space's mapping plus experiment settings.
+
+        The precision must be decided first (`with_precision`); a shortened schedule applies.
+        """
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"decide the precision first (got {self.precision!r})")
         values = self.search_space.to_config_values(chosen)
         values["precision"] = self.precision
-        return values
+        return fit_schedule(values, self.most_epochs())
+
+    def most_epochs(self) -> int | None:
+        """The longest schedule a trial may train: the budget's cap and the sweep's schedule."""
+        caps = [c for c in (self.budget.max_epochs, self.schedule_epochs) if c is not None]
+        return min(caps) if caps else None
+
+    def representative_point(self) -> dict[str, Scalar]:
+        """A point that stands for the experiment's models (speed, cost): the first enqueued
+        point, else the middle of the space, else the first of a few seeded points of the space
+        that can be built (the middle of some spaces is not a buildable model)."""
+        for point in self._candidate_points():
+            try:
+                parse_config(self.with_precision("float32").config_values(point))
+            except CnnConfigError:
+                continue
+            return point
+        return self.search_space.middle_point()  # nothing builds: let the caller say why
+
+    def _candidate_points(self) -> Iterator[dict[str, Scalar]]:
+        if self.enqueue:
+            yield dict(self.enqueue[0])
+        yield self.search_space.middle_point()
+        yield self.search_space.low_point()
+        rng = random.Random(self.seed)
+        for _ in range(REPRESENTATIVE_TRIES):
+            yield self.search_space.random_point(rng)
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
@@ -346,7 +399,7 @@ def _check_fits_space(path: Path, model: ExperimentFile, space: SearchSpace) -> 
             raise ConfigError(path, f"enqueue[{index}]", problem)
         cap = model.budget.max_training_mflop
         if cap is not None:
-            values = {**space.to_config_values(point), "precision": model.precision}
+            values = {**space.to_config_values(point), "precision": "float32"}
             try:
                 cost = training_flops(parse_config(values)) / 1e6
             except CnnConfigError as error:

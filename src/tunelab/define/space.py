@@ -27,7 +27,8 @@ experiment file sets it for every trial.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -200,6 +201,32 @@ class Parameter:
         values = [self.low + i * step for i in range(count)]
         return tuple(int(v) for v in values) if self.kind == "int" else tuple(values)
 
+    def middle(self) -> Scalar:
+        """The middle value (categorical: the middle choice), on the grid if it has a step."""
+        if self.kind == "categorical":
+            return self.choices[len(self.choices) // 2]
+        assert self.low is not None and self.high is not None
+        low, high = float(self.low), float(self.high)
+        middle = math.sqrt(low * high) if self.log else (low + high) / 2
+        if self.step is not None:
+            middle = low + round((middle - low) / self.step) * self.step
+        return round(middle) if self.kind == "int" else middle
+
+    def draw(self, rng: random.Random) -> Scalar:
+        """A random value of this parameter (on its grid, if it has a step)."""
+        if self.kind == "categorical":
+            return rng.choice(self.choices)
+        assert self.low is not None and self.high is not None
+        low, high = float(self.low), float(self.high)
+        value = (
+            math.exp(rng.uniform(math.log(low), math.log(high)))
+            if self.log
+            else rng.uniform(low, high)
+        )
+        if self.step is not None:
+            value = low + math.floor((value - low) / self.step) * self.step
+        return round(value) if self.kind == "int" else value
+
     def admits(self, value: object) -> bool:
         """Whether `value` is one this parameter can take (enqueued points, warm starts)."""
         if self.kind == "categorical":
@@ -235,6 +262,26 @@ class SearchSpace:
             if parameter.name in chosen:
                 values[parameter.field] = chosen[parameter.name]
         return values
+
+    def middle_point(self) -> dict[str, Scalar]:
+        """The middle of every active parameter's range (log ranges: the geometric middle;
+        categorical: the middle choice), in declaration order so conditions resolve."""
+        return self._point(lambda p: p.middle())
+
+    def low_point(self) -> dict[str, Scalar]:
+        """Every active parameter at its low end (categorical: the first choice)."""
+        return self._point(lambda p: p.choices[0] if p.kind == "categorical" else p.low or 0)
+
+    def random_point(self, rng: random.Random) -> dict[str, Scalar]:
+        """A point drawn from `rng`: uniform (log-uniform) in ranges, on their grids."""
+        return self._point(lambda p: p.draw(rng))
+
+    def _point(self, value: Callable[[Parameter], Scalar]) -> dict[str, Scalar]:
+        chosen: dict[str, Scalar] = {}
+        for parameter in self.parameters:
+            if parameter.is_active(chosen):
+                chosen[parameter.name] = value(parameter)
+        return chosen
 
     def check_point(self, point: Mapping[str, object]) -> str | None:
         """Why `point` (name: value) is not a point of this space, or None if it is one.

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tunelab.analysis.stats import Interval, mcnemar_exact, wilson_interval
-from tunelab.define.cnn import CnnConfig
+from tunelab.define.cnn import CnnConfig, with_epochs
 from tunelab.define.data import Splits
 from tunelab.delivery.ensemble import Member, ensemble_model
 from tunelab.delivery.formats import PROBABILITY_TOLERANCE, FormatCheck, write_and_check
@@ -179,9 +179,7 @@ def export_model(
     """
     check_out_folder(out)
     source.data.check(splits)
-    config = (
-        source.config if epochs is None else source.config.model_copy(update={"epochs": epochs})
-    )
+    config = source.config if epochs is None else with_epochs(source.config, epochs)
     tags = {
         TagKey.ROLE: Role.EXPORT,
         TagKey.EXPORTED_FROM_RUN_ID: source.run_id,

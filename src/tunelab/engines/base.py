@@ -36,6 +36,7 @@ class SweepRequest:
     state_dir: Path  # where an engine keeps files of its own (KerasTuner's project folder)
     warm_start_from: str | None = None
     keep_models: bool = False  # complete trials keep their model (ensemble members)
+    complete_trials: bool = False  # start no trial whose schedule cannot end before the deadline
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tunelab.define.data import Splits, load_splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.urls import check_storage_url, check_tracking_uri, missing_driver
 from tunelab.engines.base import SweepRequest, engine
+from tunelab.engines.numerics import Numerics, follow_record, measure_numerics
 from tunelab.engines.sweep import (
     SWEEP_LEDGER,
     BaselineBar,
@@ -144,11 +146,16 @@ def run_sweep(
     state_dir: Path | None = None,
     warm_start_from: str | None = None,
     keep_models: bool = False,
+    numerics: Numerics | None = None,
+    complete_trials: bool = False,
 ) -> SweepResult:
     """Run the experiment's sweep within its budget (or the overrides); see the module doc.
 
     `splits` replaces the experiment's data (tests pass the tiny fixture); `deadline` replaces
-    the time budget (`tunelab run` gives its search stage one).
+    the time budget (`tunelab run` gives its search stage one). `numerics` is this machine's
+    measured speed and precision decision (measured here if not given); the sweep's recorded
+    precision and schedule, if it has them, win. `complete_trials` (`tunelab run`) starts no
+    trial whose schedule cannot end before the deadline, instead of pausing it there.
     """
     started = time.monotonic()
     console = console or Console(stderr=True)
@@ -164,6 +171,11 @@ def run_sweep(
     if splits is None:  # a data file that does not verify is refused before any store exists
         splits = load_experiment_splits(spec, data_file, console)
     tracker = Tracker(tracking_uri)
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False)
+
+    spec, numerics, _ = decide_numerics(tracker, spec, study, numerics, say)
     baseline, note = find_baseline_bar(tracker, splits)
     budget = timeout_seconds if timeout_seconds is not None else spec.budget.timeout
     spent_before = 0.0
@@ -175,7 +187,7 @@ def run_sweep(
         f"/ {len(splits.val)} validation images; {note}" + _budget_note(budget, spent_before),
         highlight=False,
     )
-    sweep = SweepTracker(tracker, spec, study, spec.engine.name, baseline)
+    sweep = SweepTracker(tracker, spec, study, spec.engine.name, baseline, numerics)
     if deadline is not None and deadline.passed():
         return _spent(spec, study, sweep, baseline, budget, spent_before, started)
     request = SweepRequest(
@@ -190,6 +202,7 @@ def run_sweep(
         state_dir=state_dir or DEFAULT_STATE_DIR,
         warm_start_from=warm_start_from,
         keep_models=keep_models,
+        complete_trials=complete_trials,
     )
     with request.progress:
         outcome = engine(spec.engine.name).run(request)
@@ -205,6 +218,23 @@ def run_sweep(
         launch_seconds=time.monotonic() - started,
         spent_seconds=spent,
     )
+
+
+def decide_numerics(
+    tracker: Tracker,
+    spec: ExperimentSpec,
+    study: str,
+    numerics: Numerics | None,
+    report: Callable[[str], None],
+) -> tuple[ExperimentSpec, Numerics, bool]:
+    """The experiment with its precision and schedule as the sweep recorded them (a new sweep:
+    as this machine decides), this machine's speed, and whether the sweep exists already."""
+    precision, schedule, exists = SweepTracker(
+        tracker, spec, study, spec.engine.name, None
+    ).recorded_definition()
+    numerics = follow_record(numerics or measure_numerics(spec), precision, report)
+    spec = spec.with_precision(numerics.precision)
+    return (spec.with_schedule(schedule) if exists else spec), numerics, exists
 
 
 def _algorithms(spec: ExperimentSpec) -> str:

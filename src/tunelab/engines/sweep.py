@@ -18,12 +18,13 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, training_flops
 from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.space import Scalar
+from tunelab.engines.numerics import PRECISION_PARAM, Numerics
 from tunelab.errors import UserError
 from tunelab.record.ledger import Launch, Ledger
 from tunelab.record.names import MetricName, Role, TagKey, TrialState
@@ -33,8 +34,13 @@ from tunelab.record.store import RunHandle, Tracker
 from tunelab.redact import redact_text
 from tunelab.text import first_line, short_value
 from tunelab.training.checkpoints import Checkpoint
+from tunelab.training.deadline import Deadline, StepTimer
+
+if TYPE_CHECKING:
+    from tunelab.training.inputs import StepPlan
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
+SCHEDULE_PARAM = "schedule_epochs"  # a sweep's (and each trial's) schedule length, if shortened
 SWEEP_LEDGER = "sweep"
 
 
@@ -51,7 +57,8 @@ def max_trial_epochs(spec: ExperimentSpec) -> int:
             values = parameter.grid_values() or (parameter.high or 12,)
             candidates.append(max(int(v) for v in values))
     most = max(candidates)
-    return min(most, spec.budget.max_epochs) if spec.budget.max_epochs else most
+    cap = spec.most_epochs()
+    return min(most, cap) if cap else most
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,10 @@ class SweepTracker:
         study: str,
         engine: str,
         baseline: BaselineBar | None,
+        numerics: Numerics | None = None,
     ) -> None:
         self.tracker, self.spec, self.study, self.engine = tracker, spec, study, engine
-        self.baseline = baseline
+        self.baseline, self.numerics = baseline, numerics
         self.experiment = spec.name
         self.parent_run_id: str | None = None
         self.launch: Launch | None = None  # this launch's interval on the parent, once open
@@ -183,7 +191,6 @@ class SweepTracker:
                 "pruner": spec.engine.pruner,
                 "tuner": spec.engine.tuner,
                 "min_images": spec.engine.min_images,
-                "precision": spec.precision,
                 "objectives": ",".join(o.metric for o in spec.objectives),
                 "budget_trials": spec.budget.trials,
                 "budget_timeout_seconds": spec.budget.timeout,
@@ -194,8 +201,16 @@ class SweepTracker:
                 "data_train_size": len(splits.train),
                 "search_space": spec.search_space.source.name,
                 "fixed": json.dumps(dict(spec.search_space.fixed)),
+                SCHEDULE_PARAM: spec.schedule_epochs,
+                **(
+                    self.numerics.recorded_params()
+                    if self.numerics
+                    else {PRECISION_PARAM: spec.precision}
+                ),
             }
         )
+        if self.numerics is not None:
+            run.log_metrics(self.numerics.recorded_metrics())
         run.log_dataset(splits)
         for path in (spec.source, spec.search_space.source):
             # an experiment may name its storage with a password: never record the password
@@ -247,12 +262,28 @@ class SweepTracker:
         run.log_metrics(metrics, step=len(records))
 
     def recorded_flop_rate(self) -> float | None:
-        """The training speed measured by earlier launches (a first step's estimate uses it)."""
+        """The training speed measured by earlier trials, else by this machine's speed probe
+        (a first step's estimate uses it)."""
+        probed = self.numerics.flop_rate if self.numerics is not None else None
         if self.parent_run_id is None:
-            return None
+            return probed
         run = self.tracker.get_run(self.parent_run_id)
         value = run.data.metrics.get(MetricName.TRAINING_FLOPS) if run is not None else None
-        return float(value) if value else None
+        return float(value) if value else probed
+
+    def recorded_definition(self) -> tuple[str | None, int | None, bool]:
+        """The existing parent's precision and schedule cap, and whether a parent exists."""
+        parent = self.find_parent()
+        if parent is None:
+            return None, None, False
+        run = self.tracker.get_run(parent)
+        params = run.data.params if run is not None else {}
+        schedule = params.get(SCHEDULE_PARAM)
+        return (
+            params.get(PRECISION_PARAM),
+            int(schedule) if schedule not in (None, "None", "") else None,
+            True,
+        )
 
     # --- children -------------------------------------------------------------------
 
@@ -310,6 +341,7 @@ class SweepTracker:
             run.status_on_exit = "KILLED"  # stopped on purpose; the next launch continues it
         if result is not None:
             run.log_config(result.config)
+            run.log_params({SCHEDULE_PARAM: result.config.epochs})
             run.log_training(
                 result,
                 title=f"trial {run.run_id[:8]}",
@@ -442,6 +474,45 @@ def over_cost_cap(cfg: CnnConfig, cap: float | None) -> str | None:
     if cost <= cap:
         return None
     return f"costs {cost:.0f} MFLOP per training image, over the cap of {cap:g}"
+
+
+def training_seconds(
+    cfg: CnnConfig,
+    plan: StepPlan,
+    *,
+    first_step: int,
+    validation_images: int,
+    flop_rate: float | None,
+) -> float:
+    """Estimated seconds of a training's steps from `first_step` on, before it has measured
+    itself (the speed measured on this machine, see `tunelab.training.deadline.StepTimer`)."""
+    timer = StepTimer(cfg, validation_images, flop_rate)
+    steps = plan.steps[first_step - 1 :]
+    return timer.seconds_for_steps([s.images_seen - plan.images_before(s) for s in steps])
+
+
+def unfinishable(
+    cfg: CnnConfig,
+    plan: StepPlan,
+    *,
+    first_step: int,
+    validation_images: int,
+    flop_rate: float | None,
+    deadline: Deadline,
+) -> tuple[str, float] | None:
+    """Why a trial is not started (its schedule cannot end before the deadline) and the seconds
+    it would need; None when it fits. `tunelab run`'s search starts only trials it can finish."""
+    need = training_seconds(
+        cfg, plan, first_step=first_step, validation_images=validation_images, flop_rate=flop_rate
+    )
+    left = deadline.remaining()
+    if need <= left:
+        return None
+    return (
+        f"not started: its {cfg.epochs}-epoch schedule needs about {need / 60:.1f} min and "
+        f"{max(0.0, left) / 60:.1f} min of the search are left",
+        need,
+    )
 
 
 def best_of(records: list[TrialRecord]) -> TrialRecord | None:

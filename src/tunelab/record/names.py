@@ -147,6 +147,7 @@ class Role:
     REPRODUCTION = "reproduction"  # the recorded seed again
     CONFIRMATION = "confirmation"  # fresh seeds, to tell a better config from a lucky one
     EXPORT = "export"  # the champion refit on all training images, test-evaluated, exported
+    CANDIDATE = "candidate"  # a configuration the final stage trains when the search found none
 
 
 class TrialState:

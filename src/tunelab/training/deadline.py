@@ -67,6 +67,13 @@ class StepTimer:
         validation = self.validation_images * forward_flops(self.cfg) / rate
         return SAFETY * (train + validation) + STARTUP_SECONDS
 
+    def seconds_for_steps(self, images: list[int]) -> float:
+        """Predicted seconds of consecutive steps training on `images` each (one start-up)."""
+        total = sum(self.seconds_for(count) for count in images)
+        if not self._per_image and images:
+            total -= STARTUP_SECONDS * (len(images) - 1)
+        return total
+
     def measured_flop_rate(self) -> float | None:
         """Training FLOP/s this training achieved (for the next one's first estimate)."""
         if not self._per_image:

@@ -70,6 +70,7 @@ class SweepProgress:
         self._trial = ""
         self._summary = ""
         self._epochs = 0
+        self._step_seconds: list[float] = []
         self._deadline: Deadline | None = None
 
     def __enter__(self) -> SweepProgress:
@@ -99,15 +100,25 @@ class SweepProgress:
             self._task = self._progress.add_task("sweep", total=total, trial="", budget="")
         self._update(records, best)
 
-    def start_trial(self, number: int, epochs: int) -> None:
+    def start_trial(
+        self, number: int, epochs: int, *, seconds: float | None = None, first_step: int = 1
+    ) -> None:
+        """A trial starts (at `first_step` if continued); `seconds`: its estimated duration."""
         self._trial, self._epochs = f"trial {number}", epochs
-        self._refresh(trial=f"{self._trial}: starting")
+        self._step_seconds = []
+        estimate = "" if seconds is None else f" (about {_minutes(seconds)} here)"
+        self._refresh(trial=f"{self._trial}: starting at step {first_step}{estimate}")
 
     def epoch(self, epoch: int, logs: dict[str, float]) -> None:
         accuracy = logs.get("val_accuracy")
-        shown = f"{self._trial}: epoch {epoch}/{self._epochs}"
+        shown = f"{self._trial}: step {epoch}/{self._epochs}"
         if accuracy is not None:
             shown += f" val {accuracy:.4f}"
+        if "epoch_seconds" in logs:  # what is left of this trial, at the pace it measured
+            self._step_seconds.append(logs["epoch_seconds"])
+            recent = self._step_seconds[-2:]
+            left = (self._epochs - epoch) * sum(recent) / len(recent)
+            shown += f", about {_minutes(left)} left" if left > 0 else ""
         self._refresh(trial=shown)
 
     def finish_trial(self, records: Sequence[Any], best: Any) -> None:
@@ -149,3 +160,7 @@ class SweepProgress:
             self._progress.update(self._task, budget=budget)
         else:
             self._progress.update(self._task, budget=budget, trial=trial)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

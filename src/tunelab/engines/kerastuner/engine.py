@@ -14,6 +14,7 @@ next launch reloads, and the retry continues from the checkpoint the paused run 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from tunelab.engines.sweep import (
     describe_exception,
     max_trial_epochs,
     over_cost_cap,
+    training_seconds,
+    unfinishable,
 )
 from tunelab.record.names import Role, TagKey, TrialState
 from tunelab.record.query import Query
@@ -73,9 +76,7 @@ class TunelabHyperModel(kt.HyperModel):  # type: ignore[misc]
 
     def config(self, hp: kt.HyperParameters) -> CnnConfig:
         """The CnnConfig of the active parameters, the space's fixed values, the experiment's."""
-        values = self.spec.config_values(chosen_values(self.spec.search_space, hp))
-        values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
-        return parse_config(values)
+        return parse_config(self.spec.config_values(chosen_values(self.spec.search_space, hp)))
 
     def build(self, hp: kt.HyperParameters) -> Any:
         keras.backend.clear_session()
@@ -104,6 +105,8 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         self.stopped_because = "the tuner finished its search"
         self.flop_rate = sweep.recorded_flop_rate()
         self.paused: int | None = None
+        self.complete_trials = False  # `tunelab run`: start only trials that can finish
+        self.not_started: str | None = None  # why this launch's last trial was not started
 
     # --- budget ---------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
             if earlier:
                 run.set_tags({TagKey.RETRIES_TRIAL: str(number)})
             result, reason = self._train(trial, hp, run, seed, previous, earlier, Path(tmp))
-        if result is not None and result.paused:
+        if self.not_started is not None or (result is not None and result.paused):
             self.paused = number
             raise DeadlineReached(f"trial {number} paused at the deadline")
         remove_checkpoints(self.sweep.tracker, run.run_id, *earlier)
@@ -181,13 +184,20 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
             return None, over
         epochs = int(hp.values.get("tuner/epochs", cfg.epochs))
         initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
+        too_long = self._too_long(cfg, epochs, initial_epoch)
+        if too_long is not None:  # the search ends here; the trial waits for a later launch
+            self.sweep.record_trial(run, None, TrialState.PAUSED, reason=too_long)
+            self.not_started = too_long
+            return None, None
         weights = None if previous is None else self._weights(previous)
         if weights is not None and not Path(weights).is_file():
             weights, initial_epoch = None, 0  # the earlier round left no weights: start afresh
         resume = self._checkpoint(earlier, folder)
         if resume is not None:
             self.sweep.log_resumed(run, resume)
-        self.progress.start_trial(int(trial.trial_id), epochs)
+        self.progress.start_trial(
+            int(trial.trial_id), epochs, seconds=self._estimate(cfg, epochs, initial_epoch)
+        )
         sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress))
         try:
             result = train_and_validate(
@@ -219,6 +229,37 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         result.model.save_weights(self._weights(trial.trial_id))
         self.sweep.record_trial(run, result, TrialState.COMPLETE)
         return result, None
+
+    def _round_plan(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> tuple[Any, int]:
+        """The steps of this round (up to `epochs`) and the first one it trains."""
+        plan = step_plan(cfg, len(self.splits_.train))
+        last = plan.steps_for_epochs(epochs)
+        return replace(plan, steps=plan.steps[:last]), plan.steps_for_epochs(initial_epoch) + 1
+
+    def _estimate(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> float:
+        plan, first = self._round_plan(cfg, epochs, initial_epoch)
+        return training_seconds(
+            cfg,
+            plan,
+            first_step=first,
+            validation_images=len(self.splits_.val),
+            flop_rate=self.flop_rate,
+        )
+
+    def _too_long(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> str | None:
+        """Why this trial is not started under `complete_trials` (None: it can finish)."""
+        if not self.complete_trials or self.deadline is None:
+            return None
+        plan, first = self._round_plan(cfg, epochs, initial_epoch)
+        verdict = unfinishable(
+            cfg,
+            plan,
+            first_step=first,
+            validation_images=len(self.splits_.val),
+            flop_rate=self.flop_rate,
+            deadline=self.deadline,
+        )
+        return None if verdict is None else verdict[0]
 
     @property
     def splits_(self) -> Splits:
@@ -322,6 +363,7 @@ def run_keras_tuner_sweep(request: SweepRequest) -> SweepOutcome:
             project_name=request.study,
             overwrite=False,
         )
+        tuner.complete_trials = request.complete_trials
         # one KerasTuner worker per search: every trial run still RUNNING at start is orphaned
         closed = sweep.close_orphans(lambda number: True)
         if closed:
@@ -332,8 +374,11 @@ def run_keras_tuner_sweep(request: SweepRequest) -> SweepOutcome:
             tuner.search(verbose=0)
         except DeadlineReached:
             tuner.stopped_because = (
-                f"the time budget ran out: trial {tuner.paused} is paused and continues from its "
-                "checkpoint in the next launch"
+                f"no complete trial fits in the time left (trial {tuner.paused} "
+                f"{tuner.not_started})"
+                if tuner.not_started
+                else f"the time budget ran out: trial {tuner.paused} is paused and continues from "
+                "its checkpoint in the next launch"
             )
         except RuntimeError as error:
             if "consecutive" not in str(error):

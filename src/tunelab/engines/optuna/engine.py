@@ -55,6 +55,8 @@ from tunelab.engines.sweep import (
     describe_exception,
     max_trial_epochs,
     over_cost_cap,
+    training_seconds,
+    unfinishable,
 )
 from tunelab.record.names import TagKey, TrialState
 from tunelab.record.results import VAL_ACCURACY, TrialResult
@@ -316,6 +318,8 @@ class OptunaSweep:
         self.aborted: str | None = None
         self.paused: int | None = None  # number of the trial this launch paused
         self.keep_models = False
+        self.complete_trials = False  # `tunelab run`: start only trials that can finish
+        self.shortest_need: float | None = None  # seconds of the cheapest trial not started
 
     # --- one trial --------------------------------------------------------------------
 
@@ -353,9 +357,7 @@ class OptunaSweep:
         return [run_id for run_id in runs if run_id]
 
     def _config(self, chosen: dict[str, Scalar]) -> CnnConfig:
-        values = self.spec.config_values(chosen)
-        values["epochs"] = min(int(values.get("epochs", 12)), self.max_epochs)
-        return parse_config(values)
+        return parse_config(self.spec.config_values(chosen))
 
     def _train_trial(
         self,
@@ -378,13 +380,29 @@ class OptunaSweep:
             return TrialState.PRUNED, None, over, 0
         plan = step_plan(cfg, len(self.splits.train), self.fidelity)
         resume = self._checkpoint(earlier_runs, plan, folder)
+        too_long = self._too_long(cfg, plan, resume)
+        if too_long is not None:
+            self.sweep.record_trial(run, None, TrialState.PRUNED, reason=too_long)
+            return TrialState.PRUNED, None, too_long, 0
         if resume is not None:
             self.sweep.log_resumed(run, resume)
         reporter = PruningReporter(
             trial, plan, len(plan.steps), pruning=not self.spec.multi_objective
         )
         sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress, self._on_beat(trial)))
-        self.progress.start_trial(trial.number, len(plan.steps))
+        first = (resume.step if resume else 0) + 1
+        self.progress.start_trial(
+            trial.number,
+            len(plan.steps),
+            seconds=training_seconds(
+                cfg,
+                plan,
+                first_step=first,
+                validation_images=len(self.splits.val),
+                flop_rate=self.flop_rate,
+            ),
+            first_step=first,
+        )
         try:
             result = train_and_validate(
                 cfg,
@@ -421,6 +439,24 @@ class OptunaSweep:
                 keep_model(self.tracker, run.run_id, result.model)
         self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
         return state, result, reason, pruned_at
+
+    def _too_long(self, cfg: CnnConfig, plan: StepPlan, resume: Checkpoint | None) -> str | None:
+        """Why this trial is not started under `complete_trials` (None: it can finish)."""
+        if not self.complete_trials or self.deadline is None:
+            return None
+        verdict = unfinishable(
+            cfg,
+            plan,
+            first_step=(resume.step if resume else 0) + 1,
+            validation_images=len(self.splits.val),
+            flop_rate=self.flop_rate,
+            deadline=self.deadline,
+        )
+        if verdict is None:
+            return None
+        reason, need = verdict
+        self.shortest_need = min(need, self.shortest_need or need)
+        return reason
 
     def _checkpoint(self, runs: list[str], plan: StepPlan, folder: Path) -> Checkpoint | None:
         """The newest usable checkpoint of the earlier attempts (newest attempt first).
@@ -608,6 +644,7 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
         lock = StudyLock(request.storage_url, request.study)
         runner = OptunaSweep(spec, splits, sweep, study, progress, request.deadline)
         runner.keep_models = request.keep_models
+        runner.complete_trials = request.complete_trials
         with sweep.parent(splits, lock=lock) as parent:
             adapter_attr = "mlflow_parent_run_id"
             study.set_user_attr(adapter_attr, parent.run_id)
@@ -708,6 +745,15 @@ def _drive(
             )
         if deadline is not None and deadline.remaining() < 2 * STARTUP_SECONDS:
             return "the time budget is spent"
+        if (
+            deadline is not None
+            and runner.shortest_need is not None
+            and deadline.remaining() < runner.shortest_need
+        ):
+            return (
+                "no complete trial fits in the time left (trials that could not finish were not "
+                "started)"
+            )
         if reap_dead_trials(study):  # their MLflow runs are still RUNNING: close them
             runner.sweep.close_orphans(_failed_in(study))
         if runner.grid_exhausted:

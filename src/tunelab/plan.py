@@ -1,0 +1,99 @@
+"""What a budget buys on this machine: the search's schedule, the refit's epochs, the least budget.
+
+Every figure here starts from a measured speed: this machine's training FLOP per second in the
+sweep's precision (`tunelab.engines.numerics`, a few timed steps at start-up) before a model has
+trained, and a run's own wall seconds per image once it has. Nothing is planned from a fixed
+guess of how fast two CPU cores are.
+
+- `search_schedule`: when the search's share cannot complete one trial's full schedule, the
+  longest complete shorter schedule that fits (0: not even one epoch; the search is skipped and
+  the final stage trains the best-known configuration instead).
+- `minimum_budget`: the least budget in which one epoch of the experiment's representative model
+  on every training image, its test and its export fit; `tunelab run` refuses less up front.
+- `final_epochs`: the refit's length, so that its fixed-length schedule ends before the deadline.
+- `baseline_seconds`: how long recording the classic CNN takes here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tunelab.define.cnn import TRAINING_PASSES, CnnConfig, forward_flops
+from tunelab.engines.numerics import Numerics
+
+STARTUP_SECONDS = 8.0  # building a model, tracing its functions, the first checkpoint
+# an epoch in tunelab's loop costs this much more than the probe's bare training steps (the
+# augmented stream, per-step checkpoints, the learning-rate schedule)
+LOOP_OVERHEAD = 1.15
+SEARCH_FIT = 0.85  # a search trial plans to fill at most this much of the search's share
+# the refit's plan is stretched by this much: measured wall per image already covers validation
+# and per-step overhead; this covers the shared VM's swings (a 60-minute run saw epochs 38 %
+# slower than planned from throughput alone, docs/results.md). If it still runs late, the kept
+# models are delivered instead.
+FINAL_SAFETY = 1.15
+MAX_FINAL_EPOCHS = 60
+# seconds of export work per format, besides its test pass (measured: docs/results.md)
+EXPORT_SECONDS_PER_FORMAT = 12.0
+EXPORT_FIXED_SECONDS = 20.0
+BASELINE_EPOCHS = 12
+
+
+def epoch_seconds(
+    cfg: CnnConfig, numerics: Numerics, train_images: int, validation_images: int
+) -> float:
+    """Estimated wall seconds of one epoch of `cfg` before it has measured itself."""
+    per_image = numerics.seconds_per_image(cfg)
+    validating = validation_images * per_image / TRAINING_PASSES
+    return LOOP_OVERHEAD * (train_images * per_image + validating)
+
+
+def search_schedule(
+    cfg: CnnConfig, numerics: Numerics, train_images: int, validation_images: int, seconds: float
+) -> int | None:
+    """Epochs of the search's trials: None when the full schedule fits `seconds`, else the
+    longest shorter one that does (0 when not even one epoch fits)."""
+    epoch = epoch_seconds(cfg, numerics, train_images, validation_images)
+    room = SEARCH_FIT * seconds - STARTUP_SECONDS
+    if cfg.epochs * epoch <= room:
+        return None
+    return max(0, math.floor(room / epoch))
+
+
+def export_seconds(
+    cfg: CnnConfig, formats: int, members: int, flop_rate: float, test_images: int
+) -> float:
+    """Time to reserve after the refit for testing and exporting (single and ensemble)."""
+    passes = formats + 1  # a test pass per format check, and the test evaluation
+    per_pass = test_images * forward_flops(cfg) / flop_rate
+    single = EXPORT_FIXED_SECONDS + formats * EXPORT_SECONDS_PER_FORMAT + passes * per_pass
+    ensemble = (
+        0.0
+        if members < 2
+        else EXPORT_FIXED_SECONDS
+        + formats * EXPORT_SECONDS_PER_FORMAT * 1.5
+        + passes * per_pass * members
+    )
+    return single + ensemble
+
+
+def minimum_budget(
+    cfg: CnnConfig, numerics: Numerics, images: int, test_images: int, formats: int
+) -> float:
+    """The least budget that delivers: one epoch on `images` training images, test, export."""
+    refit = epoch_seconds(cfg, numerics, images, 0) + STARTUP_SECONDS
+    return FINAL_SAFETY * refit + export_seconds(cfg, formats, 0, numerics.flop_rate, test_images)
+
+
+def final_epochs(seconds: float, images: int, seconds_per_image: float, cfg: CnnConfig) -> int:
+    """Epochs of a refit that end within `seconds` (at least one, at most MAX_FINAL_EPOCHS),
+    with FINAL_SAFETY for this machine's swings in speed."""
+    per_epoch = FINAL_SAFETY * images * seconds_per_image
+    fitting = math.floor(max(0.0, seconds - 5.0) / per_epoch)
+    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * cfg.epochs))
+
+
+def baseline_seconds(images_per_second: float, train_images: int, validation_images: int) -> float:
+    """Recording the baseline: 12 epochs validated, then 12 epochs on every training image."""
+    validation_stage = train_images + validation_images / TRAINING_PASSES
+    test_stage = train_images + validation_images
+    return LOOP_OVERHEAD * BASELINE_EPOCHS * (validation_stage + test_stage) / images_per_second

@@ -1,0 +1,248 @@
+"""A budget buys a result on any machine: precision by measurement, schedules that fit, never
+nothing delivered, too-small budgets refused up front."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+import tunelab.training.precision as precision
+from tunelab.define.data import Splits
+from tunelab.define.experiment import load_experiment
+from tunelab.engines.launch import run_sweep
+from tunelab.errors import UserError
+from tunelab.pipeline import run_pipeline
+from tunelab.record.names import Artifact, Role, TagKey, TrialState
+from tunelab.record.query import Query
+from tunelab.record.recorded import load_recorded_run
+from tunelab.record.store import Tracker
+
+MEASURE = precision.images_per_second  # the real measurement (conftest fixes speeds otherwise)
+
+SPACE = """
+parameters:
+  learning_rate: {type: categorical, values: [0.004, 0.002, 0.001]}
+fixed: {optimizer: adam, filters: 8, dense_units: 16, epochs: 4, batch_size: 128,
+        lr_schedule: cosine, warmup_epochs: 0.5}
+"""
+EXPERIMENT = """
+name: anywhere
+search_space: space.yaml
+engine: {name: optuna, sampler: grid, pruner: none}
+budget: {trials: 3}
+seed: 2
+pipeline:
+  shares: {search: 0.5, confirmation: 0.2, final: 0.3}
+  confirm_top: 1
+  formats: [keras]
+"""
+
+
+def experiment(folder: Path, extra: str = "") -> Path:
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE))
+    (folder / "anywhere.yaml").write_text(textwrap.dedent(EXPERIMENT) + extra)
+    return folder / "anywhere.yaml"
+
+
+def speeds(monkeypatch: pytest.MonkeyPatch, float32: float, bfloat16: float) -> None:
+    measured = {precision.FLOAT32: float32, precision.BFLOAT16: bfloat16}
+    monkeypatch.setattr(precision, "images_per_second", lambda _b, p, *_a: measured[p])
+
+
+def stores(folder: Path) -> tuple[str, str]:
+    return f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'optuna.db'}"
+
+
+def sweep(folder: Path, splits: Splits, trials: int, lines: io.StringIO) -> Any:
+    uri, storage = stores(folder)
+    return run_sweep(
+        load_experiment(folder / "anywhere.yaml"),
+        trials=trials,
+        splits=splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        show_progress=False,
+        console=Console(file=lines, width=400),
+    )
+
+
+@pytest.mark.parametrize("faster", [precision.FLOAT32, precision.BFLOAT16])
+def test_auto_precision_trains_in_what_this_machine_measures_faster_and_workers_follow_it(
+    faster: str, tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment(tmp_path)
+    slower = precision.BFLOAT16 if faster == precision.FLOAT32 else precision.FLOAT32
+    measured = {faster: 3000.0, slower: 1000.0}
+    speeds(monkeypatch, measured[precision.FLOAT32], measured[precision.BFLOAT16])
+    lines = io.StringIO()
+    first = sweep(tmp_path, tiny_splits, 1, lines)
+    tracker = Tracker(stores(tmp_path)[0])
+    parent = tracker.get_run(first.parent_run_id).data
+    assert parent.params["precision"] == faster
+    assert parent.params["precision_requested"] == "auto"
+    assert parent.metrics["images_per_second_float32"] == measured[precision.FLOAT32]
+    assert parent.metrics["images_per_second_bfloat16"] == measured[precision.BFLOAT16]
+    assert f"precision auto: {faster}" in lines.getvalue()
+    # a worker on a machine that measures the other way says so and follows the record
+    speeds(monkeypatch, measured[precision.BFLOAT16], measured[precision.FLOAT32])
+    monkeypatch.setattr(precision, "machine_key", lambda: "another host")
+    lines = io.StringIO()
+    second = sweep(tmp_path, tiny_splits, 2, lines)
+    assert f"following the sweep's recorded precision {faster}" in lines.getvalue()
+    trained = [load_recorded_run(tracker, r.run_id).config.precision for r in second.records]
+    assert trained == [faster, faster]
+
+
+def test_explicit_bfloat16_on_a_machine_where_it_is_slower_runs_and_says_how_much_slower(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment(tmp_path, "precision: mixed_bfloat16\n")
+    speeds(monkeypatch, 408.0, 63.0)
+    lines = io.StringIO()
+    result = sweep(tmp_path, tiny_splits, 1, lines)
+    [said] = [line for line in lines.getvalue().splitlines() if "slower" in line]
+    assert "mixed_bfloat16" in said and "6.5x slower than float32" in said
+    tracker = Tracker(stores(tmp_path)[0])
+    assert load_recorded_run(tracker, result.best.run_id).config.precision == "mixed_bfloat16"
+
+
+def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab.define.cnn import parse_config
+    from tunelab.engines.numerics import speed_probe
+
+    monkeypatch.setattr(precision, "images_per_second", MEASURE)
+    built: list[str] = []
+    cfg = parse_config({"filters": 4, "dense_units": 8, "batch_size": 32})
+    probe = speed_probe(cfg)
+    counting = precision.SpeedProbe(
+        lambda p: built.append(p) or probe.build(p),
+        probe.model_key,
+        probe.input_shape,
+        probe.num_classes,
+        probe.batch_size,
+        tmp_path,
+    )
+    first = counting.speed(precision.FLOAT32)
+    again = counting.speed(precision.FLOAT32)
+    assert first > 0 and again == first and built == [precision.FLOAT32]
+    assert precision.SpeedCache(tmp_path).path.is_file()
+    fresh = counting.speed(precision.FLOAT32, fresh=True)  # measured again when asked to
+    assert fresh > 0 and built == [precision.FLOAT32, precision.FLOAT32]
+
+
+def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_schedule(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunelab.plan
+
+    experiment(tmp_path)
+    # about 35 s an epoch as estimated: the 4-epoch schedule (140 s) does not fit the search's
+    # 0.85 x 120 s, two epochs do
+    speeds(monkeypatch, 88.0, 40.0)
+    monkeypatch.setattr(tunelab.plan, "MAX_FINAL_EPOCHS", 2)
+    uri, storage = stores(tmp_path)
+    result = run_pipeline(
+        load_experiment(tmp_path / "anywhere.yaml"),
+        budget=240,
+        tracking_uri=uri,
+        storage_url=storage,
+        baseline=False,
+        splits=tiny_splits,
+        full_splits=tiny_splits,
+        show_progress=False,
+        console=Console(quiet=True),
+        out=tmp_path / "exports",
+    )
+    tracker = Tracker(uri)
+    parent = tracker.get_run(result.parent_run_id).data
+    assert parent.params["schedule_epochs"] == "2"
+    trials = tracker.search("anywhere", Query.of(role=Role.TRIAL))
+    complete = [r for r in trials if r.data.tags[TagKey.TRIAL_STATE] == TrialState.COMPLETE]
+    assert complete, "the search completed trials"
+    for run in complete:
+        config = load_recorded_run(tracker, run.info.run_id).config
+        assert run.data.params["schedule_epochs"] == "2"
+        assert config.epochs == 2 and config.warmup_epochs == pytest.approx(0.25)
+    assert result.single is not None
+    assert Path(result.single.bundle, "model.keras").is_file()
+    exported = load_recorded_run(tracker, result.single.run_id).config
+    assert exported.epochs == 2 and exported.lr_schedule == "cosine"
+
+
+def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment(tmp_path)
+    speeds(monkeypatch, 5.0, 2.0)  # an epoch of 3,000 images: about 11 minutes
+    uri, storage = stores(tmp_path)
+    with pytest.raises(UserError) as refused:
+        run_pipeline(
+            load_experiment(tmp_path / "anywhere.yaml"),
+            budget=300,
+            tracking_uri=uri,
+            storage_url=storage,
+            baseline=True,
+            splits=tiny_splits,
+            full_splits=tiny_splits,
+            show_progress=False,
+            console=Console(quiet=True),
+        )
+    message = str(refused.value)
+    assert "\n" not in message and "needs at least" in message and "5 training images/s" in message
+    assert Tracker(uri).search_all(Query()) == []  # no baseline, no sweep, nothing
+
+
+def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunelab.engines.optuna.engine as optuna_engine
+    import tunelab.plan
+    from tunelab.training.deadline import Deadline
+
+    class AfterOneStep(Deadline):
+        """Room for the trial's first step, then none: the search's trial is paused."""
+
+        def __init__(self) -> None:
+            super().__init__(0.0)
+            self.asked = 0
+
+        def remaining(self) -> float:
+            self.asked += 1
+            return 1e6 if self.asked == 1 else 0.0
+
+    train = optuna_engine.train_and_validate
+
+    def paused_training(*args: Any, **kwargs: Any) -> Any:
+        return train(*args, **{**kwargs, "deadline": AfterOneStep()})
+
+    monkeypatch.setattr(optuna_engine, "train_and_validate", paused_training)
+    monkeypatch.setattr(tunelab.plan, "MAX_FINAL_EPOCHS", 1)
+    experiment(tmp_path)
+    uri, storage = stores(tmp_path)
+    result = run_pipeline(
+        load_experiment(tmp_path / "anywhere.yaml"),
+        budget=1200,
+        tracking_uri=uri,
+        storage_url=storage,
+        baseline=False,
+        splits=tiny_splits,
+        full_splits=tiny_splits,
+        show_progress=False,
+        console=Console(quiet=True),
+        out=tmp_path / "exports",
+    )
+    tracker = Tracker(uri)
+    trials = tracker.search("anywhere", Query.of(role=Role.TRIAL))
+    assert [r.data.tags[TagKey.TRIAL_STATE] for r in trials] == [TrialState.PAUSED]
+    assert result.single is not None and Path(result.single.bundle, "model.keras").is_file()
+    assert any("paused" in note for note in result.notes)
+    exported = tracker.get_run(result.single.run_id).data.tags
+    assert exported[TagKey.EXPORTED_FROM_RUN_ID] == trials[0].info.run_id
+    assert tracker.has_artifact(result.single.run_id, Artifact.BUNDLE_DIR)
