@@ -16,7 +16,7 @@ MODEL ?= tunelab-$(DATASET)
 # the locked runtime: TensorFlow's CPU build (never looks for CUDA); GPU machines use the gpu extra
 LOCK ?= requirements/cpu.lock
 
-.PHONY: help install dev data baseline tune champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour
+.PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,10 @@ baseline: install ## train and record the classic Keras MNIST CNN (12 epochs, ~1
 
 tune: install ## the main job: run (or resume) the sweep of EXP (default experiments/mnist_quick.yaml)
 	$(BIN)/tunelab tune $(EXP)
+
+example: install ## a user project: your own model factory on your own image folder (examples/digits)
+	$(BIN)/python examples/digits/make_digits.py
+	$(BIN)/tunelab run examples/digits/experiment.yaml --budget 4m
 
 champion: install ## search, confirm and export HOUR's champion within BUDGET (tunelab run; resumes)
 	$(BIN)/tunelab run $(HOUR) --budget $(BUDGET)
@@ -92,7 +96,7 @@ test-fast: dev ## run the tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: dev ## ruff and mypy (strict)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts examples
 	$(BIN)/mypy
 
 schema: install ## write the JSON Schemas (schemas/) and the README's key reference from the models

@@ -21,12 +21,12 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.define.data import load_splits
 from tunelab.define.experiment import EngineSettings, ExperimentSpec, load_experiment
 from tunelab.engines.launch import run_sweep
 from tunelab.record.names import MetricName, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
+from tunelab.training.prepare import load_splits_of
 
 ENGINES = {
     "optuna tpe + hyperband": EngineSettings(name="optuna", sampler="tpe", pruner="hyperband"),
@@ -87,12 +87,10 @@ def main() -> None:
     args = parser.parse_args()
     base = load_experiment(args.experiment)
     target = args.target
+    splits = load_splits_of(base)
     if target is None:
-        found = Tracker().find_baseline(base.dataset)
+        found = Tracker().find_baseline(splits.digest)
         target = found.data.metrics[MetricName.BEST_VAL_ACCURACY] if found else 0.97
-    splits = load_splits(
-        base.dataset, base.validation_size, base.split_seed, train_size=base.train_size
-    )
     budget = base.budget.model_copy(update={"trials": None, "timeout": args.minutes * 60})
     print(
         f"{args.experiment}: {len(splits.train)} training images, {args.minutes:g} min per engine, "

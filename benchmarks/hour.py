@@ -89,7 +89,9 @@ def ensure_baseline(tracking: str) -> dict[str, Any]:
     from tunelab.record.store import Tracker
 
     tracker = Tracker(tracking)
-    run = tracker.find_baseline("mnist")
+    from tunelab.define.data import builtin_dataset
+
+    run = tracker.find_baseline(builtin_dataset("mnist").digest)
     if run is None:
         print("recording the baseline (outside the budget)", flush=True)
         import_tensorflow()
@@ -99,7 +101,7 @@ def ensure_baseline(tracking: str) -> dict[str, Any]:
         started = time.time()
         run_baseline(load_splits("mnist"), tracker)
         print(f"baseline recorded in {(time.time() - started) / 60:.1f} min", flush=True)
-        run = tracker.find_baseline("mnist")
+        run = tracker.find_baseline(builtin_dataset("mnist").digest)
     metrics = run.data.metrics
     return {
         "run_id": run.info.run_id,
@@ -169,11 +171,12 @@ def quarter_schedule(
     # The wall seconds per image of a training like this one: the final stage's refit (every
     # training image, no validation) where it exists; the champion's trial validated every
     # epoch, so its figure is about a tenth too high for a training that does not.
-    per_image = wall_seconds_per_image(load_recorded_run(tracker, refit) if refit else champion)
+    source = load_recorded_run(tracker, refit) if refit else champion
+    per_image = wall_seconds_per_image(source, 1 / 1000)
     # A benchmark measured in this run against the baseline's time in this run: a 5 % margin
     # (not the pipeline's 15 %, which is there to protect a budget) and 8 s for tracing.
     epochs = max(1, math.floor((seconds - 8.0) / (QUARTER_SAFETY * images * per_image)))
-    config = champion.config.model_copy(update={"epochs": epochs})
+    config = champion.config.with_epochs(epochs)
     started = time.time()
     result = train_and_validate(config, everything, seed=champion.seed)
     took = time.time() - started

@@ -24,10 +24,11 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from tunelab.define.data import Splits, load_splits
+from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec, load_experiment
 from tunelab.engines.launch import run_sweep
 from tunelab.quiet import quiet_environment
+from tunelab.training.prepare import load_splits_of
 
 
 def measure(spec: ExperimentSpec, trials: int, folder: Path, splits: Splits) -> dict[str, float]:
@@ -79,9 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_environment()
     spec = load_experiment(args.experiment)
-    splits = load_splits(
-        spec.dataset, spec.validation_size, spec.split_seed, train_size=spec.train_size
-    )
+    splits = load_splits_of(spec)
     ratios, gaps = [], []
     for repeat in range(args.repeats):
         seeded = replace(spec, seed=spec.seed + repeat)

@@ -29,20 +29,18 @@ def main() -> None:
     args = parser.parse_args()
     quiet_environment()
     import_tensorflow()
-    from tunelab.define.cnn import RECIPE
+    from tunelab.define.cnn import RECIPE, RECIPE_TRAINING
     from tunelab.define.data import load_splits
+    from tunelab.define.run_config import cnn_run_config
     from tunelab.training.train import Fidelity, train_and_validate
 
     splits = load_splits("mnist")
     for momentum in (float(m) for m in args.momenta.split(",")):
         for seed in range(1, args.seeds + 1):
-            config = RECIPE.model_copy(
-                update={
-                    "batch_norm_momentum": momentum,
-                    "epochs": args.epochs,
-                    "precision": "mixed_bfloat16",
-                }
-            )
+            config = cnn_run_config(
+                RECIPE.model_copy(update={"batch_norm_momentum": momentum}),
+                RECIPE_TRAINING.with_epochs(args.epochs),
+            ).with_precision("mixed_bfloat16")
             started = time.time()
             result = train_and_validate(
                 config, splits, seed=seed, fidelity=Fidelity(min_images=args.min_images)

@@ -172,6 +172,14 @@ def _detach(tracer: subprocess.Popen[bytes]) -> None:
         tracer.wait(timeout=15)
 
 
+def flat_config(**values: Any) -> Any:
+    """A built-in CNN run config from one flat mapping of architecture and training values
+    (filters=8, optimizer="adam", epochs=2, ...), on MNIST-shaped images."""
+    from tunelab.define.run_config import RunConfig
+
+    return RunConfig.from_flat_cnn(values)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
     with socket.socket() as probe:
@@ -225,19 +233,18 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
     split, so it has a bar to beat and McNemar has baseline predictions to compare with.
     """
-    from tunelab.define.cnn import parse_config
     from tunelab.define.experiment import load_experiment
     from tunelab.record.names import Role, TagKey
     from tunelab.record.query import Query
     from tunelab.record.store import Tracker
-    from tunelab.training.baseline import run_baseline
+    from tunelab.training.baseline import baseline_config, run_baseline
 
     folder = tmp_path_factory.mktemp("recorded")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     storage = f"sqlite:///{folder / 'optuna.db'}"
     tracker = Tracker(uri)
     baseline = run_baseline(
-        tiny_splits, tracker, cfg=parse_config({"epochs": 1}), seed=0, log_model=False
+        tiny_splits, tracker, cfg=baseline_config(tiny_splits, 1), seed=0, log_model=False
     )
     tracker.client.set_tag(baseline.run_id, TagKey.REFERENCE, "true")
     (folder / "space.yaml").write_text(textwrap.dedent(RECORDED_SPACE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -9,18 +10,19 @@ import numpy as np
 import pytest
 import yaml
 
-from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig
-from tunelab.define.data import Splits
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Splits, published_accuracy
+from tunelab.define.run_config import RunConfig
 from tunelab.record.names import Artifact, MetricName, Role, TagKey
 from tunelab.record.store import Tracker
-from tunelab.training.baseline import is_reference, run_baseline
+from tunelab.training.baseline import baseline_config, is_reference, run_baseline
 
 
 @pytest.fixture(scope="module")
 def recorded(tiny_splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, str]:
     store = tmp_path_factory.mktemp("store")
     tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}")
-    outcome = run_baseline(tiny_splits, tracker, cfg=CnnConfig(epochs=1), seed=1)
+    outcome = run_baseline(tiny_splits, tracker, cfg=baseline_config(tiny_splits, 1), seed=1)
     assert outcome.test is not None
     return tracker, outcome.run_id
 
@@ -37,8 +39,9 @@ def test_run_is_tagged_and_finished(recorded: tuple[Tracker, str], tiny_splits: 
     assert len(tags[TagKey.GIT_COMMIT]) in (40, 7) or tags[TagKey.GIT_COMMIT] == "unknown"
     for package in ("tensorflow", "keras", "mlflow", "numpy", "python"):
         assert tags[TagKey.VERSION_PREFIX + package]
+    assert len(tags[TagKey.DATASET_DIGEST]) == 64  # the full SHA-256 in the tags ...
     [dataset_input] = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == tiny_splits.digest
+    assert tiny_splits.digest.startswith(dataset_input.dataset.digest)  # ... MLflow's is 32
     assert dataset_input.dataset.name == "mnist"
 
 
@@ -48,10 +51,12 @@ def test_params_and_per_epoch_metrics(recorded: tuple[Tracker, str]) -> None:
     params = run.data.params
     assert params["data_validation_size"] == "500" and params["data_train_size"] == "2500"
     # the config once: config.json (exact) and under trial runs' names for the UI, not twice
-    assert params["cfg.optimizer"] == "adadelta" and params["cfg.epochs"] == "1"
+    assert params["cfg.training.optimizer"] == "adadelta"
+    assert params["cfg.training.epochs"] == "1" and params["cfg.model.filters"] == "32"
     assert "optimizer" not in params and "epochs" not in params
     text = tracker.client.download_artifacts(run_id, Artifact.CONFIG)
-    assert CnnConfig.model_validate_json(Path(text).read_text()) == CnnConfig(epochs=1)
+    config = RunConfig.read(Path(text).read_text())
+    assert config.cnn() == CnnConfig() and config.training.epochs == 1
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "full_train_loss"):
         history = tracker.client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [1], key
@@ -59,7 +64,7 @@ def test_params_and_per_epoch_metrics(recorded: tuple[Tracker, str]) -> None:
     assert metrics[MetricName.PARAM_COUNT] == 1_199_882
     assert 0.0 < metrics[MetricName.TEST_ACCURACY] <= 1.0
     assert metrics[MetricName.TEST_ACCURACY_VS_PUBLISHED] == pytest.approx(
-        metrics[MetricName.TEST_ACCURACY] - PUBLISHED_TEST_ACCURACY
+        metrics[MetricName.TEST_ACCURACY] - (published_accuracy("mnist") or 0.0)
     )
     assert metrics[MetricName.BEST_VAL_ACCURACY] == metrics[MetricName.VAL_ACCURACY]
 
@@ -85,14 +90,19 @@ def test_artifacts_include_plots_history_predictions_and_a_model_that_predicts(
     assert "keras" in mlmodel["flavors"] and mlmodel["signature"]["inputs"]
     assert mlmodel["saved_input_example_info"]["artifact_path"]
     model = mlflow.pyfunc.load_model(str(local / "model"))
-    probabilities = np.asarray(model.predict(tiny_splits.test.x[..., None].astype("float32")))
+    probabilities = np.asarray(model.predict(tiny_splits.test.x.astype("float32")))
     np.testing.assert_array_equal(probabilities.argmax(axis=1), predictions)
 
 
-def test_only_a_full_default_run_is_the_reference(
+def test_only_the_seed_cnn_on_every_training_image_is_the_reference(
     recorded: tuple[Tracker, str], tiny_splits: Splits
 ) -> None:
     tracker, _ = recorded
-    assert not is_reference(CnnConfig(), tiny_splits)  # 3,000 images, not 60,000
-    assert not is_reference(CnnConfig(epochs=1), tiny_splits)
-    assert tracker.find_baseline("mnist") is None  # the partial run is never "the baseline"
+    assert is_reference(baseline_config(tiny_splits), tiny_splits)  # every image of this data
+    assert not is_reference(baseline_config(tiny_splits, 1), tiny_splits)  # fewer epochs
+    subset = replace(
+        tiny_splits,
+        train=replace(tiny_splits.train, x=tiny_splits.train.x[:100], y=tiny_splits.train.y[:100]),
+    )
+    assert not is_reference(baseline_config(subset), subset)  # a training subset
+    assert tracker.find_baseline(tiny_splits.digest) is None  # the partial run never is

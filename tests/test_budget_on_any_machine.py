@@ -94,7 +94,9 @@ def test_auto_precision_trains_in_what_this_machine_measures_faster_and_workers_
     lines = io.StringIO()
     second = sweep(tmp_path, tiny_splits, 2, lines)
     assert f"following the sweep's recorded precision {faster}" in lines.getvalue()
-    trained = [load_recorded_run(tracker, r.run_id).config.precision for r in second.records]
+    trained = [
+        load_recorded_run(tracker, r.run_id).config.training.precision for r in second.records
+    ]
     assert trained == [faster, faster]
 
 
@@ -108,18 +110,19 @@ def test_explicit_bfloat16_on_a_machine_where_it_is_slower_runs_and_says_how_muc
     [said] = [line for line in lines.getvalue().splitlines() if "slower" in line]
     assert "mixed_bfloat16" in said and "6.5x slower than float32" in said
     tracker = Tracker(stores(tmp_path)[0])
-    assert load_recorded_run(tracker, result.best.run_id).config.precision == "mixed_bfloat16"
+    config = load_recorded_run(tracker, result.best.run_id).config
+    assert config.training.precision == "mixed_bfloat16"
 
 
 def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunelab.define.cnn import parse_config
+    from tunelab.define.run_config import RunConfig
     from tunelab.engines.numerics import speed_probe
 
     monkeypatch.setattr(precision, "images_per_second", MEASURE)
     built: list[str] = []
-    cfg = parse_config({"filters": 4, "dense_units": 8, "batch_size": 32})
+    cfg = RunConfig.from_flat_cnn({"filters": 4, "dense_units": 8, "batch_size": 32})
     probe = speed_probe(cfg)
     counting = precision.SpeedProbe(
         lambda p: built.append(p) or probe.build(p),
@@ -140,13 +143,13 @@ def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
 def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_schedule(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tunelab.plan
+    import tunelab.pipeline.plan
 
     experiment(tmp_path)
     # about 35 s an epoch as estimated: the 4-epoch schedule (140 s) does not fit the search's
     # 0.85 x 120 s, two epochs do
     speeds(monkeypatch, 88.0, 40.0)
-    monkeypatch.setattr(tunelab.plan, "MAX_FINAL_EPOCHS", 2)
+    monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 2)
     uri, storage = stores(tmp_path)
     result = run_pipeline(
         load_experiment(tmp_path / "anywhere.yaml"),
@@ -169,11 +172,12 @@ def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_s
     for run in complete:
         config = load_recorded_run(tracker, run.info.run_id).config
         assert run.data.params["schedule_epochs"] == "2"
-        assert config.epochs == 2 and config.warmup_epochs == pytest.approx(0.25)
+        assert config.training.epochs == 2
+        assert config.training.warmup_epochs == pytest.approx(0.25)
     assert result.single is not None
     assert Path(result.single.bundle, "model.keras").is_file()
     exported = load_recorded_run(tracker, result.single.run_id).config
-    assert exported.epochs == 2 and exported.lr_schedule == "cosine"
+    assert exported.training.epochs == 2 and exported.training.lr_schedule == "cosine"
 
 
 def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(
@@ -202,8 +206,8 @@ def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(
 def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tunelab.engines.optuna.engine as optuna_engine
-    import tunelab.plan
+    import tunelab.engines.runner as optuna_engine
+    import tunelab.pipeline.plan
     from tunelab.training.deadline import Deadline
 
     class AfterOneStep(Deadline):
@@ -223,7 +227,7 @@ def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
         return train(*args, **{**kwargs, "deadline": AfterOneStep()})
 
     monkeypatch.setattr(optuna_engine, "train_and_validate", paused_training)
-    monkeypatch.setattr(tunelab.plan, "MAX_FINAL_EPOCHS", 1)
+    monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 1)
     experiment(tmp_path)
     uri, storage = stores(tmp_path)
     result = run_pipeline(

@@ -29,7 +29,7 @@ def tunelab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         (
             ("baseline", "--epochs", "0"),
-            "error: epochs: Input should be greater than or equal to 1 (got 0)",
+            "error: --epochs: must be a positive integer (got 0)",
         ),
     ],
 )

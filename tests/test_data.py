@@ -17,15 +17,23 @@ from tunelab.define.data import (
     DATASET_INFO,
     IDX_FILES,
     DataError,
+    Dataset,
     DatasetInfo,
+    FetchedData,
     RawArrays,
     Source,
     array_digest,
     fetch_dataset,
+    identity_digest,
     read_npz,
     read_user_path,
-    split_arrays,
+    split_dataset,
 )
+
+
+def fixture_dataset(tiny_npz: Path) -> Dataset:
+    """The fixture's arrays as a Dataset ((N, 28, 28, 1) images, int32 labels)."""
+    return FetchedData(read_npz(tiny_npz), "fixture", None, DATASET_INFO["mnist"]).dataset()
 
 
 @pytest.fixture()
@@ -149,22 +157,20 @@ def test_unknown_dataset_is_a_one_line_error() -> None:
 
 def test_default_split_holds_out_the_last_images_and_keeps_test_apart(tiny_npz: Path) -> None:
     arrays = read_npz(tiny_npz)
-    splits = split_arrays(
-        arrays, dataset="mnist", digest="d", class_names=("0",) * 10, validation_size=500
-    )
+    splits = split_dataset(fixture_dataset(tiny_npz), validation_size=500)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (2500, 500, 1000)
-    np.testing.assert_array_equal(splits.val.x, arrays.x_train[-500:])
-    np.testing.assert_array_equal(splits.test.x, arrays.x_test)
+    np.testing.assert_array_equal(splits.val.x[..., 0], arrays.x_train[-500:])
+    np.testing.assert_array_equal(splits.test.x[..., 0], arrays.x_test)
+    assert splits.input_shape == (28, 28, 1) and splits.num_classes == 10
     train_rows = {row.tobytes() for row in splits.train.x}
     assert not any(row.tobytes() in train_rows for row in splits.val.x)
 
 
 def test_seeded_split_and_training_subset(tiny_npz: Path) -> None:
-    arrays = read_npz(tiny_npz)
-    kwargs = {"dataset": "mnist", "digest": "d", "class_names": ("0",) * 10, "validation_size": 400}
-    a = split_arrays(arrays, seed=1, train_size=1000, **kwargs)
-    b = split_arrays(arrays, seed=1, train_size=1000, **kwargs)
-    c = split_arrays(arrays, seed=2, train_size=1000, **kwargs)
+    dataset = fixture_dataset(tiny_npz)
+    a = split_dataset(dataset, seed=1, train_size=1000, validation_size=400)
+    b = split_dataset(dataset, seed=1, train_size=1000, validation_size=400)
+    c = split_dataset(dataset, seed=2, train_size=1000, validation_size=400)
     np.testing.assert_array_equal(a.val.y, b.val.y)
     assert not np.array_equal(a.val.x, c.val.x)
     assert (len(a.train), len(a.val)) == (1000, 400)
@@ -174,18 +180,35 @@ def test_seeded_split_and_training_subset(tiny_npz: Path) -> None:
     assert len(refit.train) == 1400 and len(refit.val) == 0 and len(refit.test) == 1000
 
 
+def test_a_validation_fraction_holds_out_that_share_of_the_training_images(
+    tiny_npz: Path,
+) -> None:
+    splits = split_dataset(fixture_dataset(tiny_npz), validation_size=0.2)
+    assert (len(splits.train), len(splits.val)) == (2400, 600)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"validation_size": 0}, "validation_size must be between 1 and 2999"),
-        ({"validation_size": 500, "train_size": 2600}, "train_size must be between 1 and 2500"),
+        ({"validation_size": 0}, "validation_size: must be between 1 and 2999"),
+        ({"validation_size": 500, "train_size": 2600}, "train_size: at most 2500 images"),
     ],
 )
 def test_impossible_split_sizes_are_refused(
     tiny_npz: Path, kwargs: dict[str, int], message: str
 ) -> None:
     with pytest.raises(DataError, match=message):
-        split_arrays(read_npz(tiny_npz), dataset="mnist", digest="d", class_names=(), **kwargs)
+        split_dataset(fixture_dataset(tiny_npz), **kwargs)
+
+
+def test_the_identity_digest_tells_shapes_and_dtypes_apart() -> None:
+    """The same bytes as (N, 784) and as (N, 28, 28), or as another dtype, are other data."""
+    flat = np.arange(2 * 784, dtype=np.uint8).reshape(2, 784)
+    square = flat.reshape(2, 28, 28)
+    assert identity_digest({"x": flat}) != identity_digest({"x": square})
+    assert identity_digest({"x": square}) != identity_digest({"x": square.view(np.int8)})
+    assert identity_digest({"x": square}) == identity_digest({"x": square.copy()})
+    assert len(identity_digest({"x": square})) == 64
 
 
 @pytest.mark.skipif(

@@ -10,8 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import quiet_sweep
-from tunelab.define.cnn import parse_config
+from conftest import flat_config, quiet_sweep
 from tunelab.define.data import Splits
 from tunelab.define.experiment import load_experiment
 from tunelab.record.ledger import Ledger, union_seconds
@@ -49,7 +48,7 @@ class ScriptedDeadline(Deadline):
 
 
 def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Splits) -> None:
-    cfg = parse_config({"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 5})
+    cfg = flat_config(**{"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 5})
     deadline = ScriptedDeadline([1e6, 1e6, 1e-3])  # room for two steps, then none
     result = train_and_validate(cfg, tiny_splits, seed=0, deadline=deadline, flop_rate=1e12)
     assert result.paused and result.status == "paused"
@@ -57,7 +56,7 @@ def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Spli
 
 
 def test_a_real_deadline_is_overrun_by_at_most_one_step(tiny_splits: Splits) -> None:
-    cfg = parse_config({"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 40})
+    cfg = flat_config(**{"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 40})
     deadline = Deadline.after(6.0)
     result = train_and_validate(cfg, tiny_splits, seed=0, deadline=deadline)
     over = -deadline.remaining()

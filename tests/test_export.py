@@ -36,7 +36,7 @@ def test_export_writes_every_format_that_reproduces_the_keras_model_and_register
         assert check.path.exists()
     # the files stand on their own: load one back and predict real test images
     predict = load_predictor("onnx", tmp_path / "refit" / "model.onnx")
-    classes = predict(tiny_splits.test.x[:200, ..., None].astype(np.float32)).argmax(axis=1)
+    classes = predict(tiny_splits.test.x[:200].astype(np.float32)).argmax(axis=1)
     assert np.mean(classes == tiny_splits.test.y[:200]) > 0.5
     card = json.loads((tmp_path / "refit" / "card.json").read_text())
     assert card["training"]["images"] == 3000  # refit on train + validation
@@ -86,7 +86,7 @@ def test_registered_champion_loads_through_mlflow_and_predicts(
     mlflow.set_tracking_uri(recorded_sweep.tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(f"models:/served@{CHAMPION_ALIAS}")
-        output = np.asarray(model.predict(tiny_splits.test.x[:50, ..., None].astype(np.float32)))
+        output = np.asarray(model.predict(tiny_splits.test.x[:50].astype(np.float32)))
     finally:
         mlflow.set_tracking_uri("")
     assert output.shape == (50, 10)

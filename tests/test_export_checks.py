@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tunelab.define.cnn import parse_config
+from conftest import flat_config
 from tunelab.define.data import Splits
 from tunelab.delivery import formats
 from tunelab.delivery.ensemble import Member, ensemble_model
@@ -42,7 +42,7 @@ TINY = {"filters": 4, "dense_units": 8, "epochs": 1, "batch_size": 128, "optimiz
 
 def trained_member(splits: Splits, seed: int, learning_rate: float) -> Member:
     """A one-epoch model of the fixture (a few seconds), as a confirmation would keep it."""
-    config = parse_config({**TINY, "learning_rate": learning_rate})
+    config = flat_config(**{**TINY, "learning_rate": learning_rate})
     result = train_and_validate(config, splits, seed=seed)
     assert result.ok and result.model is not None
     return Member(f"{seed:032x}", f"seed {seed}", config, result.model)
@@ -64,7 +64,7 @@ def tiny_card(member: Member, splits: Splits) -> ModelCard:
     return ModelCard(
         title=f"tiny {member.label}",
         source={"label": member.label, "run_id": member.run_id, "experiment": "exports"},
-        config=member.config.as_params(),
+        config=member.config.flat(),
         param_count=int(member.model.count_params()),
         data={"dataset": splits.dataset, "digest": splits.digest, "source": splits.source},
         training={
@@ -87,7 +87,7 @@ def tiny_card(member: Member, splits: Splits) -> ModelCard:
 def deliver_one(
     tracker: Tracker, sweep: SweepRecord, member: Member, splits: Splits, out: Path, **kw: Any
 ) -> ExportResult:
-    from tunelab.training.model import serving_model
+    from tunelab.training.factory import serving_model
 
     out.mkdir(parents=True)  # as export() makes it
     tags = {TagKey.ROLE: Role.EXPORT}
@@ -184,8 +184,8 @@ def test_an_ensemble_is_one_model_passing_parity_in_every_format_compared_with_t
         assert check.ok, check
         assert check.max_probability_difference <= PROBABILITY_TOLERANCE
     # the ensemble is the members' averaged softmax
-    images = tiny_splits.test.x[:64, ..., None].astype(np.float32)
-    from tunelab.training.model import serving_model
+    images = tiny_splits.test.x[:64].astype(np.float32)
+    from tunelab.training.factory import serving_model
 
     averaged = np.mean(
         [serving_model(m.model, m.config).predict(images, verbose=0) for m in members], axis=0
@@ -254,11 +254,19 @@ def test_a_checkpoint_that_does_not_read_back_whole_is_skipped_for_the_one_befor
         (tmp_path / "nostate").mkdir()
         nostate = tmp_path / "nostate" / "step_00004.zip"
         with zipfile.ZipFile(local) as source, zipfile.ZipFile(nostate, "w") as target:
-            target.writestr("model.keras", source.read("model.keras"))
+            target.writestr("model.weights.h5", source.read("model.weights.h5"))
         for bad in (cut, nostate):
             tracker.client.log_artifact(run.run_id, str(bad), Artifact.CHECKPOINT_DIR)
         checkpoint = load_checkpoint(tracker, run.run_id, tmp_path / "unpacked")
         assert checkpoint is not None
         assert (checkpoint.step, checkpoint.seconds) == (3, 12.5)
         assert checkpoint.history == {"val_accuracy": [0.1, 0.2, 0.3]}
-        assert Path(checkpoint.model_file).is_file()
+        from tunelab.training.factory import build_model
+
+        restored = build_model(members[0].config, steps_per_epoch=10)
+        checkpoint.restore(restored)  # the weights and the optimizer state, into a new build
+        for mine, theirs in zip(
+            restored.get_weights(), members[0].model.get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(mine, theirs)
+        assert int(restored.optimizer.iterations) == int(members[0].model.optimizer.iterations)

@@ -221,7 +221,7 @@ def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits
 def test_ctrl_c_closes_the_trial_run_and_the_same_command_resumes(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunelab.engines.kerastuner import engine as keras_tuner_engine
+    from tunelab.engines import runner as keras_tuner_engine  # the runner trains every trial
 
     spec = experiment(tmp_path, "random", 2, SPACE.replace("values: [1, 4]", "values: [1]"))
     real = keras_tuner_engine.train_and_validate

@@ -12,6 +12,7 @@ import pytest
 from conftest import quiet_sweep
 from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec, load_experiment
+from tunelab.engines import runner
 from tunelab.engines.optuna import engine as optuna_engine
 from tunelab.record.names import MetricName, Role, TagKey
 from tunelab.record.query import Query
@@ -50,7 +51,7 @@ def stores(tmp_path: Path) -> tuple[str, str]:
 
 def raise_on_call(monkeypatch: pytest.MonkeyPatch, call: int, error: BaseException) -> None:
     """Make the engine's training raise `error` on its `call`-th training (1-based)."""
-    real = optuna_engine.train_and_validate
+    real = runner.train_and_validate
     calls = {"n": 0}
 
     def training(*args: Any, **kwargs: Any) -> Any:
@@ -59,7 +60,7 @@ def raise_on_call(monkeypatch: pytest.MonkeyPatch, call: int, error: BaseExcepti
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(optuna_engine, "train_and_validate", training)
+    monkeypatch.setattr(runner, "train_and_validate", training)
 
 
 def children_of(tracker: Tracker, parent_id: str) -> list[Any]:
@@ -146,7 +147,7 @@ def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
 ) -> None:
     uri, storage = stores
     spec = write_experiment(tmp_path, EXPERIMENT.replace("sampler: grid", "sampler: random"))
-    real = optuna_engine.train_and_validate
+    real = runner.train_and_validate
     raise_on_call(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         sweep(spec, tiny_splits, uri, storage, trials=3)
@@ -155,7 +156,7 @@ def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
     assert parent.info.status == "KILLED"
     statuses = [c.info.status for c in children_of(tracker, parent.info.run_id)]
     assert "RUNNING" not in statuses and "KILLED" in statuses
-    monkeypatch.setattr(optuna_engine, "train_and_validate", real)
+    monkeypatch.setattr(runner, "train_and_validate", real)
     sweep(spec, tiny_splits, uri, storage, trials=3)
     study = optuna.load_study(study_name="tiny", storage=storage)
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]

@@ -50,8 +50,8 @@ from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.define.experiment import load_experiment
 from tunelab.pipeline import run_pipeline
-import tunelab.plan
-tunelab.plan.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
+import tunelab.pipeline.plan
+tunelab.pipeline.plan.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 run_pipeline(load_experiment(sys.argv[1]), tracking_uri=sys.argv[3], storage_url=sys.argv[4],
              baseline=False, splits=splits, full_splits=splits, show_progress=False,
@@ -119,13 +119,14 @@ def check_record(folder: Path) -> None:
 def test_run_searches_confirms_and_delivers_then_trains_nothing_the_second_time(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tunelab.define.cnn import parse_config
-    from tunelab.training.baseline import run_baseline
+    from tunelab.training.baseline import baseline_config, run_baseline
 
     write(tmp_path)
     uri, _ = stores(tmp_path)
     tracker = Tracker(uri)
-    baseline = run_baseline(tiny_splits, tracker, cfg=parse_config({"epochs": 1}), log_model=False)
+    baseline = run_baseline(
+        tiny_splits, tracker, cfg=baseline_config(tiny_splits, 1), log_model=False
+    )
     tracker.client.set_tag(baseline.run_id, TagKey.REFERENCE, "true")
     result = go(tmp_path, tiny_splits)
     assert result.champion and result.confirmed_mean is not None
@@ -157,10 +158,10 @@ def test_run_searches_confirms_and_delivers_then_trains_nothing_the_second_time(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished pipeline must train nothing")
 
-    from tunelab.training import retrain, train
+    from tunelab.training import train
 
-    monkeypatch.setattr(train, "train_and_validate", no_training)
-    monkeypatch.setattr(retrain, "train_and_validate", no_training)
+    # every training of every stage builds its model here first (train_and_validate)
+    monkeypatch.setattr(train, "build_model", no_training)
     again = go(tmp_path, tiny_splits)
     assert again.ensemble == result.ensemble and "nothing was trained" in "\n".join(again.lines())
 
@@ -216,7 +217,7 @@ def test_a_refit_that_runs_late_delivers_the_kept_models_instead_of_nothing(
 
     write(tmp_path)
     # a plan far too long for the final share (as when the machine slows down mid-refit)
-    monkeypatch.setattr(tunelab.plan, "final_epochs", lambda *args: 1000)
+    monkeypatch.setattr(tunelab.pipeline.plan, "final_epochs", lambda *args: 1000)
     result = go(tmp_path, tiny_splits, baseline=False, budget=60.0)
     assert result.single is None and result.ensemble is not None
     assert result.ensemble.label.startswith("ensemble of") and result.ensemble.registered

@@ -26,7 +26,7 @@ def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
     tracker = Tracker(recorded_sweep.tracking_uri)
     original = load_recorded_run(tracker, recorded_sweep.best_run_id)
     assert original.trial_number is not None and original.seed == 5 + original.trial_number
-    assert original.config.filters == 8 and original.config.epochs == 2
+    assert original.config.params["filters"] == 8 and original.config.training.epochs == 2
     assert original.data.validation_size == 500
     again = reproduced
     # same seed, same data, same CPU kernels: the same numbers (seen bit-identical here; one

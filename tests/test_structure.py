@@ -31,6 +31,7 @@ BEYOND_JSON_SCHEMA = {
     "space_fixed_impossible.yaml",  # geometry: the image shrinks to nothing
     "space_low_above_high.yaml",  # comparing two values of one entry
     "space_overlapping_shared_field.yaml",  # conditions of two entries exclusive
+    "space_unknown_field.yaml",  # any other name may be a user factory's parameter
 }
 # a module may import only from its own layer or below; these sit under every layer
 LAYERS = {

@@ -175,10 +175,9 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     The retry runs in another working directory than the dead attempt: the checkpoint comes
     from the tracking store, not from a local folder.
     """
-    from tunelab.define.cnn import parse_config
     from tunelab.engines.optuna.engine import open_study, retry_crashed
     from tunelab.training.checkpoints import CheckpointWriter
-    from tunelab.training.model import build_cnn
+    from tunelab.training.factory import build_model
 
     space = SPACE.replace("epochs: 30", "epochs: 2")
     (tmp_path / "space.yaml").write_text(textwrap.dedent(space))
@@ -202,10 +201,10 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
         )
     )
     retry_crashed(study, study.trials[0])  # what the heartbeat does for a dead worker
-    values = spec.with_precision("float32").config_values({"dense_units": 16})
-    cfg = parse_config({**values, "epochs": 2})
-    model = build_cnn(cfg, steps_per_epoch=20)
-    model.fit(tiny_splits.train.x[:256, ..., None], tiny_splits.train.y[:256], verbose=0)
+    decided = spec.with_precision("float32")
+    cfg = decided.run_config({"dense_units": 16}, tiny_splits.input_shape, 10).with_epochs(2)
+    model = build_model(cfg, steps_per_epoch=20)
+    model.fit(tiny_splits.train.x[:256], tiny_splits.train.y[:256], verbose=0)
     history = {"loss": [1.0] * saved_epoch, "val_accuracy": [0.5] * saved_epoch}
     CheckpointWriter(tracker, dead_run).save(model, saved_epoch, history, 1.0)
     elsewhere = tmp_path / "another_machine"

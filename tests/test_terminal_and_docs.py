@@ -46,7 +46,7 @@ def test_the_readme_api_example_runs(
     def fixture_data(*args: Any, **kwargs: Any) -> Splits:
         return tiny_splits  # the real MNIST is not in the tests' offline world
 
-    monkeypatch.setattr(launch, "load_splits", fixture_data)
+    monkeypatch.setattr(launch, "load_splits_of", fixture_data)
     monkeypatch.setattr(recorded, "load_splits", fixture_data)
     namespace: dict[str, Any] = {}
     exec(compile(code, "README.md", "exec"), namespace)

@@ -7,13 +7,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from tunelab.define.cnn import CnnConfig
+from conftest import flat_config
 from tunelab.define.data import Splits
 from tunelab.record.results import FAILED
 from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.training.train import evaluate_test, train_and_validate
 
-SMALL = CnnConfig(filters=8, dense_units=32, epochs=2, batch_size=64)
+SMALL = flat_config(filters=8, dense_units=32, epochs=2, batch_size=64)
 
 
 def test_history_has_every_epoch_with_wall_time_and_learning_rate(tiny_splits: Splits) -> None:
@@ -35,7 +35,7 @@ def test_history_has_every_epoch_with_wall_time_and_learning_rate(tiny_splits: S
 
 
 def test_same_seed_same_result(tiny_splits: Splits) -> None:
-    cfg = SMALL.model_copy(update={"epochs": 1})
+    cfg = SMALL.with_epochs(1)
     first = train_and_validate(cfg, tiny_splits, seed=3)
     second = train_and_validate(cfg, tiny_splits, seed=3)
     assert first.history["val_accuracy"] == second.history["val_accuracy"]
@@ -62,13 +62,13 @@ def test_nan_loss_ends_the_training_as_failed_with_its_reason(tiny_splits: Split
 
 
 def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> None:
-    result = train_and_validate(SMALL.model_copy(update={"epochs": 1}), tiny_splits)
+    result = train_and_validate(SMALL.with_epochs(1), tiny_splits)
     test = evaluate_test(result.model, tiny_splits)
     assert test.predictions.shape == (1000,)
     assert test.accuracy == float(np.mean(test.predictions == tiny_splits.test.y))
 
 
 def test_a_refit_without_validation_counts_its_epochs(tiny_splits: Splits) -> None:
-    cfg = CnnConfig(filters=4, dense_units=8, epochs=2, batch_size=256)
+    cfg = flat_config(filters=4, dense_units=8, epochs=2, batch_size=256)
     result = train_and_validate(cfg, tiny_splits.for_refit(), seed=0)
     assert result.ok and result.epochs_trained == 2 and result.best_val_accuracy is None

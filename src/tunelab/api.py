@@ -11,11 +11,17 @@
 Every function takes plain arguments (paths, names, numbers), records to the same MLflow store
 and Optuna storage as the command line (the embedded SQLite defaults, `MLFLOW_TRACKING_URI`,
 `TUNELAB_OPTUNA_STORAGE`), and raises `tunelab.errors.UserError` with a one-line message for
-input it refuses. Nothing is printed unless `show_progress=True`.
+input it refuses. Nothing is printed unless `show_progress=True`. The command line only parses
+its arguments, calls these and prints what they return.
+
+An experiment file that names a model factory (`model: {factory: ...}`) runs that factory's code
+when it is validated, tuned or run; commands that start from the record (compare, confirm,
+export, reproduce) import a user's factory only when given the experiment file that names it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,16 +33,19 @@ from tunelab.define.files import parse_duration
 from tunelab.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
     from tunelab.analysis.confirm import Confirmation
-    from tunelab.define.data import Splits
+    from tunelab.define.data import FetchedData, Splits
     from tunelab.delivery.export import ExportResult
     from tunelab.engines.launch import SweepResult
     from tunelab.pipeline import PipelineResult
     from tunelab.record.recorded import SweepRecord
     from tunelab.record.store import Tracker
     from tunelab.training.baseline import BaselineOutcome
+    from tunelab.training.progress import ProgressFactory
     from tunelab.training.retrain import Retraining
 
 ExperimentRef = ExperimentSpec | str | Path
@@ -104,9 +113,12 @@ def run(
     show_progress: bool = False,
     splits: Splits | None = None,
     full_splits: Splits | None = None,
+    console: Console | None = None,
+    progress: ProgressFactory | None = None,
 ) -> PipelineResult:
     """Search, confirm and export under one budget (`tunelab run`); resumable."""
     from tunelab.pipeline import run_pipeline
+    from tunelab.training.progress import no_progress
 
     return run_pipeline(
         _spec(experiment),
@@ -116,14 +128,16 @@ def run(
         data_file=data_file,
         baseline=baseline,
         out=out,
-        console=_console(show_progress),
+        console=console or _console(show_progress),
         show_progress=show_progress,
+        progress=progress or no_progress,
         splits=splits,
         full_splits=full_splits,
     )
 
 
 def baseline(
+    experiment: ExperimentRef | None = None,
     *,
     dataset: str = "mnist",
     epochs: int | None = None,
@@ -131,16 +145,101 @@ def baseline(
     validation_size: int = 10_000,
     tracking_uri: str | None = None,
     data_file: Path | None = None,
+    progress: ProgressFactory | None = None,
+    report: Callable[[str], None] = lambda _: None,
 ) -> BaselineOutcome:
-    """Train and record the classic Keras MNIST CNN (the reference baseline by default)."""
-    from tunelab.define.cnn import CnnConfig, parse_config
+    """Train and record the classic CNN on a dataset: a built-in one, or an experiment's data
+    (the seed CNN adapted to its shape and classes). The reference baseline by default."""
     from tunelab.define.data import load_splits
     from tunelab.record.store import Tracker
-    from tunelab.training.baseline import run_baseline
+    from tunelab.training.baseline import baseline_config, run_baseline
+    from tunelab.training.prepare import load_splits_of
+    from tunelab.training.progress import no_progress
 
-    cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
-    splits = load_splits(dataset, validation_size, user_path=data_file)
-    return run_baseline(splits, Tracker(tracking_uri), cfg=cfg, seed=seed)
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs: must be a positive integer (got {epochs})")
+    if seed < 0:
+        raise UserError(f"--seed: must be zero or positive (got {seed})")
+    if experiment is not None:
+        splits = load_splits_of(
+            _spec(experiment), data_file=data_file, whole_training_set=True, report=report
+        )
+    else:
+        splits = load_splits(dataset, validation_size, user_path=data_file, report=report)
+    return run_baseline(
+        splits,
+        Tracker(tracking_uri),
+        cfg=baseline_config(splits, epochs),
+        seed=seed,
+        progress=progress or no_progress,
+    )
+
+
+def validate(paths: list[Path]) -> list[str]:
+    """Check experiment and search-space files without training anything; one line each.
+
+    An experiment's data is loaded and checked, and its model factory imported and called once
+    (naming a factory runs its code).
+    """
+    from tunelab.define.files import read_yaml
+    from tunelab.define.space import load_search_space
+    from tunelab.training.prepare import load_splits_of, prepare
+
+    lines = []
+    for path in paths:
+        if "search_space" not in read_yaml(path):
+            space = load_search_space(path)
+            lines.append(f"ok {path}: search space, {len(space.parameters)} parameters")
+            continue
+        spec = _load_experiment(path)
+        prepared = prepare(spec, load_splits_of(spec))
+        engine, splits = spec.engine, prepared.splits
+        algorithm = engine.tuner if engine.name == "kerastuner" else engine.sampler
+        lines.append(
+            f"ok {path}: experiment {spec.name}, {engine.name}/{algorithm}, "
+            f"{len(spec.search_space.parameters)} parameters; data {splits.dataset} "
+            f"({len(splits.train)} training / {len(splits.val)} validation / "
+            f"{len(splits.test)} test images of {'x'.join(map(str, splits.input_shape))}, "
+            f"{splits.num_classes} classes); model {spec.factory.factory}"
+        )
+    return lines
+
+
+def data(
+    dataset: str = "mnist",
+    *,
+    data_file: Path | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> FetchedData:
+    """Fetch and verify a built-in dataset into the cache (where it is: `.cache_file`)."""
+    from tunelab.define.data import fetch_dataset
+
+    return fetch_dataset(dataset, user_path=data_file, report=report)
+
+
+def report(
+    experiment: ExperimentRef,
+    *,
+    study: str | None = None,
+    top: int = 5,
+    out: Path = Path("report.html"),
+    log: bool = True,
+    tracking_uri: str | None = None,
+) -> Path:
+    """One self-contained HTML page for a sweep (table, history, importances, curves)."""
+    from tunelab.analysis.report import build_report
+    from tunelab.record.names import Artifact
+    from tunelab.record.store import RunHandle
+
+    if top < 1:
+        raise UserError(f"--top: must be at least 1 (got {top})")
+    tracker, sweep = _sweep(experiment, study, tracking_uri)
+    page = build_report(tracker, sweep, top=top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    if log:
+        RunHandle(tracker.client, sweep.parent_run_id).log_text(page, Artifact.REPORT)
+    return out
 
 
 def compare(
@@ -159,6 +258,47 @@ def compare(
     return comparison_table(tracker, sweep, top=top)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A sweep's comparison table rendered: one line about the sweep, the table as text."""
+
+    headline: str
+    text: str
+    table: pd.DataFrame
+    logged_to: str | None  # the parent run it was logged to, if asked
+
+
+def comparison(
+    experiment: ExperimentRef | None = None,
+    *,
+    study: str | None = None,
+    top: int = 5,
+    fmt: str = "table",
+    log: bool = False,
+    tracking_uri: str | None = None,
+) -> Comparison:
+    """`compare`, rendered as `fmt` (table, csv, markdown, html), optionally logged to the
+    sweep's parent run (`comparison/`)."""
+    from tunelab.analysis.compare import TABLE_FORMATS, comparison_table, render, sweep_line
+    from tunelab.record.store import RunHandle
+
+    if fmt not in TABLE_FORMATS:
+        raise UserError(f"--format: choose from {', '.join(TABLE_FORMATS)} (got {fmt!r})")
+    if top < 1:
+        raise UserError(f"--top: must be at least 1 (got {top})")
+    tracker, sweep = _sweep(experiment, study, tracking_uri)
+    table = comparison_table(tracker, sweep, top=top)
+    text = render(table, fmt)
+    logged = None
+    if log:
+        extension = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}[fmt]
+        RunHandle(tracker.client, sweep.parent_run_id).log_text(
+            text, f"comparison/comparison.{extension}"
+        )
+        logged = sweep.parent_run_id
+    return Comparison(sweep_line(sweep), text, table, logged)
+
+
 def confirm(
     experiment: ExperimentRef,
     *,
@@ -168,13 +308,28 @@ def confirm(
     keep_models: bool = False,
     tracking_uri: str | None = None,
     data_file: Path | None = None,
+    progress: ProgressFactory | None = None,
+    report: Callable[[str], None] = lambda _: None,
 ) -> Confirmation:
     """Retrain the top configurations with fresh seeds; the champion is the best mean."""
     from tunelab.analysis.confirm import confirm_sweep
+    from tunelab.training.progress import no_progress
 
+    if top < 1 or seeds < 1:
+        raise UserError(f"--top and --seeds: must be at least 1 (got {top} and {seeds})")
+    _import_factory(experiment)
     tracker, sweep = _sweep(experiment, study, tracking_uri)
-    splits = sweep.data.load(data_file=data_file)
-    return confirm_sweep(tracker, sweep, splits, top=top, seeds=seeds, keep_models=keep_models)
+    splits = sweep.data.load(data_file=data_file, report=report)
+    return confirm_sweep(
+        tracker,
+        sweep,
+        splits,
+        top=top,
+        seeds=seeds,
+        keep_models=keep_models,
+        progress=progress or no_progress,
+        report=report,
+    )
 
 
 def export(
@@ -189,11 +344,14 @@ def export(
     model_name: str | None = None,
     tracking_uri: str | None = None,
     data_file: Path | None = None,
+    experiment: ExperimentRef | None = None,
 ) -> ExportResult:
     """Refit the champion, test it once, write and verify every format, register it.
 
     With `ensemble=K` (K >= 2), the champion's refit and K - 1 confirmation retrainings that
     kept their models are delivered as one averaged model as well; the ensemble is returned.
+    A run of a user's factory is exported through its experiment file (`target`, or
+    `experiment` with a run id as `target`): only an experiment file names code to import.
     """
     from tunelab.delivery.export import (
         ExportError,
@@ -216,6 +374,7 @@ def export(
         raise UserError(f"--epochs: must be a positive integer (got {epochs})")
     tracker = Tracker(tracking_uri, must_exist=True)
     name = target.name if isinstance(target, ExperimentSpec) else str(target)
+    _import_factory(target, experiment)
     source, sweep = resolve_source(tracker, name, study)
     folder = out or Path("exports") / f"{source.experiment}-{source.run_id[:8]}"
     check_out_folder(folder)
@@ -253,17 +412,39 @@ def export(
 
 
 def reproduce(
-    run_id: str, *, tracking_uri: str | None = None, data_file: Path | None = None
+    run_id: str,
+    *,
+    experiment: ExperimentRef | None = None,
+    tracking_uri: str | None = None,
+    data_file: Path | None = None,
+    progress: ProgressFactory | None = None,
+    report: Callable[[str], None] = lambda _: None,
 ) -> Retraining:
-    """Retrain a recorded trial with its recorded seed and compare it epoch by epoch."""
+    """Retrain a recorded trial with its recorded seed and compare it epoch by epoch (a user
+    factory's trial: give the `experiment` file that names the factory)."""
     from tunelab.record.recorded import load_recorded_run
     from tunelab.record.store import Tracker
+    from tunelab.training.progress import no_progress
     from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
 
+    _import_factory(experiment)
     tracker = Tracker(tracking_uri, must_exist=True)
     original = load_recorded_run(tracker, run_id)
-    splits = original.data.load(data_file=data_file)
-    return retrain_with_recorded_seed(tracker, original, splits)
+    splits = original.data.load(data_file=data_file, report=report)
+    return retrain_with_recorded_seed(tracker, original, splits, progress=progress or no_progress)
+
+
+def _import_factory(*experiments: ExperimentRef | None) -> None:
+    """Import the model factory the first experiment file among `experiments` names (runs of a
+    user's factory are rebuilt with it; see `tunelab.training.factory.factory_of`)."""
+    from tunelab.training.factory import load_factory
+
+    for experiment in experiments:
+        if isinstance(experiment, ExperimentSpec) or (
+            experiment is not None and Path(str(experiment)).suffix in (".yaml", ".yml")
+        ):
+            load_factory(_spec(experiment).factory)
+            return
 
 
 def _sweep(

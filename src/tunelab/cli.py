@@ -89,20 +89,24 @@ def _positive(name: str, value: int | None) -> None:
 
 @app.command()
 def data(dataset: DatasetOption = "mnist", data_file: DataFileOption = None) -> None:
-    """Fetch and verify a dataset, cache it, and print where it is."""
-    from tunelab.define.data import fetch_dataset
+    """Fetch and verify a built-in dataset, cache it, and print where it is."""
+    from tunelab import api
 
-    fetched = fetch_dataset(dataset, user_path=data_file, report=_say)
+    fetched = api.data(dataset, data_file=data_file, report=_say)
     arrays = fetched.arrays
     _say(
-        f"[green]verified[/] {dataset} from {fetched.source}: train {arrays.x_train.shape}, "
-        f"test {arrays.x_test.shape}, digest {fetched.digest}"
+        f"verified {dataset} from {fetched.source}: train {arrays.x_train.shape}, "
+        f"test {arrays.x_test.shape}, digest {fetched.digest[:16]}"
     )
     print(fetched.cache_file or "(not cached: cache directory not writable)")
 
 
 @app.command()
 def baseline(
+    experiment: Annotated[
+        Path | None,
+        typer.Argument(help="an experiment file: the baseline of its data (default: --dataset)"),
+    ] = None,
     dataset: DatasetOption = "mnist",
     data_file: DataFileOption = None,
     tracking_uri: TrackingOption = None,
@@ -112,29 +116,35 @@ def baseline(
         int | None, typer.Option(help="fewer epochs for a quick look (not the reference baseline)")
     ] = None,
 ) -> None:
-    """Train the classic Keras MNIST CNN, evaluate the test set, record it as the baseline."""
-    from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, parse_config
-    from tunelab.define.data import load_splits
-    from tunelab.record.store import Tracker
+    """Train the classic CNN on a dataset (adapted to its shape), test it, record the baseline."""
+    from tunelab import api
+    from tunelab.define.data import published_accuracy
 
-    if seed < 0:
-        raise ConfigError("--seed", "value", "must be zero or positive", seed)
-    cfg = CnnConfig() if epochs is None else parse_config({"epochs": epochs})
-    splits = load_splits(dataset, validation_size, user_path=data_file, report=_say)
-    tracker = Tracker(tracking_uri)
-    from tunelab.training.baseline import run_baseline
-
-    _say(f"tracking to {tracker.shown_uri}; data from {splits.source}")
-    outcome = run_baseline(splits, tracker, cfg=cfg, seed=seed, progress=_epoch_progress)
+    outcome = api.baseline(
+        experiment,
+        dataset=dataset,
+        epochs=epochs,
+        seed=seed,
+        validation_size=validation_size,
+        tracking_uri=tracking_uri,
+        data_file=data_file,
+        progress=_epoch_progress,
+        report=_say,
+    )
     best = outcome.validation.best_val_accuracy
     _say(f"validation stage: best val_accuracy {best:.4f}" if best else "validation failed")
     if outcome.test is None:
-        _say(f"[red]test stage failed:[/] {outcome.full_train.failure_reason}")
+        _say(f"test stage failed: {outcome.full_train.failure_reason}")
         raise typer.Exit(1)
-    delta = outcome.test.accuracy - PUBLISHED_TEST_ACCURACY
+    published = published_accuracy(outcome.dataset)
+    against = (
+        f" ({(outcome.test.accuracy - published) * 100:+.2f} points vs the published "
+        f"{published:.2%})"
+        if published is not None
+        else ""
+    )
     _say(
-        f"[bold]test accuracy {outcome.test.accuracy:.4f}[/] ({delta * 100:+.2f} points vs the "
-        f"published {PUBLISHED_TEST_ACCURACY:.2%}); "
+        f"test accuracy {outcome.test.accuracy:.4f}{against}; "
         f"{outcome.full_train.wall_seconds + outcome.validation.wall_seconds:.0f} s of training; "
         f"run {outcome.run_id}" + ("" if outcome.reference else " (not the reference baseline)")
     )
@@ -144,23 +154,11 @@ def baseline(
 def validate(
     files: Annotated[list[Path], typer.Argument(help="experiment or search-space YAML files")],
 ) -> None:
-    """Check experiment and search-space files without running anything."""
-    from tunelab.define.experiment import load_experiment
-    from tunelab.define.files import read_yaml
-    from tunelab.define.space import load_search_space
+    """Check experiment and search-space files (their data and model factory) without training."""
+    from tunelab import api
 
-    for path in files:
-        if "search_space" in read_yaml(path):
-            spec = load_experiment(path)
-            engine = spec.engine
-            algorithm = engine.tuner if engine.name == "kerastuner" else engine.sampler
-            print(
-                f"ok {path}: experiment {spec.name}, {engine.name}/{algorithm}, "
-                f"{len(spec.search_space.parameters)} parameters"
-            )
-        else:
-            space = load_search_space(path)
-            print(f"ok {path}: search space, {len(space.parameters)} parameters")
+    for line in api.validate(files):
+        print(line)
 
 
 @app.command()
@@ -278,33 +276,24 @@ def run(
     quiet: Annotated[bool, typer.Option(help="no live progress display")] = False,
 ) -> None:
     """Search, confirm and export the champion under one budget; the same command resumes."""
-    from tunelab.define.experiment import load_experiment
-    from tunelab.define.files import parse_duration
-    from tunelab.pipeline import run_pipeline
+    from tunelab import api
 
-    spec = load_experiment(experiment)
-    seconds = None if budget is None else parse_duration(budget, "--budget", "value")
+    spec = api.load_experiment(experiment)
     _terminate_as_interrupt()
-    result = run_pipeline(
+    result = api.run(
         spec,
-        budget=seconds,
+        budget=budget,
         tracking_uri=tracking_uri,
-        storage_url=storage,
+        storage=storage,
         data_file=data_file,
         baseline=baseline,
         out=out,
         console=console,
         show_progress=not quiet,
-        progress=_epoch_progress if not quiet else _no_progress(),
+        progress=_epoch_progress if not quiet else None,
     )
     for line in result.lines():
         print(line)
-
-
-def _no_progress() -> Any:
-    from tunelab.training.progress import no_progress
-
-    return no_progress
 
 
 def _terminate_as_interrupt() -> None:
@@ -320,26 +309,34 @@ def _terminate_as_interrupt() -> None:
 @app.command()
 def reproduce(
     run_id: Annotated[str, typer.Argument(help="a trial run id (the sweep's best_run_id)")],
+    experiment: Annotated[
+        Path | None,
+        typer.Option(help="the experiment file that names the run's model factory (user models)"),
+    ] = None,
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
 ) -> None:
     """Retrain a recorded trial with its recorded seed and compare it epoch by epoch."""
-    from tunelab.record.recorded import load_recorded_run
-    from tunelab.record.store import Tracker
-    from tunelab.training.retrain import reproduce as retrain_with_recorded_seed
+    from tunelab import api
 
-    tracker = Tracker(tracking_uri, must_exist=True)
-    original = load_recorded_run(tracker, run_id)
-    splits = original.data.load(data_file=data_file, report=_say)
-    again = retrain_with_recorded_seed(tracker, original, splits, progress=_epoch_progress)
+    again = api.reproduce(
+        run_id,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        data_file=data_file,
+        progress=_epoch_progress,
+        report=_say,
+    )
+    original = again.original
     if again.best_val_accuracy is None or original.best_val_accuracy is None:
-        _say(f"[red]retraining failed:[/] {again.result.failure_reason}")
+        _say(f"retraining failed: {again.result.failure_reason}")
         raise typer.Exit(1)
+    validation = original.data.validation_size
     print(
         f"{original.label} (run {run_id}, seed {original.seed}): recorded best val_accuracy "
         f"{original.best_val_accuracy:.4f}, retrained {again.best_val_accuracy:.4f} "
         f"({(again.difference or 0.0) * 100:+.2f} points, "
-        f"{round(abs(again.difference or 0.0) * len(splits.val))} of {len(splits.val)} "
+        f"{round(abs(again.difference or 0.0) * validation)} of {validation} "
         f"validation images); run {again.run_id}"
     )
     largest = ", ".join(f"{k} {v:.2g}" for k, v in again.epoch_differences.items())
@@ -366,26 +363,20 @@ def confirm(
     """Retrain the top configurations with fresh seeds; the champion is the best mean."""
     from rich.table import Table
 
-    from tunelab.analysis.confirm import confirm_sweep
-    from tunelab.record.recorded import find_sweep
-    from tunelab.record.store import Tracker
+    from tunelab import api
 
-    _positive("--top", top)
-    _positive("--seeds", seeds)
-    tracker = Tracker(tracking_uri, must_exist=True)
-    sweep = find_sweep(tracker, experiment, study)
-    splits = sweep.data.load(data_file=data_file, report=_say)
-    result = confirm_sweep(
-        tracker,
-        sweep,
-        splits,
+    result = api.confirm(
+        experiment,
+        study=study,
         top=top,
         seeds=seeds,
+        keep_models=keep_models,
+        tracking_uri=tracking_uri,
+        data_file=data_file,
         progress=_epoch_progress,
         report=_say,
-        keep_models=keep_models,
     )
-    table = Table(title=f"{sweep.experiment}: top {top} confirmed with {seeds} fresh seeds")
+    table = Table(title=f"{result.sweep.experiment}: top {top} confirmed with {seeds} fresh seeds")
     for column in ("rank", "trial", "recorded best", "mean", "std", "95 % CI", "run id"):
         table.add_column(column)
     for rank, item in enumerate(result.confirmed, start=1):
@@ -428,6 +419,10 @@ def export(
     ] = None,
     tracking_uri: TrackingOption = None,
     data_file: DataFileOption = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(help="with a run id: the experiment file that names its model factory"),
+    ] = None,
 ) -> None:
     """Refit the champion, test it once, write and verify every format, register it."""
     from tunelab import api
@@ -443,6 +438,7 @@ def export(
         model_name=model_name,
         tracking_uri=tracking_uri,
         data_file=data_file,
+        experiment=experiment,
     )
     line = f"{result.label}: test accuracy {result.test.accuracy:.4f} {result.interval.bracket()}"
     if result.baseline is not None:
@@ -472,35 +468,20 @@ def compare(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """The best trials and finalists against the baseline, with intervals and McNemar p."""
-    from tunelab.analysis.compare import TABLE_FORMATS, comparison_table, render, sweep_line
-    from tunelab.record.recorded import find_sweep, find_sweep_by_study
-    from tunelab.record.store import RunHandle, Tracker
+    from tunelab import api
 
-    if fmt not in TABLE_FORMATS:
-        raise ConfigError("--format", "value", f"choose from {', '.join(TABLE_FORMATS)}", fmt)
-    _positive("--top", top)
-    if experiment is None and study is None:
-        raise UserError("name an experiment (file or MLflow name) or a --study to compare")
     _check_writable(out)
-    tracker = Tracker(tracking_uri, must_exist=True)
-    sweep = (
-        find_sweep(tracker, experiment, study)
-        if experiment is not None
-        else find_sweep_by_study(tracker, study or "")
+    compared = api.comparison(
+        experiment, study=study, top=top, fmt=fmt, log=log, tracking_uri=tracking_uri
     )
-    table = comparison_table(tracker, sweep, top=top)
-    _say(sweep_line(sweep))
-    print(render(table, fmt), end="")
+    _say(compared.headline)
+    print(compared.text, end="")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(table, fmt))
+        out.write_text(compared.text)
         _say(f"written to {out}")
-    if log:
-        extension = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}[fmt]
-        RunHandle(tracker.client, sweep.parent_run_id).log_text(
-            render(table, fmt), f"comparison/comparison.{extension}"
-        )
-        _say(f"logged to run {sweep.parent_run_id} (comparison/)")
+    if compared.logged_to:
+        _say(f"logged to run {compared.logged_to} (comparison/)")
 
 
 def _check_writable(out: Path | None) -> None:
@@ -526,24 +507,11 @@ def report(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """One self-contained HTML page for a sweep: table, history, importances, curves, champion."""
-    from tunelab.analysis.report import build_report
-    from tunelab.record.names import Artifact
-    from tunelab.record.recorded import find_sweep
-    from tunelab.record.store import RunHandle, Tracker
+    from tunelab import api
 
-    _positive("--top", top)
     _check_writable(out)
-    tracker = Tracker(tracking_uri, must_exist=True)
-    sweep = find_sweep(tracker, experiment, study)
-    page = build_report(tracker, sweep, top=top)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    if log:
-        RunHandle(tracker.client, sweep.parent_run_id).log_text(page, Artifact.REPORT)
-    print(
-        f"{out} ({len(page) / 1e6:.1f} MB)"
-        + (f"; logged to run {sweep.parent_run_id}" if log else "")
-    )
+    page = api.report(experiment, study=study, top=top, out=out, log=log, tracking_uri=tracking_uri)
+    print(f"{page} ({page.stat().st_size / 1e6:.1f} MB)" + ("; logged to the sweep" if log else ""))
 
 
 @app.command()
@@ -575,7 +543,16 @@ def ui(
     exec_mlflow_ui(tracker.tracking_uri, port)
 
 
-TENSORFLOW_COMMANDS = {"tune", "run", "baseline", "export", "confirm", "reproduce", "data"}
+TENSORFLOW_COMMANDS = {
+    "tune",
+    "run",
+    "baseline",
+    "export",
+    "confirm",
+    "reproduce",
+    "data",
+    "validate",
+}
 
 
 @app.command()

@@ -26,7 +26,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from tunelab.analysis.stats import mcnemar_exact, wilson_interval
-from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY
+from tunelab.define.data import published_accuracy
 from tunelab.record.names import CONFIG_PARAM_PREFIX, Artifact, MetricName, Role, TagKey
 from tunelab.record.recorded import SweepRecord, ranked_by_best_val
 from tunelab.record.store import Tracker
@@ -119,6 +119,7 @@ def _test_columns(
     baseline: TestRecord | None,
     labels: npt.NDArray[np.integer] | None,
     single: TestRecord | None = None,
+    published: float | None = None,
 ) -> dict[str, Any]:
     empty = {
         "test acc": None,
@@ -130,12 +131,12 @@ def _test_columns(
     if record is None:
         return empty
     interval = wilson_interval(round(record.accuracy * record.images), record.images)
-    reference = baseline.accuracy if baseline is not None else PUBLISHED_TEST_ACCURACY
+    reference = baseline.accuracy if baseline is not None else published
     return {
         "test acc": record.accuracy,
         "test 95% CI": interval.bracket(),
         "test vs baseline": None
-        if baseline is not None and record.run_id == baseline.run_id
+        if reference is None or (baseline is not None and record.run_id == baseline.run_id)
         else record.accuracy - reference,
         "McNemar p": _mcnemar(record, baseline, labels),
         "McNemar p vs single": _mcnemar(record, single, labels),
@@ -152,10 +153,12 @@ def comparison_table(
     """Baseline, top `top` trials, every confirmed or exported trial and ensembles, one row each.
 
     McNemar needs the test labels: `test_labels`, else those stored by an export or baseline run.
-    Without a baseline, test differences are against the published 99.25 %.
+    Without a baseline, test differences are against the published 99.25 % on MNIST, and not
+    given on other data.
     """
     dataset = sweep.tags.get(TagKey.DATASET, "mnist")
-    baseline_run = tracker.find_baseline(dataset)
+    published = published_accuracy(dataset)
+    baseline_run = tracker.find_baseline(sweep.tags.get(TagKey.DATASET_DIGEST, ""))
     baseline_test = _test_record(tracker, baseline_run) if baseline_run is not None else None
     bar = sweep.metrics.get(MetricName.BASELINE_VAL_ACCURACY)
     exports = [run for run in sweep.runs_of(tracker, Role.EXPORT) if run.info.status == "FINISHED"]
@@ -182,7 +185,7 @@ def comparison_table(
         test = _test_record(tracker, export) if export is not None else None
         if export is not None:
             single_tests[export.info.run_id] = test
-        rows.append(_trial_row(run, bar, test, baseline_test, test_labels))
+        rows.append(_trial_row(run, bar, test, baseline_test, test_labels, published))
     for run in ensembles:
         single_id = run.data.tags.get(TagKey.EXPORTED_FROM_RUN_ID, "")
         single = single_tests.get(single_id)
@@ -190,7 +193,9 @@ def comparison_table(
             found = tracker.get_run(single_id)
             single = _test_record(tracker, found) if found is not None else None
         rows.append(
-            _ensemble_row(run, _test_record(tracker, run), baseline_test, test_labels, single)
+            _ensemble_row(
+                run, _test_record(tracker, run), baseline_test, test_labels, single, published
+            )
         )
     table: pd.DataFrame = pd.DataFrame(rows, columns=COLUMNS)
     return table
@@ -225,6 +230,7 @@ def _trial_row(
     test: TestRecord | None,
     baseline: TestRecord | None,
     labels: npt.NDArray[np.integer] | None,
+    published: float | None,
 ) -> dict[str, Any]:
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     chosen = [
@@ -258,7 +264,7 @@ def _trial_row(
         "wall s": metrics.get(MetricName.WALL_SECONDS),
         "images/s": metrics.get(MetricName.IMAGES_PER_SECOND),
         "s to beat baseline": metrics.get(MetricName.BEAT_BASELINE_SECONDS),
-        **_test_columns(test, baseline, labels),
+        **_test_columns(test, baseline, labels, published=published),
         "run id": run.info.run_id,
     }
 
@@ -269,6 +275,7 @@ def _ensemble_row(
     baseline: TestRecord | None,
     labels: npt.NDArray[np.integer] | None,
     single: TestRecord | None,
+    published: float | None,
 ) -> dict[str, Any]:
     members = [m for m in run.data.tags.get(TagKey.ENSEMBLE_MEMBERS, "").split(",") if m]
     return {
@@ -287,7 +294,7 @@ def _ensemble_row(
         "wall s": None,
         "images/s": None,
         "s to beat baseline": None,
-        **_test_columns(test, baseline, labels, single),
+        **_test_columns(test, baseline, labels, single, published),
         "run id": run.info.run_id,
     }
 

@@ -158,7 +158,7 @@ def build_report(tracker: Tracker, sweep: SweepRecord, *, top: int = 5) -> str:
     from optuna.visualization import matplotlib as ovm
 
     trials = sweep.trial_runs(tracker)
-    baseline_run = tracker.find_baseline(sweep.tags.get(TagKey.DATASET, "mnist"))
+    baseline_run = tracker.find_baseline(sweep.tags.get(TagKey.DATASET_DIGEST, ""))
     bar = sweep.metrics.get(MetricName.BASELINE_VAL_ACCURACY)
     ranked = ranked_by_best_val(trials)[:top]
     labels = {r.info.run_id: r.info.run_name or r.info.run_id for r in ranked}

@@ -1,9 +1,11 @@
-"""The model configuration: a typed, validated `CnnConfig` and its layers, without Keras.
+"""The built-in CNN's architecture: a typed, validated `CnnConfig` and its layers, without Keras.
 
-The default `CnnConfig()` is the classic Keras MNIST CNN (the baseline):
+The default `CnnConfig()` is the classic Keras MNIST CNN (the baseline) on 28x28 grey images:
 Conv2D(32, 3x3, relu) -> Conv2D(64, 3x3, relu) -> MaxPool(2) -> Dropout(0.25) -> Flatten ->
-Dense(128, relu) -> Dropout(0.5) -> Dense(10, softmax), Adadelta(learning_rate=1.0), batch 128,
-12 epochs; 1,199,882 parameters.
+Dense(128, relu) -> Dropout(0.5) -> Dense(10, softmax); 1,199,882 parameters. How it trains
+(Adadelta 1.0, batch 128, 12 epochs) is a `tunelab.define.training.TrainingConfig`: the built-in
+CNN is one model factory among others (`tunelab.training.cnn`), and any data's shape and classes
+fit it, since `layer_plan` takes them.
 
 Every tunable knob is a scalar field, so a search space can name it directly. Filters grow
 geometrically: conv layer j (counting all conv layers, `filter_growth_per="conv"`) or block i
@@ -12,13 +14,12 @@ geometrically: conv layer j (counting all conv layers, `filter_growth_per="conv"
 
 What wins on MNIST can be said too (see `RECIPE`): blocks of three convolutions whose last one is
 strided (`pooling="strided"`, a 5x5 `strided_kernel_size`) instead of pooling, batch norm with
-bias-free convolutions, a final convolution over the whole remaining map (`head="conv"`) instead
-of dense layers, label smoothing, cosine or one-cycle schedules with warm-up, and augmentation
-(applied in the input pipeline, never inside the model).
+bias-free convolutions, and a final convolution over the whole remaining map (`head="conv"`)
+instead of dense layers.
 
-`layer_plan(cfg)` lists every layer with its shapes; validation, `count_parameters`,
-`training_flops` and the Keras builder (`tunelab.training.model`) all read it, so the counts are
-those of the built model by construction. This module imports no Keras.
+`layer_plan(cfg, input_shape, num_classes)` lists every layer with its shapes; validation,
+`count_parameters` and the Keras builder all read it, so the counts are those of the built model
+by construction. This module imports no Keras.
 """
 
 from __future__ import annotations
@@ -29,39 +30,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.errors import UserError
+from tunelab.define.training import ConfigFieldError, TrainingConfig, first_field_error
 
-Optimizer = Literal["adadelta", "sgd", "rmsprop", "adam", "adamw"]
 Activation = Literal["relu", "elu", "gelu", "swish", "leaky_relu"]
 Pooling = Literal["max", "avg", "none", "strided"]
 Head = Literal["flatten", "global_average", "conv"]
-Schedule = Literal["constant", "cosine", "one_cycle"]
-Precision = Literal["float32", "mixed_bfloat16"]
-RequestedPrecision = Literal["auto", "float32", "mixed_bfloat16"]
 
-PUBLISHED_TEST_ACCURACY = 0.9925  # the classic Keras MNIST CNN, as its example reports it
 POOL_SIZE = 2
 STRIDE = 2
-DEFAULT_EPOCHS = 12
-# a training image costs about three forward passes (forward, gradients of activations and of
-# weights); batch norm and activations are memory-bound and left out of the count
-TRAINING_PASSES = 3
-
-
-class CnnConfigError(UserError, ValueError):
-    """A config that cannot be built: names the field, the problem and the offending value."""
-
-    def __init__(self, field: str, problem: str, value: object) -> None:
-        self.field, self.problem, self.value = field, problem, value
-        super().__init__(f"{field}: {problem} (got {value!r})")
+DEFAULT_SHAPE = (28, 28, 1)  # MNIST's: what a configuration is checked against without data
+DEFAULT_CLASSES = 10
+Shape = tuple[int, int, int]
 
 
 class CnnConfig(BaseModel):
-    """Everything that defines one model and how it is trained. Defaults = the baseline."""
+    """The built-in CNN's architecture. Defaults = the classic baseline's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # architecture
     conv_blocks: int = Field(1, ge=1, le=6, description="blocks of convs, each ending in pooling")
     convs_per_block: int = Field(2, ge=1, le=6, description="conv layers per block")
     filters: int = Field(32, ge=1, le=1024, description="filters of the first conv layer")
@@ -89,42 +75,13 @@ class CnnConfig(BaseModel):
     dense_layers: int = Field(1, ge=0, le=4, description="hidden dense layers before the output")
     dense_units: int = Field(128, ge=1, le=8192, description="width of each dense layer")
     dense_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="after dense layers, conv head")
-    # optimisation
-    optimizer: Optimizer = Field("adadelta", description="the baseline's is Adadelta, rate 1.0")
-    learning_rate: float = Field(1.0, gt=0.0, le=10.0, description="peak rate of a schedule")
-    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd and rmsprop only")
-    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decoupled weight decay")
-    lr_schedule: Schedule = Field("constant", description="over the whole training")
-    warmup_epochs: float = Field(0.0, ge=0.0, le=100.0, description="linear warm-up (epochs)")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="of the training targets")
-    batch_size: int = Field(128, ge=1, le=65536, description="training images per step")
-    epochs: int = Field(DEFAULT_EPOCHS, ge=1, le=1000, description="passes over the training set")
-    # data augmentation, in the input pipeline (training only; off by default)
-    augment_translation: float = Field(0.0, ge=0.0, le=0.5, description="max shift, image fraction")
-    augment_rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation, degrees")
-    augment_zoom: float = Field(0.0, ge=0.0, lt=0.5, description="max zoom in or out, fraction")
-    # numerics: an experiment setting (not searched); exported models are always float32
-    precision: Precision = Field("float32", description="float32 or per-layer mixed_bfloat16")
-    # the data's shape
-    image_size: int = Field(28, ge=1, description="side of the square input images")
-    num_classes: int = Field(10, ge=2, description="output classes")
 
     @model_validator(mode="after")
     def _check_buildable(self) -> CnnConfig:
         for field in ("kernel_size", "strided_kernel_size"):
             if getattr(self, field) % 2 == 0:
                 raise ValueError(f"{field}: must be odd (got {getattr(self, field)})")
-        if self.momentum and self.optimizer not in ("sgd", "rmsprop"):
-            raise ValueError(
-                f"momentum: only sgd and rmsprop use it; set it to 0 for {self.optimizer} "
-                f"(got {self.momentum})"
-            )
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"warmup_epochs: must be shorter than the training ({self.epochs} epochs) "
-                f"(got {self.warmup_epochs})"
-            )
-        layer_plan(self)  # raises for geometry that shrinks the image to nothing
+        layer_plan(self)  # raises for geometry that shrinks a 28x28 image to nothing
         return self
 
     def conv_filters(self) -> list[list[int]]:
@@ -142,10 +99,6 @@ class CnnConfig(BaseModel):
             out.append(row)
         return out
 
-    def as_params(self) -> dict[str, Any]:
-        """Flat dict of every field, for logging."""
-        return self.model_dump()
-
 
 # --- the layers a config describes ------------------------------------------------------
 
@@ -154,11 +107,11 @@ class CnnConfig(BaseModel):
 class ConvLayer:
     name: str
     filters: int
-    kernel: int
+    kernel: tuple[int, int]
     stride: int
     padding: str
     in_channels: int
-    out_side: int
+    out_size: tuple[int, int]
     bias: bool
     batch_norm: bool
 
@@ -166,11 +119,7 @@ class ConvLayer:
     def parameters(self) -> int:
         bias = self.filters if self.bias else 0
         norm = 4 * self.filters if self.batch_norm else 0  # gamma, beta, moving mean, variance
-        return self.kernel**2 * self.in_channels * self.filters + bias + norm
-
-    @property
-    def multiply_adds(self) -> int:
-        return self.out_side**2 * self.filters * self.kernel**2 * self.in_channels
+        return self.kernel[0] * self.kernel[1] * self.in_channels * self.filters + bias + norm
 
 
 @dataclass(frozen=True)
@@ -202,10 +151,6 @@ class DenseLayer:
     def parameters(self) -> int:
         return self.in_features * self.units + self.units
 
-    @property
-    def multiply_adds(self) -> int:
-        return self.in_features * self.units
-
 
 Layer = ConvLayer | PoolLayer | DropoutLayer | FlattenLayer | DenseLayer
 
@@ -216,39 +161,42 @@ def _conv_side(side: int, kernel: int, stride: int, padding: str) -> int:
     return (side - kernel) // stride + 1
 
 
-def layer_plan(cfg: CnnConfig) -> list[Layer]:
+def layer_plan(
+    cfg: CnnConfig, input_shape: Shape = DEFAULT_SHAPE, num_classes: int = DEFAULT_CLASSES
+) -> list[Layer]:
     """Every layer of the model after the input's rescaling, in order, with its shapes.
 
     Raises:
         ValueError: "field: problem (got value)" when the image shrinks to nothing.
     """
     plan: list[Layer] = []
-    side, channels = cfg.image_size, 1
+    height, width, channels = input_shape
     for b, block in enumerate(cfg.conv_filters(), start=1):
         for c, filters in enumerate(block, start=1):
             strided = cfg.pooling == "strided" and c == len(block)
             kernel = cfg.strided_kernel_size if strided else cfg.kernel_size
             padding = "same" if strided else cfg.padding
             stride = STRIDE if strided else 1
-            side = _conv_side(side, kernel, stride, padding)
-            _check_side(cfg, side, b)
+            height = _conv_side(height, kernel, stride, padding)
+            width = _conv_side(width, kernel, stride, padding)
+            _check_side(cfg, input_shape, min(height, width), b)
             plan.append(
                 ConvLayer(
                     f"conv{b}_{c}",
                     filters,
-                    kernel,
+                    (kernel, kernel),
                     stride,
                     padding,
                     channels,
-                    side,
+                    (height, width),
                     cfg.conv_bias,
                     cfg.batch_norm,
                 )
             )
             channels = filters
         if cfg.pooling in ("max", "avg"):
-            side //= POOL_SIZE
-            _check_side(cfg, side, b)
+            height, width = height // POOL_SIZE, width // POOL_SIZE
+            _check_side(cfg, input_shape, min(height, width), b)
             plan.append(PoolLayer(f"pool{b}", "max" if cfg.pooling == "max" else "avg"))
         if cfg.conv_dropout > 0:
             plan.append(DropoutLayer(f"drop{b}", cfg.conv_dropout))
@@ -257,105 +205,70 @@ def layer_plan(cfg: CnnConfig) -> list[Layer]:
             ConvLayer(
                 "head_conv",
                 cfg.head_filters,
-                side,
+                (height, width),
                 1,
                 "valid",
                 channels,
-                1,
+                (1, 1),
                 cfg.conv_bias,
                 cfg.batch_norm,
             )
         )
         plan.append(FlattenLayer("flatten", "flatten"))
-        width = cfg.head_filters
+        features = cfg.head_filters
         if cfg.dense_dropout > 0:
             plan.append(DropoutLayer("head_drop", cfg.dense_dropout))
     elif cfg.head == "flatten":
         plan.append(FlattenLayer("flatten", "flatten"))
-        width = channels * side * side
+        features = channels * height * width
     else:
         plan.append(FlattenLayer("gap", "global_average"))
-        width = channels
+        features = channels
     for d in range(1, cfg.dense_layers + 1):
-        plan.append(DenseLayer(f"dense{d}", cfg.dense_units, width))
-        width = cfg.dense_units
+        plan.append(DenseLayer(f"dense{d}", cfg.dense_units, features))
+        features = cfg.dense_units
         if cfg.dense_dropout > 0:
             plan.append(DropoutLayer(f"dense_drop{d}", cfg.dense_dropout))
-    plan.append(DenseLayer("probabilities", cfg.num_classes, width, output=True))
+    plan.append(DenseLayer("probabilities", num_classes, features, output=True))
     return plan
 
 
-def _check_side(cfg: CnnConfig, side: int, block: int) -> None:
+def _check_side(cfg: CnnConfig, input_shape: Shape, side: int, block: int) -> None:
     if side < 1:
+        height, width, _ = input_shape
         raise ValueError(
-            f"conv_blocks: the {cfg.image_size}px image shrinks to nothing in block {block}; use "
+            f"conv_blocks: the {height}x{width} image shrinks to nothing in block {block}; use "
             f"fewer blocks, padding 'same' or a smaller kernel (got {cfg.conv_blocks})"
         )
 
 
-def count_parameters(cfg: CnnConfig) -> int:
+def count_parameters(
+    cfg: CnnConfig, input_shape: Shape = DEFAULT_SHAPE, num_classes: int = DEFAULT_CLASSES
+) -> int:
     """Parameter count computed from the config alone (no Keras), equal to model.count_params()."""
     return sum(
-        layer.parameters for layer in layer_plan(cfg) if isinstance(layer, (ConvLayer, DenseLayer))
-    )
-
-
-def forward_flops(cfg: CnnConfig) -> int:
-    """Floating-point operations of one image's forward pass (2 per multiply-add)."""
-    return 2 * sum(
-        layer.multiply_adds
-        for layer in layer_plan(cfg)
+        layer.parameters
+        for layer in layer_plan(cfg, input_shape, num_classes)
         if isinstance(layer, (ConvLayer, DenseLayer))
     )
 
 
-def training_flops(cfg: CnnConfig) -> int:
-    """Operations to train on one image (forward and backward): what an epoch costs per image."""
-    return TRAINING_PASSES * forward_flops(cfg)
+def check_fits(cfg: CnnConfig, input_shape: Shape, num_classes: int) -> None:
+    """Refuse a configuration whose layers do not fit this data's images (one line)."""
+    try:
+        layer_plan(cfg, input_shape, num_classes)
+    except ValueError as error:
+        field, _, rest = str(error).partition(": ")
+        problem, _, _ = rest.rpartition(" (got ")
+        raise ConfigFieldError(field, problem, getattr(cfg, field, None)) from None
 
 
-def fit_schedule(values: dict[str, Any], most_epochs: int | None) -> dict[str, Any]:
-    """Config values whose schedule is at most `most_epochs` long: a complete shorter schedule.
-
-    The learning-rate schedule spans the configuration's `epochs`, so fewer epochs already decay
-    to the end; the warm-up shrinks in proportion, so it keeps its share of the training.
-    """
-    epochs = int(values.get("epochs", DEFAULT_EPOCHS))
-    if most_epochs is None or epochs <= most_epochs:
-        return values
-    warmup = float(values.get("warmup_epochs", 0.0))
-    return {**values, "epochs": most_epochs, "warmup_epochs": warmup * most_epochs / epochs}
-
-
-def with_epochs(cfg: CnnConfig, epochs: int) -> CnnConfig:
-    """`cfg` trained for `epochs` (a refit's planned length): shortened as `fit_schedule` does;
-    a longer schedule keeps its warm-up in epochs."""
-    values = fit_schedule(cfg.model_dump(), epochs)
-    return parse_config({**values, "epochs": epochs})
-
-
-def parse_config(values: dict[str, Any]) -> CnnConfig:
-    """Build a CnnConfig, turning pydantic's report into one `field: problem (got value)` error."""
+def parse_cnn(values: dict[str, Any]) -> CnnConfig:
+    """A CnnConfig, pydantic's report turned into one `field: problem (got value)` error."""
     try:
         return CnnConfig(**values)
     except ValidationError as error:
-        raise first_config_error(error, values) from None
-
-
-def first_config_error(error: ValidationError, values: dict[str, Any]) -> CnnConfigError:
-    """The first problem pydantic found, as a CnnConfigError."""
-    detail = error.errors()[0]
-    if detail["loc"]:
-        field = ".".join(str(part) for part in detail["loc"])
-        problem = detail["msg"]
-        if detail["type"] == "extra_forbidden":
-            problem = "not a CnnConfig field"
-        return CnnConfigError(field, problem, detail.get("input", values.get(field)))
-    # a model-level check: its message is already "field: problem (got value)"
-    message = str(detail["msg"]).removeprefix("Value error, ")
-    field, _, rest = message.partition(": ")
-    problem, _, got = rest.rpartition(" (got ")
-    return CnnConfigError(field, problem or rest, values.get(field, got.rstrip(")")))
+        raise first_field_error(error, values) from None
 
 
 # The widely shared hand recipe (see docs/results.md): 326,826 parameters, ~91 MFLOP a training
@@ -379,6 +292,8 @@ RECIPE = CnnConfig(
     head_filters=128,
     dense_layers=0,
     dense_dropout=0.4,
+)
+RECIPE_TRAINING = TrainingConfig(
     optimizer="adam",
     learning_rate=3e-3,
     lr_schedule="cosine",

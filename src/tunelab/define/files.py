@@ -84,11 +84,11 @@ DURATION_PATTERN = r"^\s*(\d+(\.\d+)?h)?\s*(\d+(\.\d+)?m)?\s*(\d+(\.\d+)?s)?\s*$
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def read_model(path: Path, model: type[Model]) -> Model:
+def read_model(path: Path, model: type[Model], context: dict[str, Any] | None = None) -> Model:
     """Read a YAML file and validate it as `model`; every problem as one `ConfigError` line."""
     raw = read_yaml(path)
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as error:
         raise from_validation_error(path, error) from None
 

@@ -27,6 +27,7 @@ from tunelab.define.experiment import (
 )
 from tunelab.define.files import duration_seconds
 from tunelab.define.space import EXPERIMENT_SETTINGS, ParameterEntry, SpaceFile
+from tunelab.define.training import TrainingConfig
 
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 
@@ -97,6 +98,15 @@ def _table(title: str, rows: list[str]) -> list[str]:
     ]
 
 
+def _field_rows(model: type[BaseModel]) -> list[str]:
+    return [
+        f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | "
+        f"{(info.description or '').replace('|', chr(92) + '|')} |"
+        for name, info in model.model_fields.items()
+        if name not in EXPERIMENT_SETTINGS
+    ]
+
+
 def reference_markdown() -> str:
     """The whole reference, as the README embeds it."""
     lines = _table("Experiment file (`experiments/*.yaml`)", _rows(ExperimentFile))
@@ -111,14 +121,15 @@ def reference_markdown() -> str:
         lines += _table(f"`{prefix.rstrip('.')}`", _rows(model, prefix))
     lines += _table("Search-space file (`search_spaces/*.yaml`)", _rows(SpaceFile))
     lines += _table("One parameter (`parameters.NAME`)", _rows(ParameterEntry))
-    fields = [
-        f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | "
-        f"{(info.description or '').replace('|', chr(92) + '|')} |"
-        for name, info in CnnConfig.model_fields.items()
-        if name not in EXPERIMENT_SETTINGS
-    ]
     lines += _table(
-        "Model fields a parameter (or `fixed:`) may set (defaults = the classic baseline)", fields
+        "Training settings a parameter (or `fixed:`) may set, for any factory "
+        "(defaults = the classic baseline's)",
+        _field_rows(TrainingConfig),
+    )
+    lines += _table(
+        "Built-in CNN fields a parameter (or `fixed:`) may set (defaults = the classic baseline); "
+        "a user factory's parameters are its keyword arguments",
+        _field_rows(CnnConfig),
     )
     return "\n".join(lines).rstrip() + "\n"
 

@@ -5,7 +5,8 @@
 editor with a YAML language server validates and completes the files
 (`# yaml-language-server: $schema=../schemas/experiment.schema.json` on the first line).
 
-The search-space schema is enriched with each CnnConfig field's own constraints: a parameter
+The search-space schema is enriched with each training setting's and built-in CNN field's own
+constraints (other names are a user factory's parameters, checked when it is imported): a parameter
 named after a field (or naming it in `field:`) may only take that field's values, so an editor
 flags `optimizer: {values: [lion]}` or `learning_rate: {high: 1e5}` as it is typed. Rules that
 JSON Schema cannot express (low below high, a `when:` naming an earlier parameter, fields that
@@ -21,7 +22,8 @@ from typing import Any
 
 from tunelab.define.cnn import CnnConfig
 from tunelab.define.experiment import ExperimentFile
-from tunelab.define.space import EXPERIMENT_SETTINGS, SpaceFile
+from tunelab.define.space import EXPERIMENT_SETTINGS, SpaceFile, field_schema
+from tunelab.define.training import TrainingConfig
 
 SCHEMA_DIR = Path("schemas")
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -53,7 +55,7 @@ def experiment_schema() -> dict[str, Any]:
 
 def _field_rules(field: str) -> dict[str, Any]:
     """What a parameter setting `field` may hold: its choices, or its bounds."""
-    values = CnnConfig.model_json_schema()["properties"][field]
+    values = field_schema(field)
     value = {k: v for k, v in values.items() if k not in ("default", "title", "description")}
     return {
         "allOf": [
@@ -81,7 +83,11 @@ def search_space_schema() -> dict[str, Any]:
     schema = SpaceFile.model_json_schema()
     schema.update({"$schema": DIALECT, "title": "tunelab search space"})
     entry = {"$ref": "#/$defs/ParameterEntry"}
-    fields = [f for f in CnnConfig.model_fields if f not in EXPERIMENT_SETTINGS]
+    fields = [
+        f
+        for f in [*TrainingConfig.model_fields, *CnnConfig.model_fields]
+        if f not in EXPERIMENT_SETTINGS
+    ]
     named = {
         field: {"allOf": [entry, {"not": {"required": ["field"]}}, _field_rules(field)]}
         for field in fields
@@ -93,24 +99,18 @@ def search_space_schema() -> dict[str, Any]:
         }
         for field in fields
     ]
-    other = {
-        "allOf": [
-            entry,
-            {"required": ["field"], "properties": {"field": {"enum": fields}}},
-            *by_field,
-        ]
-    }
+    other = {"allOf": [entry, *by_field]}
     parameters = schema["properties"]["parameters"]
-    # a parameter named like a field sets that field; any other name must say which field it sets
+    # a parameter named like a training setting or a built-in CNN field sets it, with its rules;
+    # any other name is a user factory's parameter (checked against its signature on loading)
     parameters.update(
         {"type": "object", "minProperties": 1, "properties": named, "additionalProperties": other}
     )
     fixed = schema["properties"]["fixed"]
-    config = CnnConfig.model_json_schema()["properties"]
     fixed["properties"] = {
-        f: {k: v for k, v in config[f].items() if k not in ("default", "title")} for f in fields
+        f: {k: v for k, v in field_schema(f).items() if k not in ("default", "title")}
+        for f in fields
     }
-    fixed["additionalProperties"] = False
     return schema
 
 

@@ -17,11 +17,17 @@ Search-space file::
     fixed:
       epochs: 6
 
-A parameter's name is what the search library sees; `field` (default: the name) is the
-`CnnConfig` field it sets. Several parameters may set one field when their conditions exclude
-each other (a learning-rate range per optimizer). `when` makes a parameter active only when
-another, earlier parameter takes one of the given values. `precision` is not searched: the
-experiment file sets it for every trial.
+A parameter's name is what the search library sees; `field` (default: the name) is what it
+sets: a training setting (`tunelab.define.training.TrainingConfig`: optimizer, learning rate,
+schedule, batch size, epochs, augmentation) or a parameter of the experiment's model factory (the
+built-in CNN's `CnnConfig` fields, or a user factory's keyword arguments; `model.NAME` names a
+factory parameter whose name is also a training setting's). Several parameters may set one
+field when their conditions exclude each other (a learning-rate range per optimizer). `when`
+makes a parameter active only when another, earlier parameter takes one of the given values.
+`precision` is not searched: the experiment file sets it for every trial.
+
+A space read on its own is checked against the built-in CNN; an experiment that names another
+factory checks it against that factory's parameters (`Targets`).
 """
 
 from __future__ import annotations
@@ -43,17 +49,70 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from tunelab.define.cnn import CnnConfig, parse_config
+from tunelab.define.cnn import CnnConfig, parse_cnn
 from tunelab.define.files import ConfigError, read_model
+from tunelab.define.training import TrainingConfig, parse_training
 
 Scalar = bool | int | float | str
 StrictScalar = StrictBool | StrictInt | StrictFloat | StrictStr
 Number = StrictInt | StrictFloat
 ParamKind = Literal["int", "float", "categorical"]
 EXPERIMENT_SETTINGS = {"precision": "the experiment file sets precision for every trial"}
+MODEL_PREFIX = "model."  # `field: model.NAME`: the factory's parameter, whatever its name
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a space's names may set besides training settings: the factory's parameters.
+
+    `fields` are the factory's typed parameters (the built-in CNN's), checked here; None means
+    a user factory, whose keyword arguments are checked against its signature once imported.
+    """
+
+    label: str
+    fields: Mapping[str, FieldInfo] | None
+
+    def target(self, name: str) -> tuple[str, str] | None:
+        """("training" | "model", field name) that `name` sets, or None if it sets nothing."""
+        if name.startswith(MODEL_PREFIX):
+            return "model", name.removeprefix(MODEL_PREFIX)
+        if name in TrainingConfig.model_fields or name in EXPERIMENT_SETTINGS:
+            return "training", name
+        if self.fields is None or name in self.fields:
+            return "model", name
+        return None
+
+    def info(self, name: str) -> FieldInfo | None:
+        """The typed field `name` sets, if it has one."""
+        found = self.target(name)
+        if found is None:
+            return None
+        kind, field = found
+        if kind == "training":
+            return TrainingConfig.model_fields.get(field)
+        return None if self.fields is None else self.fields.get(field)
+
+
+BUILTIN = Targets("the built-in CNN", CnnConfig.model_fields)
+
+
+def split_values(values: Mapping[str, Scalar]) -> tuple[dict[str, Scalar], dict[str, Scalar]]:
+    """(training settings, factory parameters) of a space's values by field."""
+    training: dict[str, Scalar] = {}
+    model: dict[str, Scalar] = {}
+    for name, value in values.items():
+        if name.startswith(MODEL_PREFIX):
+            model[name.removeprefix(MODEL_PREFIX)] = value
+        elif name in TrainingConfig.model_fields:
+            training[name] = value
+        else:
+            model[name] = value
+    return training, model
 
 
 class StrictModel(BaseModel):
@@ -78,7 +137,11 @@ class ParameterEntry(StrictModel):
     """One `parameters:` entry as written in the file."""
 
     type: ParamKind = Field(description="int, float or categorical")
-    field: StrictStr | None = Field(None, description="the CnnConfig field (default: the name)")
+    field: StrictStr | None = Field(
+        None,
+        description="the training setting or model parameter it sets (default: the name; "
+        "model.NAME: the factory's parameter)",
+    )
     low: Number | None = Field(None, description="lowest value (int and float)")
     high: Number | None = Field(None, description="highest value (int and float)")
     step: Number | None = Field(None, gt=0, description="grid step (not with log, but int step 1)")
@@ -122,41 +185,59 @@ class ParameterEntry(StrictModel):
 
 
 class SpaceFile(StrictModel):
-    """A search-space file: parameters to search and CnnConfig values to fix."""
+    """A search-space file: parameters to search and values to fix (training or model)."""
 
     description: str = Field("", description="free text")
     parameters: dict[str, ParameterEntry] = Field(
-        description="name: definition; a name is a CnnConfig field unless `field` says which"
+        description="name: definition; a name is a training setting or a model parameter "
+        "unless `field` says which"
     )
     fixed: dict[str, StrictScalar] = Field(
-        default_factory=dict, description="CnnConfig field: value, the same for every trial"
+        default_factory=dict,
+        description="training setting or model parameter: value, the same for every trial",
     )
 
     @model_validator(mode="after")
-    def _check_space(self) -> SpaceFile:
+    def _check_space(self, info: ValidationInfo) -> SpaceFile:
+        targets = _targets(info)
         if not self.parameters:
             raise ValueError("parameters: must be a non-empty mapping of name: definition")
         for name, value in self.fixed.items():
-            _check_field_value(f"fixed.{name}", name, value)
+            _check_field_value(f"fixed.{name}", name, value, targets)
+        _check_fixed(self.fixed, targets)
+        earlier: list[Parameter] = []
+        for name, entry in self.parameters.items():
+            earlier.append(_parameter(name, entry, earlier, targets))
+        _check_shared_fields(earlier, self.fixed)
+        return self
+
+    def to_space(self, source: Path, targets: Targets) -> SearchSpace:
+        parameters: list[Parameter] = []
+        for name, entry in self.parameters.items():
+            parameters.append(_parameter(name, entry, parameters, targets))
+        return SearchSpace(tuple(parameters), dict(self.fixed), source)
+
+
+def _targets(info: ValidationInfo) -> Targets:
+    context = info.context or {}
+    found = context.get("targets", BUILTIN)
+    assert isinstance(found, Targets)
+    return found
+
+
+def _check_fixed(fixed: Mapping[str, Scalar], targets: Targets) -> None:
+    """The fixed values together must make a valid training (and built-in CNN)."""
+    training, model = split_values(fixed)
+    checks = [parse_training] + ([parse_cnn] if targets.fields is CnnConfig.model_fields else [])
+    for check, values in zip(checks, (training, model), strict=False):
         try:
-            parse_config(dict(self.fixed))
+            check(dict(values))
         except ValueError as error:
             field = getattr(error, "field", "")
             raise ValueError(
                 f"fixed.{field}: {getattr(error, 'problem', error)} "
                 f"(got {getattr(error, 'value', None)!r})"
             ) from None
-        earlier: list[Parameter] = []
-        for name, entry in self.parameters.items():
-            earlier.append(_parameter(name, entry, earlier))
-        _check_shared_fields(earlier, self.fixed)
-        return self
-
-    def to_space(self, source: Path) -> SearchSpace:
-        parameters: list[Parameter] = []
-        for name, entry in self.parameters.items():
-            parameters.append(_parameter(name, entry, parameters))
-        return SearchSpace(tuple(parameters), dict(self.fixed), source)
 
 
 @dataclass(frozen=True)
@@ -309,35 +390,40 @@ class SearchSpace:
         return None
 
 
-def load_search_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space file.
+def load_search_space(path: str | Path, targets: Targets = BUILTIN) -> SearchSpace:
+    """Read and validate a search-space file against a factory's parameters.
 
     Raises:
         ConfigError: the first problem, as `file: field: problem (got value)`.
     """
     path = Path(path)
-    model = read_model(path, SpaceFile)
-    return model.to_space(path)
+    model = read_model(path, SpaceFile, context={"targets": targets})
+    return model.to_space(path, targets)
 
 
-def _parameter(name: str, entry: ParameterEntry, earlier: Sequence[Parameter]) -> Parameter:
+def _parameter(
+    name: str, entry: ParameterEntry, earlier: Sequence[Parameter], targets: Targets
+) -> Parameter:
     where = f"parameters.{name}"
     target = entry.field or name
     if target in EXPERIMENT_SETTINGS:
         raise ValueError(f"{where}: is not searched: {EXPERIMENT_SETTINGS[target]}")
-    if target not in CnnConfig.model_fields:
+    if targets.target(target) is None:
         field_where = f"{where}.field" if entry.field else where
-        raise ValueError(f"{field_where}: not a CnnConfig field (got {target!r})")
+        raise ValueError(
+            f"{field_where}: not a training setting nor a parameter of {targets.label} "
+            f"(got {target!r})"
+        )
     condition = _condition(where, entry.when, earlier)
     if entry.type == "categorical":
         assert entry.values is not None
         for value in entry.values:
-            _check_field_value(f"{where}.values", target, value)
+            _check_field_value(f"{where}.values", target, value, targets)
         return Parameter(
             name, target, "categorical", choices=tuple(entry.values), condition=condition
         )
     for key in ("low", "high"):
-        _check_field_value(f"{where}.{key}", target, getattr(entry, key))
+        _check_field_value(f"{where}.{key}", target, getattr(entry, key), targets)
     return Parameter(
         name,
         target,
@@ -409,13 +495,17 @@ def _check_shared_fields(parameters: Sequence[Parameter], fixed: Mapping[str, An
             seen.update(parameter.condition.values)
 
 
-def _check_field_value(where: str, target: str, value: Any) -> None:
+def _check_field_value(where: str, target: str, value: Any, targets: Targets) -> None:
     """The value alone must suit the field's type and bounds (combinations are checked later)."""
     if target in EXPERIMENT_SETTINGS:
         raise ValueError(f"{where}: is not searched: {EXPERIMENT_SETTINGS[target]}")
-    if target not in CnnConfig.model_fields:
-        raise ValueError(f"{where}: not a CnnConfig field (got {target!r})")
-    info = CnnConfig.model_fields[target]
+    if targets.target(target) is None:
+        raise ValueError(
+            f"{where}: not a training setting nor a parameter of {targets.label} (got {target!r})"
+        )
+    info = targets.info(target)
+    if info is None:
+        return  # a user factory's parameter: its signature is checked once it is imported
     try:
         kind: Any = info.annotation
         if info.metadata:
@@ -427,8 +517,9 @@ def _check_field_value(where: str, target: str, value: Any) -> None:
 
 
 def field_schema(target: str) -> dict[str, Any]:
-    """The JSON Schema of one CnnConfig field's values (for the search-space schema)."""
-    return CnnConfig.model_json_schema()["properties"][target]  # type: ignore[no-any-return]
+    """The JSON Schema of one training setting's or built-in CNN field's values."""
+    model = TrainingConfig if target in TrainingConfig.model_fields else CnnConfig
+    return model.model_json_schema()["properties"][target]  # type: ignore[no-any-return]
 
 
 __all__ = [

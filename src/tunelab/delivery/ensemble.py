@@ -5,9 +5,9 @@ MNIST (see docs/results.md); delivered as one Keras model it is exported, loaded
 in every format exactly like a single model. Each member is its float32 serving copy, nested
 under its own name (`member_0`, ...), so the members' identical layer names do not collide.
 
-Members come from runs that kept their trained model: the champion's refit (its export run's
-`model` is rebuilt from the refit) and confirmation retrainings (`trained/model.keras`), so no
-configuration is trained again just to join the ensemble.
+Members come from runs that kept their trained weights: the champion's refit and confirmation
+retrainings and trials (`trained/model.weights.h5`), each rebuilt by its factory from the run's
+recorded config, so no configuration is trained again just to join the ensemble.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 
 import keras
 
-from tunelab.define.cnn import CnnConfig
+from tunelab.define.run_config import RunConfig
 from tunelab.errors import UserError
 from tunelab.record.names import Artifact
 from tunelab.record.recorded import recorded_config
 from tunelab.record.store import Tracker
-from tunelab.training.model import serving_model
+from tunelab.training.factory import call_factory, factory_of, serving_model
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Member:
 
     run_id: str
     label: str
-    config: CnnConfig
+    config: RunConfig
     model: Any
 
 
@@ -42,17 +42,19 @@ def ensemble_model(members: list[Member]) -> Any:
     if len(members) < 2:
         raise UserError(f"an ensemble needs at least 2 members (got {len(members)})")
     first = members[0].config
-    inputs = keras.Input(shape=(first.image_size, first.image_size, 1), name="image")
+    inputs = keras.Input(shape=tuple(first.input_shape), name="image")
     outputs = []
     for index, member in enumerate(members):
-        nested = serving_model(member.model, member.config, name=f"member_{index}")
+        plain = serving_model(member.model, member.config)
+        nested = keras.Model(plain.input, plain.output, name=f"member_{index}")
         outputs.append(nested(inputs))
     averaged = keras.layers.Average(name="probabilities")(outputs)
     return keras.Model(inputs, averaged, name="tunelab_ensemble")
 
 
 def member_from_run(tracker: Tracker, run_id: str, label: str) -> Member:
-    """The model a retraining kept (`trained/model.keras`), with its recorded config."""
+    """The model a training kept (`trained/model.weights.h5`), rebuilt from its recorded config
+    by its factory in float32."""
     run = tracker.get_run(run_id)
     if run is None:
         raise UserError(f"ensemble member run {run_id} not found in {tracker.shown_uri}")
@@ -64,5 +66,6 @@ def member_from_run(tracker: Tracker, run_id: str, label: str) -> Member:
                 f"run {run_id} kept no trained model to join an ensemble (confirm with "
                 "`tunelab run`, or `tunelab confirm --keep-models`)"
             )
-        model = keras.saving.load_model(path)
-    return Member(run_id, label, config, model)
+        model = call_factory(config, factory_of(config), "float32")
+        model.load_weights(path)
+    return Member(run_id, label, config.with_precision("float32"), model)

@@ -35,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tunelab.analysis.stats import Interval, mcnemar_exact, wilson_interval
-from tunelab.define.cnn import CnnConfig, with_epochs
 from tunelab.define.data import Splits
+from tunelab.define.run_config import RunConfig
 from tunelab.delivery.ensemble import Member, ensemble_model
 from tunelab.delivery.formats import PROBABILITY_TOLERANCE, FormatCheck, write_and_check
 from tunelab.delivery.model_card import ModelCard
@@ -50,7 +50,7 @@ from tunelab.record.store import RunHandle, Tracker, package_versions
 from tunelab.training.callbacks import EpochSinkCallback, fan_out
 from tunelab.training.checkpoints import CheckpointWriter, load_checkpoint, remove_checkpoints
 from tunelab.training.deadline import Deadline
-from tunelab.training.model import serving_model
+from tunelab.training.factory import factory_of, serving_model
 from tunelab.training.progress import ProgressFactory, no_progress
 from tunelab.training.retrain import epochs_to_retrain, train_as_recorded
 from tunelab.training.train import evaluate_test, train_and_validate
@@ -125,7 +125,7 @@ class ExportResult:
     interval: Interval
     versus_single: PairedComparison | None = None
     model: Any = field(default=None, repr=False)
-    config: CnnConfig | None = None
+    config: RunConfig | None = None
 
 
 def stored_predictions(tracker: Tracker, run_id: str) -> npt.NDArray[np.int64] | None:
@@ -179,7 +179,7 @@ def export_model(
     """
     check_out_folder(out)
     source.data.check(splits)
-    config = source.config if epochs is None else with_epochs(source.config, epochs)
+    config = source.config if epochs is None else source.config.with_epochs(epochs)
     tags = {
         TagKey.ROLE: Role.EXPORT,
         TagKey.EXPORTED_FROM_RUN_ID: source.run_id,
@@ -218,11 +218,12 @@ def export_model(
         if result.paused:
             run.status_on_exit = "KILLED"
             raise ExportPaused(
-                f"the deadline came after {result.epochs_trained} of {config.epochs} refit epochs; "
+                f"the deadline came after {result.epochs_trained} of {config.training.epochs} "
+                "refit epochs; "
                 "the same command continues it"
             )
         remove_checkpoints(tracker, run.run_id)
-        serving = serving_model(result.model, config)
+        serving = serving_model(result.model, config, factory_of(config))
         train_images = len(splits.train) + (len(splits.val) if refit else 0)
         card = _card_for_source(source, splits, result, refit, formats, train_images)
         return deliver(
@@ -244,7 +245,7 @@ def export_model(
         )
 
 
-def _unfinished_export(tracker: Tracker, source: RecordedRun, config: CnnConfig) -> str | None:
+def _unfinished_export(tracker: Tracker, source: RecordedRun, config: RunConfig) -> str | None:
     """An earlier refit of this source, with these epochs, that did not finish (to continue)."""
     runs = tracker.search(
         source.experiment,
@@ -254,7 +255,7 @@ def _unfinished_export(tracker: Tracker, source: RecordedRun, config: CnnConfig)
     for run in runs:
         if run.info.status == "FINISHED" or TagKey.ENSEMBLE_MEMBERS in run.data.tags:
             continue
-        if run.data.params.get("cfg.epochs") == str(config.epochs):
+        if run.data.params.get("cfg.training.epochs") == str(config.training.epochs):
             return str(run.info.run_id)  # continued from its checkpoint, if it saved one
     return None
 
@@ -262,7 +263,7 @@ def _unfinished_export(tracker: Tracker, source: RecordedRun, config: CnnConfig)
 def _train(
     tracker: Tracker,
     source: RecordedRun,
-    config: CnnConfig,
+    config: RunConfig,
     splits: Splits,
     run: RunHandle,
     *,
@@ -271,7 +272,7 @@ def _train(
     deadline: Deadline | None,
     progress: ProgressFactory,
 ) -> TrialResult:
-    epochs = config.epochs if refit else epochs_to_retrain(tracker, source)
+    epochs = config.training.epochs if refit else epochs_to_retrain(tracker, source)
     title = "refit on all training images" if refit else f"retrain {source.label}"
     with progress(title, epochs) as show:
         callbacks = [EpochSinkCallback(fan_out(run.epoch_sink(), show))]
@@ -331,7 +332,7 @@ def export_ensemble(
         model = ensemble_model(members)
         run.log_params({"members": len(members), "formats": ",".join(formats)})
         run.log_text(
-            json.dumps([{"run_id": m.run_id, **m.config.as_params()} for m in members], indent=1),
+            json.dumps([{"run_id": m.run_id, **m.config.flat()} for m in members], indent=1),
             "members.json",
         )
         card = _card_for_ensemble(members, splits, model)
@@ -371,7 +372,7 @@ def deliver(
     register: bool,
     report: Callable[[str], None],
     single: ExportResult | None = None,
-    config: CnnConfig | None = None,
+    config: RunConfig | None = None,
 ) -> ExportResult:
     """Test once, write and check every format, card and pictures; register when all pass."""
     test = evaluate_test(model, splits)
@@ -391,7 +392,7 @@ def deliver(
             + ("" if check.ok else "  FAILED")
         )
         checks.append(check)
-    baseline_run = tracker.find_baseline(splits.dataset)
+    baseline_run = tracker.find_baseline(splits.digest)
     baseline = compare_paired(tracker, baseline_run, splits, test.predictions)
     versus_single = None
     if single is not None:
@@ -408,7 +409,7 @@ def deliver(
     version = previous = None
     registered_as = model_name or registered_model_name(splits.dataset)
     if not failed:
-        run.log_keras_model(model, splits.test.x[:2, ..., None].astype("float32"))
+        run.log_keras_model(model, splits.test.x[:2].astype("float32"))
         if register:
             version, previous = tracker.register_model(run.run_id, registered_as, alias)
             card.registry = {"name": registered_as, "version": version, "alias": alias}
@@ -530,8 +531,8 @@ def _card_for_source(
     command = f"tunelab export {source.run_id} --formats {','.join(formats)}" + (
         "" if refit else " --no-refit"
     )
-    if refit and result.config.epochs != source.config.epochs:
-        command += f" --epochs {result.config.epochs}"
+    if refit and result.config.training.epochs != source.config.training.epochs:
+        command += f" --epochs {result.config.training.epochs}"
     return ModelCard(
         title=f"tunelab {splits.dataset} model: {source.label}",
         source={
@@ -543,7 +544,7 @@ def _card_for_source(
             "trial": source.trial_number,
             "best_val_accuracy": source.best_val_accuracy,
         },
-        config=result.config.as_params(),
+        config=result.config.flat(),
         param_count=result.param_count,
         data=_data_section(splits),
         training={
@@ -574,20 +575,26 @@ def _card_for_source(
 def _card_for_ensemble(members: list[Member], splits: Splits, model: Any) -> ModelCard:
     from tunelab.text import short_value
 
-    def summary(config: CnnConfig) -> str:
-        shown = ("optimizer", "learning_rate", "filters", "conv_blocks", "epochs")
-        return ", ".join(f"{k}={short_value(getattr(config, k))}" for k in shown)
+    def summary(config: RunConfig) -> str:
+        shown = {
+            "factory": config.factory.rpartition(":")[2],
+            "optimizer": config.training.optimizer,
+            "learning_rate": config.training.learning_rate,
+            "epochs": config.training.epochs,
+            **dict(list(config.params.items())[:3]),
+        }
+        return ", ".join(f"{k}={short_value(v)}" for k, v in shown.items())
 
     return ModelCard(
         title=f"tunelab {splits.dataset} model: ensemble of {len(members)}",
         source={"label": f"ensemble of {len(members)}", "run_id": "", "experiment": ""},
-        config={"members": [m.config.as_params() for m in members]},
+        config={"members": [m.config.flat() for m in members]},
         param_count=int(model.count_params()),
         data=_data_section(splits),
         training={
             "mode": "members trained elsewhere (see the table)",
             "images": len(splits.train) + len(splits.val),
-            "epochs": max(m.config.epochs for m in members),
+            "epochs": max(m.config.training.epochs for m in members),
             "seed": "per member",
             "wall_seconds": 0.0,
         },

@@ -170,9 +170,9 @@ def _tflite_predictor(path: Path) -> Predict:
     return predict
 
 
-def predict_in_batches(predict: Predict, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """Raw 0..255 pixels (N, 28, 28) -> probabilities, BATCH images at a time."""
-    x = images[..., None].astype(np.float32)
+def predict_in_batches(predict: Predict, images: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Raw 0..255 pixels (N, H, W, C) -> probabilities, BATCH images at a time."""
+    x = images.astype(np.float32)
     return np.concatenate([predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
 
 
@@ -194,7 +194,16 @@ def write_and_check(
     try:
         return check_format(name, path, images, labels, reference)
     except Exception as error:
-        return FormatCheck.broken(name, path, f"loading it back failed: {_one_line(error)}")
+        hint = LOAD_HINTS.get(name, "")
+        return FormatCheck.broken(name, path, f"loading it back failed: {_one_line(error)}{hint}")
+
+
+# what a user's model can do about a format that does not load back
+LOAD_HINTS = {
+    "keras": " (a custom layer must be registered with "
+    "@keras.saving.register_keras_serializable() in the factory's module, and tunelab never "
+    "loads Lambda layers' code)",
+}
 
 
 def _one_line(error: BaseException) -> str:

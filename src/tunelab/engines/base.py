@@ -18,6 +18,7 @@ from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.engines.sweep import SweepTracker, TrialRecord
 from tunelab.training.deadline import Deadline
+from tunelab.training.factory import Factory
 from tunelab.training.progress import SweepProgress
 
 
@@ -27,6 +28,7 @@ class SweepRequest:
 
     spec: ExperimentSpec
     splits: Splits
+    factory: Factory  # the experiment's, imported and checked (`tunelab.training.prepare`)
     sweep: SweepTracker
     progress: SweepProgress
     study: str

@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.define.data import Splits, load_splits
+from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.urls import check_storage_url, check_tracking_uri, missing_driver
 from tunelab.engines.base import SweepRequest, engine
@@ -26,6 +26,7 @@ from tunelab.engines.numerics import Numerics, follow_record, measure_numerics
 from tunelab.engines.sweep import (
     SWEEP_LEDGER,
     BaselineBar,
+    RecordedDefinition,
     SweepError,
     SweepTracker,
     TrialRecord,
@@ -37,6 +38,8 @@ from tunelab.record.ledger import Ledger
 from tunelab.record.store import Tracker, resolve_tracking_uri
 from tunelab.redact import redact_url
 from tunelab.training.deadline import Deadline
+from tunelab.training.factory import Factory
+from tunelab.training.prepare import Prepared, load_splits_of, prepare
 from tunelab.training.progress import SweepProgress
 
 STORAGE_ENV = "TUNELAB_OPTUNA_STORAGE"
@@ -105,20 +108,6 @@ class SweepResult:
         return text + f" Parent run {self.parent_run_id} in MLflow experiment {self.experiment!r}."
 
 
-def load_experiment_splits(
-    spec: ExperimentSpec, data_file: Path | None, console: Console
-) -> Splits:
-    """The experiment's data, fetched, verified and split as it says (once per sweep)."""
-    return load_splits(
-        spec.dataset,
-        spec.validation_size,
-        spec.split_seed,
-        train_size=spec.train_size,
-        user_path=data_file,
-        report=lambda line: console.print(line, highlight=False),
-    )
-
-
 def sweep_deadline(
     tracker: Tracker, spec: ExperimentSpec, study: str, budget_seconds: float | None
 ) -> tuple[Deadline | None, float]:
@@ -148,6 +137,7 @@ def run_sweep(
     keep_models: bool = False,
     numerics: Numerics | None = None,
     complete_trials: bool = False,
+    factory: Factory | None = None,
 ) -> SweepResult:
     """Run the experiment's sweep within its budget (or the overrides); see the module doc.
 
@@ -156,6 +146,8 @@ def run_sweep(
     measured speed and precision decision (measured here if not given); the sweep's recorded
     precision and schedule, if it has them, win. `complete_trials` (`tunelab run`) starts no
     trial whose schedule cannot end before the deadline, instead of pausing it there.
+    `factory`: the caller prepared the experiment already (its spec carries the factory's
+    digest; `tunelab.training.prepare`).
     """
     started = time.monotonic()
     console = console or Console(stderr=True)
@@ -168,14 +160,21 @@ def run_sweep(
     problem = check_tracking_uri(resolve_tracking_uri(tracking_uri))
     if problem:
         raise SweepError(f"tracking URI: {problem}")
-    if splits is None:  # a data file that does not verify is refused before any store exists
-        splits = load_experiment_splits(spec, data_file, console)
-    tracker = Tracker(tracking_uri)
 
     def say(line: str) -> None:
         console.print(line, highlight=False)
 
-    spec, numerics, _ = decide_numerics(tracker, spec, study, numerics, say)
+    if splits is None:  # data that does not check is refused before any store exists
+        splits = load_splits_of(spec, data_file=data_file, report=say)
+    tracker = Tracker(tracking_uri)
+    recorded = SweepTracker(tracker, spec, study, spec.engine.name, None).recorded_definition()
+    recorded.check_data(splits)
+    prepared = (
+        prepare(spec, splits, expected_sha256=recorded.factory_sha256)
+        if factory is None
+        else Prepared(spec, splits, factory)
+    )
+    spec, numerics = decide_numerics(prepared, recorded, numerics, say)
     baseline, note = find_baseline_bar(tracker, splits)
     budget = timeout_seconds if timeout_seconds is not None else spec.budget.timeout
     spent_before = 0.0
@@ -193,6 +192,7 @@ def run_sweep(
     request = SweepRequest(
         spec=spec,
         splits=splits,
+        factory=prepared.factory,
         sweep=sweep,
         progress=SweepProgress(console, show=show_progress),
         study=study,
@@ -221,20 +221,17 @@ def run_sweep(
 
 
 def decide_numerics(
-    tracker: Tracker,
-    spec: ExperimentSpec,
-    study: str,
+    prepared: Prepared,
+    recorded: RecordedDefinition,
     numerics: Numerics | None,
     report: Callable[[str], None],
-) -> tuple[ExperimentSpec, Numerics, bool]:
+) -> tuple[ExperimentSpec, Numerics]:
     """The experiment with its precision and schedule as the sweep recorded them (a new sweep:
-    as this machine decides), this machine's speed, and whether the sweep exists already."""
-    precision, schedule, exists = SweepTracker(
-        tracker, spec, study, spec.engine.name, None
-    ).recorded_definition()
-    numerics = follow_record(numerics or measure_numerics(spec), precision, report)
-    spec = spec.with_precision(numerics.precision)
-    return (spec.with_schedule(schedule) if exists else spec), numerics, exists
+    as this machine decides), and this machine's speed."""
+    measured = numerics or measure_numerics(prepared.spec, prepared.splits, prepared.factory)
+    numerics = follow_record(measured, recorded.precision, report)
+    spec = prepared.spec.with_precision(numerics.precision)
+    return (spec.with_schedule(recorded.schedule_epochs) if recorded.exists else spec), numerics
 
 
 def _algorithms(spec: ExperimentSpec) -> str:

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from tunelab.define.cnn import CnnConfig, parse_config, training_flops
 from tunelab.define.data import Splits, default_data_dir
 from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.run_config import RunConfig
 from tunelab.define.space import Scalar
+from tunelab.training.cost import training_flops
+from tunelab.training.factory import Factory, build_model
 from tunelab.training.precision import BFLOAT16, FLOAT32, PrecisionChoice, SpeedProbe, Speeds
 
 PRECISION_PARAM = "precision"
@@ -46,7 +48,7 @@ class Numerics:
         """Training FLOP per second on this machine, in the sweep's precision."""
         return self.choice.speeds.of(self.precision) * self.reference_flops
 
-    def seconds_per_image(self, cfg: CnnConfig) -> float:
+    def seconds_per_image(self, cfg: RunConfig) -> float:
         """Estimated training seconds per image of `cfg` (before it measured itself)."""
         return training_flops(cfg) / self.flop_rate
 
@@ -58,39 +60,41 @@ class Numerics:
         return {SPEED_METRICS[FLOAT32]: speeds.float32, SPEED_METRICS[BFLOAT16]: speeds.bfloat16}
 
 
-def representative_config(spec: ExperimentSpec, precision: str = FLOAT32) -> CnnConfig:
+def representative_config(
+    spec: ExperimentSpec, splits: Splits, precision: str = FLOAT32
+) -> RunConfig:
     """The configuration that stands for the experiment's models (see the module doc)."""
-    return config_of(spec, spec.representative_point(), precision)
+    point = spec.representative_point(splits.input_shape, splits.num_classes)
+    return config_of(spec, point, precision, splits)
 
 
-def config_of(spec: ExperimentSpec, point: Mapping[str, Scalar], precision: str) -> CnnConfig:
-    """The config of a point of the experiment's space, trained in `precision`."""
-    return parse_config(spec.with_precision(precision).config_values(point))
+def config_of(
+    spec: ExperimentSpec, point: Mapping[str, Scalar], precision: str, splits: Splits
+) -> RunConfig:
+    """The config of a point of the experiment's space, trained in `precision` on `splits`."""
+    return spec.with_precision(precision).run_config(point, splits.input_shape, splits.num_classes)
 
 
-def speed_probe(cfg: CnnConfig) -> SpeedProbe:
+def speed_probe(cfg: RunConfig, factory: Factory | None = None) -> SpeedProbe:
     """Measures `cfg`'s training speed (any precision) on synthetic images of its shape."""
-    from tunelab.training.model import build_cnn
 
     def build(precision: str) -> object:
-        return build_cnn(cfg.model_copy(update={"precision": precision}), steps_per_epoch=100)
+        return build_model(cfg.with_precision(precision), steps_per_epoch=100, factory=factory)
 
-    key = cfg.model_copy(update={"precision": FLOAT32, "epochs": 1}).model_dump_json()
     return SpeedProbe(
         build=build,
-        model_key=key,
-        input_shape=(cfg.image_size, cfg.image_size, 1),
+        model_key=cfg.model_key() + f"|batch {cfg.training.batch_size}",
+        input_shape=cfg.input_shape,
         num_classes=cfg.num_classes,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.training.batch_size,
         cache_folder=default_data_dir(),
     )
 
 
-def measure_numerics(spec: ExperimentSpec, splits: Splits | None = None) -> Numerics:
+def measure_numerics(spec: ExperimentSpec, splits: Splits, factory: Factory) -> Numerics:
     """Measure this machine and decide the precision the experiment asks for (no record)."""
-    del splits  # the built-in datasets' shape is the config's; user data will set it here
-    cfg = representative_config(spec)
-    choice = speed_probe(cfg).choose(spec.precision)
+    cfg = representative_config(spec, splits)
+    choice = speed_probe(cfg, factory).choose(spec.precision)
     return Numerics(choice, float(training_flops(cfg)))
 
 

@@ -20,9 +20,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunelab.define.cnn import PUBLISHED_TEST_ACCURACY, CnnConfig, training_flops
-from tunelab.define.data import Splits
+from tunelab.define.data import Splits, published_accuracy
 from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.run_config import RunConfig
 from tunelab.define.space import Scalar
 from tunelab.engines.numerics import PRECISION_PARAM, Numerics
 from tunelab.errors import UserError
@@ -34,6 +34,7 @@ from tunelab.record.store import RunHandle, Tracker
 from tunelab.redact import redact_text
 from tunelab.text import first_line, short_value
 from tunelab.training.checkpoints import Checkpoint
+from tunelab.training.cost import training_flops
 from tunelab.training.deadline import Deadline, StepTimer
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 KEY_PARAMS_IN_NAME = 3  # how many chosen params a child run's name shows
 SCHEDULE_PARAM = "schedule_epochs"  # a sweep's (and each trial's) schedule length, if shortened
+FACTORY_SHA_PARAM = "factory_sha256"  # the factory's source digest the sweep trains with
 SWEEP_LEDGER = "sweep"
 
 
@@ -75,11 +77,13 @@ def find_baseline_bar(tracker: Tracker, splits: Splits) -> tuple[BaselineBar | N
 
     Returns the bar (or None) and a one-line note for the user saying why there is none.
     """
-    run = tracker.find_baseline(splits.dataset)
+    run = tracker.find_baseline(splits.digest)
     if run is None:
+        published = published_accuracy(splits.dataset)
+        against = f"the published {published:.2%} only" if published is not None else "nothing else"
         return None, (
-            f"no baseline for {splits.dataset} yet (run `tunelab baseline --dataset "
-            f"{splits.dataset}`): trials are compared with the published 99.25 % only"
+            f"no baseline for {splits.dataset} yet (`tunelab baseline` on the experiment, or "
+            f"`tunelab run` records it first): trials are compared with {against}"
         )
     params = run.data.params
     same_split = params.get("data_validation_size") == str(len(splits.val)) and params.get(
@@ -98,6 +102,26 @@ def find_baseline_bar(tracker: Tracker, splits: Splits) -> tuple[BaselineBar | N
         metrics.get(MetricName.TEST_ACCURACY),
     )
     return bar, f"baseline {bar.run_id}: best val_accuracy {bar.val_accuracy:.4f} to beat"
+
+
+@dataclass(frozen=True)
+class RecordedDefinition:
+    """A sweep's decisions, recorded on its parent run when it was created."""
+
+    exists: bool
+    precision: str | None = None
+    schedule_epochs: int | None = None
+    factory_sha256: str = ""
+    data_digest: str = ""
+
+    def check_data(self, splits: Splits) -> None:
+        """Refuse to resume a sweep on data other than its own (the scores would not compare)."""
+        if self.exists and self.data_digest and self.data_digest != splits.digest:
+            raise SweepError(
+                f"the data differs from this sweep's (SHA-256 {splits.digest[:12]} vs recorded "
+                f"{self.data_digest[:12]}): resume it with the same data, or start another "
+                "study (--study NAME)"
+            )
 
 
 @dataclass(frozen=True)
@@ -196,12 +220,14 @@ class SweepTracker:
                 "budget_timeout_seconds": spec.budget.timeout,
                 "budget_max_epochs": spec.budget.max_epochs,
                 "dataset": splits.dataset,
+                **{f"data_{key}": value for key, value in splits.description.items()},
                 "data_validation_size": len(splits.val),
-                "data_split_seed": splits.description.get("split_seed"),
                 "data_train_size": len(splits.train),
                 "search_space": spec.search_space.source.name,
                 "fixed": json.dumps(dict(spec.search_space.fixed)),
                 SCHEDULE_PARAM: spec.schedule_epochs,
+                "factory": spec.factory.factory,
+                FACTORY_SHA_PARAM: spec.factory_sha256,
                 **(
                     self.numerics.recorded_params()
                     if self.numerics
@@ -244,7 +270,9 @@ class SweepTracker:
         if best is not None and best.value is not None:
             metrics[MetricName.BEST_VALUE] = best.value
             metrics[MetricName.BEST_TRIAL] = best.number
-            metrics[MetricName.VAL_ACCURACY_VS_PUBLISHED] = best.value - PUBLISHED_TEST_ACCURACY
+            published = published_accuracy(self.spec.dataset)
+            if published is not None:
+                metrics[MetricName.VAL_ACCURACY_VS_PUBLISHED] = best.value - published
             if self.baseline is not None:
                 metrics[MetricName.VAL_ACCURACY_VS_BASELINE] = (
                     best.value - self.baseline.val_accuracy
@@ -271,18 +299,21 @@ class SweepTracker:
         value = run.data.metrics.get(MetricName.TRAINING_FLOPS) if run is not None else None
         return float(value) if value else probed
 
-    def recorded_definition(self) -> tuple[str | None, int | None, bool]:
-        """The existing parent's precision and schedule cap, and whether a parent exists."""
+    def recorded_definition(self) -> RecordedDefinition:
+        """What an existing sweep decided once for all its launches and workers."""
         parent = self.find_parent()
         if parent is None:
-            return None, None, False
+            return RecordedDefinition(exists=False)
         run = self.tracker.get_run(parent)
         params = run.data.params if run is not None else {}
+        tags = run.data.tags if run is not None else {}
         schedule = params.get(SCHEDULE_PARAM)
-        return (
-            params.get(PRECISION_PARAM),
-            int(schedule) if schedule not in (None, "None", "") else None,
-            True,
+        return RecordedDefinition(
+            exists=True,
+            precision=params.get(PRECISION_PARAM),
+            schedule_epochs=int(schedule) if schedule not in (None, "None", "") else None,
+            factory_sha256=params.get(FACTORY_SHA_PARAM, ""),
+            data_digest=tags.get(TagKey.DATASET_DIGEST, ""),
         )
 
     # --- children -------------------------------------------------------------------
@@ -341,7 +372,7 @@ class SweepTracker:
             run.status_on_exit = "KILLED"  # stopped on purpose; the next launch continues it
         if result is not None:
             run.log_config(result.config)
-            run.log_params({SCHEDULE_PARAM: result.config.epochs})
+            run.log_params({SCHEDULE_PARAM: result.config.training.epochs})
             run.log_training(
                 result,
                 title=f"trial {run.run_id[:8]}",
@@ -349,7 +380,12 @@ class SweepTracker:
             )
             best = result.best_val_accuracy
             if best is not None:
-                gaps = {MetricName.VAL_ACCURACY_VS_PUBLISHED: best - PUBLISHED_TEST_ACCURACY}
+                published = published_accuracy(self.spec.dataset)
+                gaps = (
+                    {MetricName.VAL_ACCURACY_VS_PUBLISHED: best - published}
+                    if published is not None
+                    else {}
+                )
                 if self.baseline is not None:
                     gaps[MetricName.VAL_ACCURACY_VS_BASELINE] = best - self.baseline.val_accuracy
                 run.log_metrics(gaps)
@@ -466,7 +502,7 @@ class SweepTracker:
         return closed
 
 
-def over_cost_cap(cfg: CnnConfig, cap: float | None) -> str | None:
+def over_cost_cap(cfg: RunConfig, cap: float | None) -> str | None:
     """Why a configuration is not trained (it costs more than the budget allows), or None."""
     if cap is None:
         return None
@@ -477,7 +513,7 @@ def over_cost_cap(cfg: CnnConfig, cap: float | None) -> str | None:
 
 
 def training_seconds(
-    cfg: CnnConfig,
+    cfg: RunConfig,
     plan: StepPlan,
     *,
     first_step: int,
@@ -486,13 +522,13 @@ def training_seconds(
 ) -> float:
     """Estimated seconds of a training's steps from `first_step` on, before it has measured
     itself (the speed measured on this machine, see `tunelab.training.deadline.StepTimer`)."""
-    timer = StepTimer(cfg, validation_images, flop_rate)
+    timer = StepTimer(training_flops(cfg), validation_images, flop_rate)
     steps = plan.steps[first_step - 1 :]
     return timer.seconds_for_steps([s.images_seen - plan.images_before(s) for s in steps])
 
 
 def unfinishable(
-    cfg: CnnConfig,
+    cfg: RunConfig,
     plan: StepPlan,
     *,
     first_step: int,
@@ -509,8 +545,8 @@ def unfinishable(
     if need <= left:
         return None
     return (
-        f"not started: its {cfg.epochs}-epoch schedule needs about {need / 60:.1f} min and "
-        f"{max(0.0, left) / 60:.1f} min of the search are left",
+        f"not started: its {cfg.training.epochs}-epoch schedule needs about "
+        f"{need / 60:.1f} min and {max(0.0, left) / 60:.1f} min of the search are left",
         need,
     )
 

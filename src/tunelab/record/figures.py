@@ -76,7 +76,7 @@ def confusion_matrix(
 
 
 def misclassified_examples(
-    images: npt.NDArray[np.uint8],
+    images: npt.NDArray[np.generic],
     labels: npt.NDArray[np.integer],
     predictions: npt.NDArray[np.integer],
     class_names: Sequence[str],
@@ -93,7 +93,11 @@ def misclassified_examples(
     for axes in grid.flat:
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong, strict=False):
-        axes.imshow(images[index].reshape(images.shape[1], images.shape[2]), cmap="gray_r")
+        image = np.asarray(images[index])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            axes.imshow(image[..., 0], cmap="gray_r")  # grey: dark ink on white
+        else:
+            axes.imshow(np.clip(image, 0, 255).astype(np.uint8))  # colour as it is
         axes.set_title(
             f"{class_names[int(labels[index])]}→{class_names[int(predictions[index])]}",
             fontsize=7,

@@ -19,14 +19,14 @@ class Artifact:
     """Artifact paths, relative to a run's artifact root."""
 
     MODEL = "model"
-    CONFIG = "config.json"  # the run's CnnConfig, read back with CnnConfig.model_validate_json
+    CONFIG = "config.json"  # the run's RunConfig (factory, parameters, training, data shape)
     HISTORY = "history.csv"
     LEARNING_CURVES = "learning_curves.png"
     TEST_PREDICTIONS = "predictions/test_predictions.npy"
     TEST_LABELS = "predictions/test_labels.npy"  # so comparisons need no data download
     TEST_PROBABILITIES = "predictions/test_probabilities.npy"
     CHECKPOINT_DIR = "checkpoint"  # per-epoch checkpoints of an unfinished training
-    TRAINED_MODEL = "trained/model.keras"  # a retraining kept as an ensemble member
+    TRAINED_MODEL = "trained/model.weights.h5"  # a kept training's weights: an ensemble member
     BUNDLE_DIR = "bundle"
     REPORT = "report/report.html"
     CONFIRMATION = "confirmation.csv"
@@ -107,7 +107,10 @@ class TagKey:
 
     ROLE = "tunelab.role"
     DATASET = "tunelab.dataset"
-    DATASET_DIGEST = "tunelab.dataset_digest"
+    DATASET_DIGEST = "tunelab.dataset_digest"  # the data's full SHA-256 (dtype, shape, bytes)
+    DATASET_SOURCE = "tunelab.dataset_source"  # JSON: a built-in's name, or {npz|folder: path}
+    FACTORY = "tunelab.factory"  # module:function that built the run's model
+    FACTORY_SHA256 = "tunelab.factory_sha256"  # SHA-256 of that function's source file
     DATA_SOURCE = "tunelab.data_source"
     GIT_COMMIT = "tunelab.git_commit"
     GIT_DIRTY = "tunelab.git_dirty"

@@ -1,12 +1,13 @@
 """A trained run as its MLflow record describes it, and the data it was trained on.
 
 Reproduction, confirmation, comparison and export all start from a run id (a sweep's child run,
-or the baseline) and need the same things back: the full model config (`config.json`, read with
-`CnnConfig.model_validate_json`; runs recorded before it existed are read from their `cfg.*`
-params), the training seed, the validation score it reached, and the exact split it validated on
-(the dataset, validation size and split seed recorded on the sweep's parent run, checked against
-the recorded data digest on reload). This module reads them back in one place, and refuses with
-one line when a run does not exist or lacks what is needed.
+or the baseline) and need the same things back: the run config (`config.json`: the factory and
+its source digest, its parameters, the training, the data's shape; runs of earlier versions
+kept one flat CNN config, read too), the training seed, the validation score it reached, and the
+exact split it validated on (the data's origin, validation size and split seed recorded on the
+sweep's parent run, checked against the recorded data digest on reload). This module reads
+them back in one place, and refuses with one line when a run does not exist or lacks what is
+needed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunelab.define.cnn import CnnConfig, first_config_error
-from tunelab.define.data import Splits, load_splits
+from tunelab.define.cnn import CnnConfig
+from tunelab.define.data import Splits, load_splits, split_dataset
+from tunelab.define.run_config import RunConfig
 from tunelab.errors import UserError
 from tunelab.record.names import (
     CONFIG_PARAM_PREFIX,
@@ -48,6 +50,7 @@ class DataRecord:
     split_seed: int | None
     train_size: int | None
     digest: str | None
+    origin: str | None = None  # how to load the data again (a user dataset's path)
 
     def load(
         self,
@@ -61,14 +64,25 @@ class DataRecord:
         `whole_training_set` drops a recorded training subset (a sweep on 6,000 images), so that
         train + validation is every training image again: what a refit trains on.
         """
-        splits = load_splits(
-            self.dataset,
-            self.validation_size,
-            self.split_seed,
-            train_size=None if whole_training_set else self.train_size,
-            user_path=data_file,
-            report=report,
-        )
+        train_size = None if whole_training_set else self.train_size
+        if self.origin and data_file is None and not self.origin.startswith('"'):
+            from tunelab.define.sources import load_origin
+
+            splits = split_dataset(
+                load_origin(self.origin, report),
+                validation_size=self.validation_size,
+                seed=self.split_seed,
+                train_size=train_size,
+            )
+        else:
+            splits = load_splits(
+                self.dataset,
+                self.validation_size,
+                self.split_seed,
+                train_size=train_size,
+                user_path=data_file,
+                report=report,
+            )
         self.check(splits)
         return splits
 
@@ -92,7 +106,7 @@ class RecordedRun:
     study: str
     trial_number: int | None
     seed: int
-    config: CnnConfig
+    config: RunConfig
     chosen: Mapping[str, str]
     metrics: Mapping[str, float]
     data: DataRecord
@@ -164,13 +178,19 @@ def load_recorded_run(tracker: Tracker, run_id: str) -> RecordedRun:
     )
 
 
-def recorded_config(tracker: Tracker, run: Any) -> CnnConfig | None:
-    """A run's model config: `config.json`, else its `cfg.*` params (runs recorded before
+def recorded_config(tracker: Tracker, run: Any) -> RunConfig | None:
+    """A run's config: `config.json`, else its `cfg.*` params (runs recorded before
     config.json), else a baseline's plain params (the oldest baselines); None if it has none."""
     with tempfile.TemporaryDirectory() as tmp:
         local = tracker.download_artifact(run.info.run_id, Artifact.CONFIG, Path(tmp))
         if local is not None:
-            return CnnConfig.model_validate_json(local.read_text())
+            try:
+                return RunConfig.read(local.read_text())
+            except (ValueError, ValidationError) as error:
+                raise UserError(
+                    f"run {run.info.run_id} recorded a config tunelab cannot read: "
+                    f"{str(error).splitlines()[0]}"
+                ) from None
     params = run.data.params
     values = {
         key[len(CONFIG_PARAM_PREFIX) :]: value
@@ -178,15 +198,16 @@ def recorded_config(tracker: Tracker, run: Any) -> CnnConfig | None:
         if key.startswith(CONFIG_PARAM_PREFIX)
     }
     if not values and run.data.tags.get(TagKey.ROLE) == Role.BASELINE:
-        values = {k: v for k, v in params.items() if k in CnnConfig.model_fields}
+        known = set(CnnConfig.model_fields) | {"optimizer", "learning_rate", "batch_size", "epochs"}
+        values = {k: v for k, v in params.items() if k in known}
     if not values:
         return None
     try:  # MLflow params are strings: pydantic's lax mode reads them as the fields' types
-        return CnnConfig.model_validate(values)
-    except ValidationError as error:
+        return RunConfig.from_flat_cnn(typed_params(values))
+    except ValueError as error:
         raise UserError(
             f"run {run.info.run_id} recorded a config tunelab cannot read: "
-            f"{first_config_error(error, values)}"
+            f"{str(error).splitlines()[0]}"
         ) from None
 
 
@@ -201,6 +222,7 @@ def _data_record(params: Mapping[str, str], tags: Mapping[str, str]) -> DataReco
         split_seed=optional_int("data_split_seed"),
         train_size=optional_int("data_train_size"),
         digest=tags.get(TagKey.DATASET_DIGEST),
+        origin=tags.get(TagKey.DATASET_SOURCE),
     )
 
 

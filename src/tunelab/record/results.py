@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tunelab.define.cnn import CnnConfig
+from tunelab.define.run_config import RunConfig
 
 # Keys of the per-epoch logs as Keras names them; tunelab adds the clock's keys (see names.py).
 LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY = "loss", "accuracy", "val_loss", "val_accuracy"
@@ -30,7 +30,7 @@ class TrialResult:
     its last epoch, its checkpoint holding what it trained so far.
     """
 
-    config: CnnConfig
+    config: RunConfig
     status: str
     history: dict[str, list[float]]
     param_count: int

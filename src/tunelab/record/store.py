@@ -33,8 +33,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits
+from tunelab.define.run_config import RunConfig
 from tunelab.define.urls import check_tracking_uri
 from tunelab.errors import UserError
 from tunelab.record.figures import confusion_counts, confusion_matrix, learning_curves
@@ -56,6 +56,7 @@ from tunelab.record.results import EpochSink, TrialResult
 from tunelab.redact import database_error_line, redact_text, redact_url
 
 PAGE = 1000  # runs per search request (MLflow's maximum); every page is read
+MLFLOW_DIGEST_LENGTH = 32  # MLflow's dataset digest field holds 36 characters
 REACH_SECONDS = 5.0  # a tracking server that does not answer its health check in this is down
 
 VERSIONED_PACKAGES = (
@@ -150,10 +151,14 @@ class RunHandle:
         """A function for EpochSinkCallback: logs each epoch's metrics with step = epoch."""
         return lambda epoch, logs: self.log_metrics(logs, step=epoch)
 
-    def log_config(self, config: CnnConfig) -> None:
-        """The config once as `config.json` (read back exactly) and as `cfg.*` params (the UI)."""
+    def log_config(self, config: RunConfig) -> None:
+        """The config once as `config.json` (read back exactly) and as `cfg.*` params (the UI):
+        the factory and its source digest, its parameters, the training, the data's shape."""
         self.log_text(config.model_dump_json(indent=1), Artifact.CONFIG)
-        self.log_params(config_params(config.as_params()))
+        self.log_params(config_params(config.flat()))
+        self.set_tags(
+            {TagKey.FACTORY: config.factory, TagKey.FACTORY_SHA256: config.factory_sha256}
+        )
 
     def log_dataset(self, splits: Splits, context: str = "training") -> None:
         """Record the data as an MLflow input, named and digested, plus tags for filtering."""
@@ -161,7 +166,7 @@ class RunHandle:
             splits.train.x[:1],
             targets=splits.train.y[:1],
             name=splits.dataset,
-            digest=splits.digest,
+            digest=splits.digest[:MLFLOW_DIGEST_LENGTH],  # the full SHA-256 is in the tags
         )
         entity = mlflow.entities.DatasetInput(
             dataset._to_mlflow_entity(),
@@ -173,6 +178,7 @@ class RunHandle:
                 TagKey.DATASET: splits.dataset,
                 TagKey.DATASET_DIGEST: splits.digest,
                 TagKey.DATA_SOURCE: splits.source,
+                TagKey.DATASET_SOURCE: splits.origin,
             }
         )
 
@@ -571,11 +577,14 @@ class Tracker:
             client.set_model_version_tag(name, version.version, TagKey.REPLACES_VERSION, previous)
         return str(version.version), previous
 
-    def find_baseline(self, dataset: str) -> Any | None:
-        """The newest finished reference baseline run of a dataset, across experiments."""
+    def find_baseline(self, digest: str) -> Any | None:
+        """The newest finished reference baseline of the data with this digest (whatever its
+        name), across experiments."""
+        if not digest:
+            return None
         runs = self.search_all(
             Query.of(role=Role.BASELINE, status="FINISHED").and_tags(
-                **{TagKey.DATASET: dataset, TagKey.REFERENCE: "true"}
+                **{TagKey.DATASET_DIGEST: digest, TagKey.REFERENCE: "true"}
             ),
             limit=1,
         )

@@ -1,8 +1,11 @@
 """Per-step checkpoints kept with the training's MLflow run, where every worker can reach them.
 
-After each validation step that is not the last, a training saves one zip: the whole model
-(`model.keras`: weights and optimizer state, schedule position included) and `state.json` (the
-step, the history so far, the seconds spent). One file holds both, so they cannot disagree: a
+After each validation step that is not the last, a training saves one zip: the model's weights
+(`model.weights.h5`), its optimizer's variables (`optimizer.npz`: moments and the step counter,
+so the schedule goes on where it was) and `state.json` (the step, the history so far, the
+seconds spent). Only numbers are stored, never code: a checkpoint is restored into a model the
+experiment's factory builds again (architecture rule 10), whatever layers that model has. One
+file holds all three, so they cannot disagree: a
 process killed while a checkpoint is being written leaves the previous, complete one, and
 `load_checkpoint` skips a zip that does not read back whole. The zip is an artifact of the
 training's run (`checkpoint/step_00007.zip`); with a tracking server those are served to every
@@ -21,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunelab.record.names import Artifact
 from tunelab.record.store import Tracker
 
-MODEL_FILE, STATE_FILE = "model.keras", "state.json"
+WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "model.weights.h5", "optimizer.npz", "state.json"
+FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)
 
 
 def _zip_name(step: int) -> str:
@@ -41,9 +47,36 @@ class Checkpoint:
     history: dict[str, list[float]]
     seconds: float
 
-    @property
-    def model_file(self) -> str:
-        return str(self.folder / MODEL_FILE)
+    def restore(self, model: Any) -> None:
+        """Put the saved weights and optimizer state into `model` (built by the factory)."""
+        restore_state(model, self.folder)
+
+
+def save_state(model: Any, folder: Path) -> None:
+    """The model's weights and its optimizer's variables, as files in `folder`."""
+    model.save_weights(folder / WEIGHTS_FILE)
+    optimizer = getattr(model, "optimizer", None)
+    values = [np.asarray(v) for v in optimizer.variables] if optimizer is not None else []
+    np.savez(folder / OPTIMIZER_FILE, *values)
+
+
+def restore_state(model: Any, folder: Path) -> None:
+    """The inverse of `save_state`, into a model with the same layers (and optimizer)."""
+    model.load_weights(folder / WEIGHTS_FILE)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    with np.load(folder / OPTIMIZER_FILE, allow_pickle=False) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = list(optimizer.variables)
+    if len(values) != len(variables):
+        raise ValueError(
+            f"the checkpoint has {len(values)} optimizer variables, the model {len(variables)}"
+        )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
 
 
 class CheckpointWriter:
@@ -55,13 +88,13 @@ class CheckpointWriter:
     def save(self, model: Any, step: int, history: dict[str, list[float]], seconds: float) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            model.save(folder / MODEL_FILE)
+            save_state(model, folder)
             state = {"step": step, "history": history, "seconds": seconds}
             (folder / STATE_FILE).write_text(json.dumps(state))
             archive = folder / _zip_name(step)
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as bundle:
-                bundle.write(folder / MODEL_FILE, MODEL_FILE)
-                bundle.write(folder / STATE_FILE, STATE_FILE)
+                for name in FILES:
+                    bundle.write(folder / name, name)
             self.tracker.client.log_artifact(self.run_id, str(archive), Artifact.CHECKPOINT_DIR)
         for older in self.tracker.list_artifacts(self.run_id, Artifact.CHECKPOINT_DIR):
             if not older.endswith(_zip_name(step)):
@@ -82,7 +115,7 @@ def load_checkpoint(tracker: Tracker, run_id: str, folder: Path) -> Checkpoint |
                     continue
                 bundle.extractall(target)
             state = json.loads((target / STATE_FILE).read_text())
-            if not (target / MODEL_FILE).is_file():
+            if not all((target / name).is_file() for name in FILES):
                 continue
             return Checkpoint(
                 run_id, target, int(state["step"]), state["history"], float(state["seconds"])
@@ -94,10 +127,11 @@ def load_checkpoint(tracker: Tracker, run_id: str, folder: Path) -> Checkpoint |
 
 
 def keep_model(tracker: Tracker, run_id: str, model: Any) -> None:
-    """Keep a finished training's model with its run (`trained/model.keras`): an ensemble member."""
+    """Keep a finished training's weights with its run (`trained/model.weights.h5`): an
+    ensemble member, rebuilt later by its factory from the run's config."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(Artifact.TRAINED_MODEL).name
-        model.save(path)
+        model.save_weights(path)
         tracker.client.log_artifact(run_id, str(path), str(Path(Artifact.TRAINED_MODEL).parent))
 
 

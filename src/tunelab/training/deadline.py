@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tunelab.define.cnn import CnnConfig, forward_flops, training_flops
+from tunelab.training.cost import TRAINING_PASSES
 
 # training FLOP/s assumed before anything was measured: below what two Zen 4 cores reach on the
 # baseline (about 1.3e11, see docs/results.md), so a first estimate is too long rather than short
@@ -43,7 +43,7 @@ class Deadline:
 class StepTimer:
     """Seconds a training step will take: measured once it has run one, estimated before."""
 
-    cfg: CnnConfig
+    flops_per_image: float  # to train on one image (`tunelab.training.cost.training_flops`)
     validation_images: int
     flop_rate: float | None = None
     _per_image: list[float] = field(default_factory=list)
@@ -63,8 +63,8 @@ class StepTimer:
             validation = max(self._validation[1:][-2:] or self._validation)
             return SAFETY * (images * per_image + validation)
         rate = self.flop_rate or DEFAULT_FLOP_RATE
-        train = images * training_flops(self.cfg) / rate
-        validation = self.validation_images * forward_flops(self.cfg) / rate
+        train = images * self.flops_per_image / rate
+        validation = self.validation_images * self.flops_per_image / TRAINING_PASSES / rate
         return SAFETY * (train + validation) + STARTUP_SECONDS
 
     def seconds_for_steps(self, images: list[int]) -> float:
@@ -78,4 +78,4 @@ class StepTimer:
         """Training FLOP/s this training achieved (for the next one's first estimate)."""
         if not self._per_image:
             return None
-        return training_flops(self.cfg) * len(self._per_image) / sum(self._per_image)
+        return self.flops_per_image * len(self._per_image) / sum(self._per_image)

@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Split
+from tunelab.define.training import TrainingConfig
 
 EVAL_BATCH = 512
 # tf.data's autotuner is off, with fixed parallelism: on two cores and a cheap vectorised map it
@@ -117,7 +117,7 @@ def pass_order(seed: int, number: int, size: int) -> npt.NDArray[np.int64]:
     return np.random.default_rng([seed, number]).permutation(size)
 
 
-def step_dataset(split: Split, cfg: CnnConfig, plan: StepPlan, step: Step, seed: int) -> Any:
+def step_dataset(split: Split, cfg: TrainingConfig, plan: StepPlan, step: Step, seed: int) -> Any:
     """The batches of one step: gathered in stream order, augmented, float32 pixels 0..255."""
     per_epoch = plan.batches_per_epoch
     parts: list[Any] = []
@@ -135,7 +135,7 @@ def step_dataset(split: Split, cfg: CnnConfig, plan: StepPlan, step: Step, seed:
         data = data.concatenate(part)
     numbers = tf.data.Dataset.range(step.start, step.stop)
     data = tf.data.Dataset.zip((numbers, data))
-    augment = Augmenter(cfg, seed)
+    augment = Augmenter(cfg, split.x.shape[1:3], seed)
     data = data.map(augment, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
     return data.with_options(_fixed_threads())
 
@@ -156,7 +156,7 @@ def _fixed_threads() -> Any:
 
 
 def _plain(x: Any, y: Any) -> tuple[Any, Any]:
-    return tf.cast(x[..., tf.newaxis], tf.float32), y
+    return tf.cast(x, tf.float32), y
 
 
 class Augmenter:
@@ -168,20 +168,23 @@ class Augmenter:
     resumable.
     """
 
-    def __init__(self, cfg: CnnConfig, seed: int) -> None:
-        self.side = cfg.image_size
-        self.shift = cfg.augment_translation * cfg.image_size
+    def __init__(self, cfg: TrainingConfig, size: tuple[int, int], seed: int) -> None:
+        self.height, self.width = int(size[0]), int(size[1])
+        self.shift = (
+            cfg.augment_translation * self.height,
+            cfg.augment_translation * self.width,
+        )
         self.rotation = math.radians(cfg.augment_rotation)
         self.zoom = cfg.augment_zoom
         self.seed = seed
 
     @property
     def active(self) -> bool:
-        return bool(self.shift or self.rotation or self.zoom)
+        return bool(any(self.shift) or self.rotation or self.zoom)
 
     def __call__(self, number: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
         x, y = batch
-        x = tf.cast(x[..., tf.newaxis], tf.float32)
+        x = tf.cast(x, tf.float32)
         if not self.active:
             return x, y
         seed = tf.stack([tf.constant(self.seed, tf.int64), number])
@@ -190,16 +193,20 @@ class Augmenter:
         return self._pad_and_crop(x, seed), y
 
     def _pad_and_crop(self, x: Any, seed: Any) -> Any:
-        pixels = round(self.shift)
-        if pixels == 0:
+        down, across = round(self.shift[0]), round(self.shift[1])
+        if down == 0 and across == 0:
             return x
         count = tf.shape(x)[0]
-        padded = tf.pad(x, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]])
+        padded = tf.pad(x, [[0, 0], [down, down], [across, across], [0, 0]])
+        most = max(down, across)
         offsets = tf.random.stateless_uniform(
-            [count, 2], seed=seed, minval=0, maxval=2 * pixels + 1, dtype=tf.int32
+            [count, 2], seed=seed, minval=0, maxval=2 * most + 1, dtype=tf.int32
         )
-        rows = offsets[:, 0:1] + tf.range(self.side)[tf.newaxis]
-        columns = offsets[:, 1:2] + tf.range(self.side)[tf.newaxis]
+        # a shorter side shifts by at most its own share: offsets re-centred and clipped
+        row_offsets = tf.clip_by_value(offsets[:, 0:1] - most + down, 0, 2 * down)
+        column_offsets = tf.clip_by_value(offsets[:, 1:2] - most + across, 0, 2 * across)
+        rows = row_offsets + tf.range(self.height)[tf.newaxis]
+        columns = column_offsets + tf.range(self.width)[tf.newaxis]
         cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
         return tf.gather(cropped, columns, axis=2, batch_dims=1)
 
@@ -208,18 +215,18 @@ class Augmenter:
         draws = tf.random.stateless_uniform([count, 4], seed=seed, minval=-1.0, maxval=1.0)
         angle = draws[:, 0] * self.rotation
         scale = 1.0 + draws[:, 1] * self.zoom  # > 1 zooms in
-        shift_x, shift_y = draws[:, 2] * self.shift, draws[:, 3] * self.shift
+        shift_x, shift_y = draws[:, 2] * self.shift[1], draws[:, 3] * self.shift[0]
         cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-        centre = (self.side - 1) / 2.0
+        centre_x, centre_y = (self.width - 1) / 2.0, (self.height - 1) / 2.0
         # output pixel (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2)
-        a2 = centre - cos * centre + sin * centre - shift_x
-        b2 = centre - sin * centre - cos * centre - shift_y
+        a2 = centre_x - cos * centre_x + sin * centre_y - shift_x
+        b2 = centre_y - sin * centre_x - cos * centre_y - shift_y
         zeros = tf.zeros_like(angle)
         transforms = tf.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=x,
             transforms=transforms,
-            output_shape=[self.side, self.side],
+            output_shape=[self.height, self.width],
             interpolation="BILINEAR",
             fill_mode="CONSTANT",
             fill_value=0.0,

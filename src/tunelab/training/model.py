@@ -1,10 +1,8 @@
-"""The model factory's Keras half: `build_cnn(cfg)` builds and compiles what `layer_plan` lists.
+"""How tunelab compiles a factory's model: optimizer, learning-rate schedule, loss, metrics.
 
-Precision is applied per layer (`dtype=` on each layer), never through Keras' global policy, so
-one trial's bfloat16 cannot leak into the next model built in the same process; the softmax
-stays float32. Learning-rate schedules and the label-smoothed loss are registered Keras objects,
-so a checkpoint (`.keras`, with optimizer state) loads back with them. `serving_model` makes the
-float32 copy that export writes and tests: the same layers, the trained weights.
+Every field comes from a `TrainingConfig`; the schedules span the training's epochs, so a
+shortened schedule still warms up and decays to its end. Learning-rate schedules and the
+label-smoothed loss are registered Keras objects, so a saved model loads back with them.
 """
 
 from __future__ import annotations
@@ -14,15 +12,7 @@ from typing import Any
 
 import keras
 
-from tunelab.define.cnn import (
-    CnnConfig,
-    ConvLayer,
-    DenseLayer,
-    DropoutLayer,
-    FlattenLayer,
-    PoolLayer,
-    layer_plan,
-)
+from tunelab.define.training import TrainingConfig
 
 PACKAGE = "tunelab"
 ONE_CYCLE_WARMUP = 0.3  # share of a one-cycle schedule spent rising, unless warmup_epochs says
@@ -87,68 +77,18 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):  # type: ignore[misc]
         return {"smoothing": self.smoothing, "name": self.name}
 
 
-def build_cnn(cfg: CnnConfig, steps_per_epoch: int | None = None, name: str = "tunelab_cnn") -> Any:
-    """Build and compile the model `cfg` describes.
-
-    Args:
-        cfg: the configuration; already validated, so it can be built.
-        steps_per_epoch: batches per epoch, which a schedule needs for its length.
-
-    Returns:
-        A compiled keras.Model taking raw pixels (N, 28, 28, 1) in [0, 255] and returning class
-        probabilities; rescaling is a layer of the model, augmentation is not (it happens in the
-        input pipeline).
-    """
-    policy = cfg.precision
-    layers = keras.layers
-    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=policy)(inputs)
-    activation = "leaky_relu" if cfg.activation == "leaky_relu" else cfg.activation
-    for layer in layer_plan(cfg):
-        if isinstance(layer, ConvLayer):
-            x = layers.Conv2D(
-                layer.filters,
-                layer.kernel,
-                strides=layer.stride,
-                padding=layer.padding,
-                use_bias=layer.bias,
-                activation=None if layer.batch_norm else activation,
-                name=layer.name,
-                dtype=policy,
-            )(x)
-            if layer.batch_norm:
-                suffix = layer.name.removeprefix("conv").removeprefix("head_conv")
-                x = layers.BatchNormalization(
-                    momentum=cfg.batch_norm_momentum, name=f"bn{suffix or '_head'}", dtype=policy
-                )(x)
-                x = layers.Activation(activation, name=f"act{suffix or '_head'}", dtype=policy)(x)
-        elif isinstance(layer, PoolLayer):
-            pool = layers.MaxPooling2D if layer.kind == "max" else layers.AveragePooling2D
-            x = pool(2, name=layer.name, dtype=policy)(x)
-        elif isinstance(layer, DropoutLayer):
-            x = layers.Dropout(layer.rate, name=layer.name, dtype=policy)(x)
-        elif isinstance(layer, FlattenLayer):
-            flat = layers.Flatten if layer.kind == "flatten" else layers.GlobalAveragePooling2D
-            x = flat(name=layer.name, dtype=policy)(x)
-        elif isinstance(layer, DenseLayer):
-            x = layers.Dense(
-                layer.units,
-                activation="softmax" if layer.output else activation,
-                name=layer.name,
-                dtype="float32" if layer.output else policy,  # probabilities stay float32
-            )(x)
-    model = keras.Model(inputs, x, name=name)
+def compile_model(model: Any, training: TrainingConfig, steps_per_epoch: int | None) -> None:
+    """Compile a factory's model with the training's optimizer, schedule and loss."""
     model.compile(
-        optimizer=build_optimizer(cfg, steps_per_epoch),
-        loss=SmoothedSparseCrossentropy(cfg.label_smoothing)
-        if cfg.label_smoothing
+        optimizer=build_optimizer(training, steps_per_epoch),
+        loss=SmoothedSparseCrossentropy(training.label_smoothing)
+        if training.label_smoothing
         else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return model
 
 
-def learning_rate(cfg: CnnConfig, steps_per_epoch: int | None) -> Any:
+def learning_rate(cfg: TrainingConfig, steps_per_epoch: int | None) -> Any:
     """The rate or schedule of `cfg`: its length is epochs x steps_per_epoch batches.
 
     A warm-up rises linearly from zero (one-cycle: from peak / 25) over `warmup_epochs`; a
@@ -175,7 +115,7 @@ def learning_rate(cfg: CnnConfig, steps_per_epoch: int | None) -> Any:
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
 
 
-def build_optimizer(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
+def build_optimizer(cfg: TrainingConfig, steps_per_epoch: int | None = None) -> Any:
     """The keras optimizer for `cfg`, with its learning-rate schedule."""
     rate = learning_rate(cfg, steps_per_epoch)
     decay = cfg.weight_decay or None
@@ -189,18 +129,3 @@ def build_optimizer(cfg: CnnConfig, steps_per_epoch: int | None = None) -> Any:
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(rate, weight_decay=decay)
     return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
-
-
-def serving_model(model: Any, cfg: CnnConfig, name: str = "tunelab_cnn") -> Any:
-    """The trained model as a float32 copy, for export and serving.
-
-    The same config in float32 builds the identical inference path (augmentation never was a
-    layer); weights are copied layer by layer by name, so it predicts what the trained model
-    predicts, in float32 (a bfloat16-trained model's variables are float32 already).
-    """
-    plain = build_cnn(cfg.model_copy(update={"precision": "float32"}), steps_per_epoch=1, name=name)
-    for layer in plain.layers:
-        weights = model.get_layer(layer.name).get_weights()
-        if weights:
-            layer.set_weights(weights)
-    return plain

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.define.cnn import CnnConfig
 from tunelab.define.data import Splits
+from tunelab.define.run_config import RunConfig
 from tunelab.record.names import MetricName, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.recorded import RecordedRun, load_recorded_run
@@ -78,7 +78,7 @@ def epochs_to_retrain(tracker: Tracker, original: RecordedRun) -> int:
     train_size = original.data.train_size
     if seen and train_size:
         return max(1, round(seen[-1][1] / train_size))
-    return steps[-1][0] if steps else original.config.epochs
+    return steps[-1][0] if steps else original.config.training.epochs
 
 
 def earlier_round(tracker: Tracker, original: RecordedRun) -> RecordedRun | None:
@@ -162,7 +162,7 @@ def retrain(
     role: str,
     progress: ProgressFactory = no_progress,
     deadline: Deadline | None = None,
-    config: CnnConfig | None = None,
+    config: RunConfig | None = None,
     keep_model: bool = False,
 ) -> Retraining:
     """Train `original`'s config (or `config`) on `splits` with `seed`; record a run of `role`.
@@ -174,7 +174,7 @@ def retrain(
     original.data.check(splits)
     cfg = config or original.config
     replay = role == Role.REPRODUCTION
-    epochs = epochs_to_retrain(tracker, original) if config is None else cfg.epochs
+    epochs = epochs_to_retrain(tracker, original) if config is None else cfg.training.epochs
     tags = {
         TagKey.ROLE: role,
         TagKey.RETRAINS_RUN_ID: original.run_id,
@@ -203,7 +203,8 @@ def retrain(
         resume = load_checkpoint(tracker, again, Path(tmp)) if again else None
         if again is None:
             run.log_params(dict(original.chosen))
-            run.log_config(cfg.model_copy(update={"epochs": epochs}) if replay else cfg)
+            trained = cfg.training.model_copy(update={"epochs": epochs})
+            run.log_config(cfg.with_training(trained) if replay else cfg)
         with progress(name, epochs) as show:
             sink = EpochSinkCallback(fan_out(run.epoch_sink(), show))
             if replay:

@@ -1,6 +1,7 @@
 """The one training function every path uses (baseline, Optuna, KerasTuner, retraining, refit).
 
-`train_and_validate` builds the model from its config (or continues a checkpoint), trains it step
+`train_and_validate` builds the model its run config names (any factory; or continues a
+checkpoint in the model the factory builds again), trains it step
 by step on the deterministic stream of `tunelab.training.inputs`, validates after every step,
 and returns a typed `TrialResult`: per-step history (wall time, validation time, images per
 second, images seen, learning rate), best validation accuracy, and a status: completed; failed
@@ -20,14 +21,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tunelab.define.cnn import CnnConfig, count_parameters
 from tunelab.define.data import Splits
+from tunelab.define.run_config import RunConfig
 from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, TrialResult
 from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
 from tunelab.training.checkpoints import Checkpoint, CheckpointWriter
+from tunelab.training.cost import training_flops
 from tunelab.training.deadline import Deadline, StepTimer
+from tunelab.training.factory import Factory, build_model
 from tunelab.training.inputs import StepPlan, eval_dataset, plan_steps, step_dataset
-from tunelab.training.model import build_cnn, steps_per_epoch
+from tunelab.training.model import steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -38,20 +41,20 @@ class Fidelity:
     reduction_factor: int = 3
 
 
-def step_plan(cfg: CnnConfig, train_size: int, fidelity: Fidelity | None = None) -> StepPlan:
+def step_plan(cfg: RunConfig, train_size: int, fidelity: Fidelity | None = None) -> StepPlan:
     """The validation steps of training `cfg` on `train_size` images."""
     fidelity = fidelity or Fidelity()
     return plan_steps(
         train_size,
-        cfg.batch_size,
-        cfg.epochs,
+        cfg.training.batch_size,
+        cfg.training.epochs,
         min_images=fidelity.min_images,
         reduction_factor=fidelity.reduction_factor,
     )
 
 
 def train_and_validate(
-    cfg: CnnConfig,
+    cfg: RunConfig,
     splits: Splits,
     callbacks: Sequence[Any] = (),
     seed: int = 0,
@@ -64,12 +67,13 @@ def train_and_validate(
     deadline: Deadline | None = None,
     flop_rate: float | None = None,
     checkpoint: CheckpointWriter | None = None,
+    factory: Factory | None = None,
     verbose: int = 0,
 ) -> TrialResult:
     """Train `cfg` on splits.train, validating on splits.val after every step.
 
     Args:
-        cfg: the model and training configuration.
+        cfg: what to train: the factory, its parameters, the training settings, the data shape.
         splits: the data; its test split is never touched here. An empty validation split
             (`Splits.for_refit()`) trains on everything without validating.
         callbacks: Keras callbacks (tracking, pruning, progress); they receive per-step logs
@@ -84,6 +88,7 @@ def train_and_validate(
         deadline: no step starts that cannot finish before it; the training is then paused.
         flop_rate: measured training FLOP/s of earlier trainings, for the first step's estimate.
         checkpoint: saves model and history after every step that is not the last.
+        factory: the imported factory (default: imported from the config's name).
         verbose: Keras' own progress output (0: none; tunelab shows its own).
 
     Returns:
@@ -98,14 +103,15 @@ def train_and_validate(
     first = (resume.step if resume else plan.steps_for_epochs(initial_epoch)) + 1
     history = {k: list(v) for k, v in (resume.history if resume else {}).items()}
     earlier_seconds = resume.seconds if resume else 0.0
-    timer = StepTimer(cfg, len(splits.val), flop_rate)
+    timer = StepTimer(training_flops(cfg), len(splits.val), flop_rate)
     guard = NonFiniteLossGuard()
     status, reason, model = COMPLETED, None, None
     try:
+        model = build_model(
+            cfg, steps_per_epoch(len(splits.train), cfg.training.batch_size), factory
+        )
         if resume is not None:
-            model = keras.saving.load_model(resume.model_file)
-        else:
-            model = build_cnn(cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
+            resume.restore(model)
         if initial_weights is not None:
             model.load_weights(initial_weights)
         validation = eval_dataset(splits.val) if len(splits.val) else None
@@ -116,7 +122,7 @@ def train_and_validate(
                 break
             clock = StepClock(images, step.images_seen)
             fit = model.fit(
-                step_dataset(splits.train, cfg, plan, step, seed),
+                step_dataset(splits.train, cfg.training, plan, step, seed),
                 validation_data=validation,
                 epochs=step.number,
                 initial_epoch=step.number - 1,
@@ -141,7 +147,7 @@ def train_and_validate(
         config=cfg,
         status=status,
         history=history,
-        param_count=count_parameters(cfg),
+        param_count=int(model.count_params()) if model is not None else 0,
         wall_seconds=earlier_seconds + time.perf_counter() - started,
         seed=seed,
         failure_reason=reason,

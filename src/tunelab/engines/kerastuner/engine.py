@@ -1,9 +1,11 @@
 """KerasTuner engine: random, Bayesian and Hyperband tuners over the same search spaces.
 
 The oracle gets the whole space declared up front (`kerastuner.space.declare`) with new entries
-disallowed. `TunelabHyperModel` builds with the same factory; `TunelabTuner.run_trial` trains
-each trial (Hyperband rounds included) through the same `train_and_validate`, in a child run of
-the sweep's parent, exactly as the Optuna engine does. Tuner state lives under
+disallowed. `TunelabHyperModel` builds with the experiment's factory; `TunelabTuner.run_trial`
+trains each trial (Hyperband rounds included) through the same `TrialRunner` as the Optuna
+engine, in a child run of the sweep's parent, and only translates its outcome: KerasTuner knows
+completed and failed trials (a pruned one, over the cost cap, is failed for the oracle and
+recorded as pruned, as with Optuna). Tuner state lives under
 `<state_dir>/<study>` and is reloaded by the same command.
 
 A deadline pauses the running trial at a step boundary: the launch ends with the trial still
@@ -13,8 +15,6 @@ next launch reloads, and the retry continues from the checkpoint the paused run 
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +22,34 @@ import keras
 import keras_tuner as kt
 
 from tunelab.define.algorithms import TUNERS, TunerContext
-from tunelab.define.cnn import CnnConfig, CnnConfigError, parse_config
-from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
+from tunelab.define.run_config import RunConfig
 from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.kerastuner.space import chosen_values, declare
+from tunelab.engines.runner import Round, TrialOutcome, TrialRunner, request_runner
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
     TrialRecord,
     best_of,
-    describe_exception,
     max_trial_epochs,
-    over_cost_cap,
-    training_seconds,
-    unfinishable,
 )
 from tunelab.record.names import Role, TagKey, TrialState
 from tunelab.record.query import Query
-from tunelab.record.results import VAL_ACCURACY, TrialResult
-from tunelab.record.store import RunHandle
-from tunelab.training.callbacks import EpochSinkCallback
-from tunelab.training.checkpoints import (
-    Checkpoint,
-    CheckpointWriter,
-    load_checkpoint,
-    remove_checkpoints,
-)
+from tunelab.record.results import VAL_ACCURACY
 from tunelab.training.deadline import STARTUP_SECONDS, Deadline
-from tunelab.training.model import build_cnn, steps_per_epoch
+from tunelab.training.factory import build_model
+from tunelab.training.model import steps_per_epoch
 from tunelab.training.progress import SweepProgress
-from tunelab.training.train import step_plan, train_and_validate
 
 OBJECTIVE = kt.Objective(VAL_ACCURACY, direction="max")
 UNBOUNDED_TRIALS = 99_999
 WEIGHTS_FILE = "tunelab.weights.h5"
+
+
+class TooManyFailures(BaseException):
+    """`budget.max_consecutive_failures` trials failed in a row: the search stops (a
+    BaseException, so KerasTuner's per-trial error handling lets it through)."""
 
 
 class DeadlineReached(BaseException):
@@ -68,24 +61,28 @@ class DeadlineReached(BaseException):
 
 
 class TunelabHyperModel(kt.HyperModel):  # type: ignore[misc]
-    """HyperParameters -> CnnConfig -> the shared model factory."""
+    """HyperParameters -> the trial runner's run config -> the experiment's model factory."""
 
-    def __init__(self, spec: ExperimentSpec, splits: Splits, max_epochs: int) -> None:
-        super().__init__(name="tunelab_cnn", tunable=False)
-        self.spec, self.splits, self.max_epochs = spec, splits, max_epochs
+    def __init__(self, spec: ExperimentSpec, runner: TrialRunner) -> None:
+        super().__init__(name="tunelab_model", tunable=False)
+        self.spec, self.runner = spec, runner
 
-    def config(self, hp: kt.HyperParameters) -> CnnConfig:
-        """The CnnConfig of the active parameters, the space's fixed values, the experiment's."""
-        return parse_config(self.spec.config_values(chosen_values(self.spec.search_space, hp)))
+    def config(self, hp: kt.HyperParameters) -> RunConfig:
+        """The run config of the active parameters, the space's fixed values, the experiment's."""
+        return self.runner.config(chosen_values(self.spec.search_space, hp))
 
     def build(self, hp: kt.HyperParameters) -> Any:
         keras.backend.clear_session()
         cfg = self.config(hp)
-        return build_cnn(cfg, steps_per_epoch(len(self.splits.train), cfg.batch_size))
+        train = len(self.runner.splits.train)
+        return build_model(
+            cfg, steps_per_epoch(train, cfg.training.batch_size), self.runner.factory
+        )
 
 
 class TunelabTuner(kt.Tuner):  # type: ignore[misc]
-    """Runs each trial through `train_and_validate` and records it in MLflow like every engine."""
+    """Runs each trial (Hyperband rounds included) through the trial runner, recorded in MLflow
+    like every engine's."""
 
     def __init__(
         self,
@@ -102,11 +99,12 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self.sweep, self.progress, self.spec = sweep, progress, spec
         self.trial_budget, self.deadline = trials, deadline
+        self.runner = hypermodel.runner
         self.stopped_because = "the tuner finished its search"
-        self.flop_rate = sweep.recorded_flop_rate()
         self.paused: int | None = None
-        self.complete_trials = False  # `tunelab run`: start only trials that can finish
         self.not_started: str | None = None  # why this launch's last trial was not started
+        self.failures_in_a_row = 0
+        self.last_failure = ""
 
     # --- budget ---------------------------------------------------------------------
 
@@ -133,22 +131,45 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
         chosen = chosen_values(self.spec.search_space, hp)
         previous = hp.values.get("tuner/trial_id")
         earlier = self._paused_runs(number)
-        with tempfile.TemporaryDirectory() as tmp, self.sweep.trial(number, chosen, seed) as run:
+        with self.sweep.trial(number, chosen, seed) as run:
             if "tuner/epochs" in hp.values:
                 run.log_params({k: hp.values[k] for k in hp.values if k.startswith("tuner/")})
             if previous is not None:
                 run.set_tags({TagKey.CONTINUES_TRIAL: str(previous)})
             if earlier:
                 run.set_tags({TagKey.RETRIES_TRIAL: str(number)})
-            result, reason = self._train(trial, hp, run, seed, previous, earlier, Path(tmp))
-        if self.not_started is not None or (result is not None and result.paused):
+            outcome = self.runner.run(
+                number, chosen, seed, run, earlier, part=self._round(hp, previous)
+            )
+        return self._translate(trial, outcome)
+
+    def _round(self, hp: kt.HyperParameters, previous: str | None) -> Round:
+        """A Hyperband round: its epochs, and the weights of the round it continues."""
+        if "tuner/epochs" not in hp.values:
+            return Round()
+        initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
+        weights = None if previous is None else self._weights(previous)
+        if weights is not None and not Path(weights).is_file():
+            weights, initial_epoch = None, 0  # the earlier round left no weights: start afresh
+        return Round(int(hp.values["tuner/epochs"]), initial_epoch, weights)
+
+    def _translate(self, trial: Any, outcome: TrialOutcome) -> dict[str, float]:
+        """The runner's outcome in KerasTuner's terms (it knows completed and failed only)."""
+        number = int(trial.trial_id)
+        if outcome.state == TrialState.PAUSED or outcome.not_started:
             self.paused = number
+            self.not_started = outcome.reason if outcome.not_started else None
             raise DeadlineReached(f"trial {number} paused at the deadline")
-        remove_checkpoints(self.sweep.tracker, run.run_id, *earlier)
-        if reason is not None:
-            raise kt.errors.FailedTrialError(reason)
-        assert result is not None and result.best_val_accuracy is not None
-        return {VAL_ACCURACY: result.best_val_accuracy}
+        if outcome.state != TrialState.COMPLETE:
+            self.failures_in_a_row += 1
+            self.last_failure = outcome.reason or outcome.state
+            if self.failures_in_a_row >= self.spec.budget.max_consecutive_failures:
+                raise TooManyFailures(self.last_failure)
+            raise kt.errors.FailedTrialError(outcome.reason or outcome.state)
+        self.failures_in_a_row = 0
+        assert outcome.result is not None and outcome.value is not None
+        outcome.result.model.save_weights(self._weights(trial.trial_id))
+        return {VAL_ACCURACY: outcome.value}
 
     def _paused_runs(self, number: int) -> list[str]:
         """Runs of earlier paused attempts of this trial number, newest first."""
@@ -160,118 +181,6 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
             newest_first=True,
         )
         return [run.info.run_id for run in runs]
-
-    def _train(
-        self,
-        trial: Any,
-        hp: kt.HyperParameters,
-        run: RunHandle,
-        seed: int,
-        previous: str | None,
-        earlier: list[str],
-        folder: Path,
-    ) -> tuple[TrialResult | None, str | None]:
-        model: TunelabHyperModel = self.hypermodel
-        try:
-            cfg = model.config(hp)
-        except CnnConfigError as error:
-            reason = f"impossible config: {error}"
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
-            return None, reason
-        over = over_cost_cap(cfg, self.spec.budget.max_training_mflop)
-        if over is not None:
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=over)
-            return None, over
-        epochs = int(hp.values.get("tuner/epochs", cfg.epochs))
-        initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
-        too_long = self._too_long(cfg, epochs, initial_epoch)
-        if too_long is not None:  # the search ends here; the trial waits for a later launch
-            self.sweep.record_trial(run, None, TrialState.PAUSED, reason=too_long)
-            self.not_started = too_long
-            return None, None
-        weights = None if previous is None else self._weights(previous)
-        if weights is not None and not Path(weights).is_file():
-            weights, initial_epoch = None, 0  # the earlier round left no weights: start afresh
-        resume = self._checkpoint(earlier, folder)
-        if resume is not None:
-            self.sweep.log_resumed(run, resume)
-        self.progress.start_trial(
-            int(trial.trial_id), epochs, seconds=self._estimate(cfg, epochs, initial_epoch)
-        )
-        sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress))
-        try:
-            result = train_and_validate(
-                cfg,
-                self.splits_,
-                callbacks=[sink],
-                seed=seed,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                initial_weights=None if resume else weights,
-                resume=resume,
-                deadline=self.deadline,
-                flop_rate=self.flop_rate,
-                checkpoint=CheckpointWriter(self.sweep.tracker, run.run_id),
-            )
-        except Exception as error:  # one trial's crash is recorded; the search goes on
-            reason = describe_exception(error)
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=reason)
-            return None, reason
-        self.flop_rate = result.measured_flop_rate or self.flop_rate
-        if result.paused:
-            planned = step_plan(cfg, len(self.splits_.train)).steps_for_epochs(epochs)
-            reason = f"paused at the deadline after {result.epochs_trained} of {planned} steps"
-            self.sweep.record_trial(run, result, TrialState.PAUSED, reason=reason)
-            return result, None
-        if not result.ok:
-            self.sweep.record_trial(run, result, TrialState.FAILED, reason=result.failure_reason)
-            return result, result.failure_reason or "failed"
-        result.model.save_weights(self._weights(trial.trial_id))
-        self.sweep.record_trial(run, result, TrialState.COMPLETE)
-        return result, None
-
-    def _round_plan(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> tuple[Any, int]:
-        """The steps of this round (up to `epochs`) and the first one it trains."""
-        plan = step_plan(cfg, len(self.splits_.train))
-        last = plan.steps_for_epochs(epochs)
-        return replace(plan, steps=plan.steps[:last]), plan.steps_for_epochs(initial_epoch) + 1
-
-    def _estimate(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> float:
-        plan, first = self._round_plan(cfg, epochs, initial_epoch)
-        return training_seconds(
-            cfg,
-            plan,
-            first_step=first,
-            validation_images=len(self.splits_.val),
-            flop_rate=self.flop_rate,
-        )
-
-    def _too_long(self, cfg: CnnConfig, epochs: int, initial_epoch: int) -> str | None:
-        """Why this trial is not started under `complete_trials` (None: it can finish)."""
-        if not self.complete_trials or self.deadline is None:
-            return None
-        plan, first = self._round_plan(cfg, epochs, initial_epoch)
-        verdict = unfinishable(
-            cfg,
-            plan,
-            first_step=first,
-            validation_images=len(self.splits_.val),
-            flop_rate=self.flop_rate,
-            deadline=self.deadline,
-        )
-        return None if verdict is None else verdict[0]
-
-    @property
-    def splits_(self) -> Splits:
-        hypermodel: TunelabHyperModel = self.hypermodel
-        return hypermodel.splits
-
-    def _checkpoint(self, runs: list[str], folder: Path) -> Checkpoint | None:
-        for run_id in runs:
-            found = load_checkpoint(self.sweep.tracker, run_id, folder)
-            if found is not None:
-                return found
-        return None
 
     def _weights(self, trial_id: str) -> str:
         folder = Path(self.get_trial_dir(trial_id))
@@ -287,7 +196,7 @@ class TunelabTuner(kt.Tuner):  # type: ignore[misc]
             best=best,
             beat=self.sweep.time_to_beat_from_runs(),
             trial_seconds=self.sweep.trial_seconds_from_runs(),
-            flop_rate=self.flop_rate,
+            flop_rate=self.runner.flop_rate,
         )
         self.progress.finish_trial(records, best)
 
@@ -327,7 +236,8 @@ def make_oracle(spec: ExperimentSpec, max_epochs: int) -> kt.Oracle:
         "hyperparameters": declare(spec.search_space),
         "allow_new_entries": False,
         "tune_new_entries": False,
-        "max_consecutive_failed_trials": spec.budget.max_consecutive_failures,
+        # tunelab counts failures in a row itself (TunelabTuner), with its own one-line stop
+        "max_consecutive_failed_trials": UNBOUNDED_TRIALS,
     }
     # the trial budget counts completed trials (failed ones are retried with new values), so the
     # oracle's own max_trials, which counts failures too, is only a backstop; the tuner stops it
@@ -349,7 +259,7 @@ def run_keras_tuner_sweep(request: SweepRequest) -> SweepOutcome:
     """Run (or resume) a KerasTuner search until its budget, its deadline or Ctrl-C."""
     spec, splits, sweep, progress = request.spec, request.splits, request.sweep, request.progress
     max_epochs = max_trial_epochs(spec)
-    hypermodel = TunelabHyperModel(spec, splits, max_epochs)
+    hypermodel = TunelabHyperModel(spec, request_runner(request, fidelity=False))
     with sweep.parent(splits) as parent:
         tuner = TunelabTuner(
             make_oracle(spec, max_epochs),
@@ -363,7 +273,6 @@ def run_keras_tuner_sweep(request: SweepRequest) -> SweepOutcome:
             project_name=request.study,
             overwrite=False,
         )
-        tuner.complete_trials = request.complete_trials
         # one KerasTuner worker per search: every trial run still RUNNING at start is orphaned
         closed = sweep.close_orphans(lambda number: True)
         if closed:
@@ -380,15 +289,11 @@ def run_keras_tuner_sweep(request: SweepRequest) -> SweepOutcome:
                 else f"the time budget ran out: trial {tuner.paused} is paused and continues from "
                 "its checkpoint in the next launch"
             )
-        except RuntimeError as error:
-            if "consecutive" not in str(error):
-                raise
+        except TooManyFailures as failed:
             parent.status_on_exit = "FAILED"
-            last = next((r for r in reversed(tuner_records(tuner.oracle))), None)
             raise SweepError(
-                f"{spec.budget.max_consecutive_failures} trials failed in a row"
-                + (f" (last: trial {last.number})" if last else "")
-                + "; check the search space, then run the same command to resume"
+                f"{spec.budget.max_consecutive_failures} trials failed in a row; the last: "
+                f"{failed}. Check the search space, then run the same command to resume"
             ) from None
         records = tuner_records(tuner.oracle, sweep.run_ids(), tuner.paused)
         return SweepOutcome(parent.run_id, records, tuner.stopped_because)

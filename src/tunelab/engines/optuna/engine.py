@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -39,41 +38,28 @@ from tunelab.define.algorithms import (
     PrunerContext,
     SamplerContext,
 )
-from tunelab.define.cnn import CnnConfig, CnnConfigError, parse_config
-from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.space import Scalar, SearchSpace
+from tunelab.define.training import ConfigFieldError
 from tunelab.define.urls import check_storage_url, missing_driver
 from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
 from tunelab.engines.optuna.space import distribution, grid, suggest
+from tunelab.engines.runner import TrialOutcome, TrialRunner, request_runner
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
     TrialRecord,
-    describe_exception,
     max_trial_epochs,
-    over_cost_cap,
-    training_seconds,
-    unfinishable,
 )
 from tunelab.record.names import TagKey, TrialState
-from tunelab.record.results import VAL_ACCURACY, TrialResult
+from tunelab.record.results import VAL_ACCURACY
 from tunelab.record.store import RunHandle
 from tunelab.redact import database_error_line, redact_url
-from tunelab.training.callbacks import EpochSinkCallback
-from tunelab.training.checkpoints import (
-    Checkpoint,
-    CheckpointWriter,
-    keep_model,
-    load_checkpoint,
-    remove_checkpoints,
-)
 from tunelab.training.deadline import STARTUP_SECONDS, Deadline
 from tunelab.training.inputs import StepPlan
 from tunelab.training.progress import SweepProgress
-from tunelab.training.train import Fidelity, step_plan, train_and_validate
 
 DEFAULT_STORAGE = "sqlite:///tracking/optuna.db"
 MONITOR = VAL_ACCURACY
@@ -272,7 +258,7 @@ class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
     """Report `monitor` at every step (step = nominal images seen); stop when pruned."""
 
     def __init__(
-        self, trial: optuna.Trial, plan: StepPlan, last_step: int, *, pruning: bool
+        self, trial: optuna.Trial, plan: StepPlan | None, last_step: int, *, pruning: bool
     ) -> None:
         super().__init__()
         self.trial, self.plan, self.last_step, self.pruning = trial, plan, last_step, pruning
@@ -285,7 +271,7 @@ class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
             raise PruningMetricMissing(
                 f"pruning monitors {self.monitor!r} but the epoch logs hold {sorted(logs)}"
             )
-        if not self.pruning:
+        if not self.pruning or self.plan is None:
             return
         number = epoch + 1
         self.trial.report(float(logs[self.monitor]), step=self.plan.step(number).report_images)
@@ -300,26 +286,19 @@ class OptunaSweep:
     def __init__(
         self,
         spec: ExperimentSpec,
-        splits: Splits,
         sweep: SweepTracker,
         study: optuna.Study,
         progress: SweepProgress,
-        deadline: Deadline | None,
+        runner: TrialRunner,
     ) -> None:
-        self.spec, self.splits, self.sweep, self.study = spec, splits, sweep, study
-        self.progress, self.deadline = progress, deadline
+        self.spec, self.sweep, self.study, self.progress = spec, sweep, study, progress
+        self.runner = runner
         self.tracker = sweep.tracker
-        self.max_epochs = max_trial_epochs(spec)
-        self.fidelity = Fidelity(spec.engine.min_images, spec.engine.reduction_factor)
-        self.flop_rate = sweep.recorded_flop_rate()
         self.consecutive_failures = 0
         self.grid_exhausted = False
         self.last_failure = ""
         self.aborted: str | None = None
         self.paused: int | None = None  # number of the trial this launch paused
-        self.keep_models = False
-        self.complete_trials = False  # `tunelab run`: start only trials that can finish
-        self.shortest_need: float | None = None  # seconds of the cheapest trial not started
 
     # --- one trial --------------------------------------------------------------------
 
@@ -333,31 +312,22 @@ class OptunaSweep:
         history = adapter.retry_history(adapter.frozen(self.study, trial))
         seed = self.spec.seed + (history[0] if history else trial.number)
         earlier_runs = self._attempt_runs(history)
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            self.sweep.trial(trial.number, chosen, seed) as run,
-        ):
+        with self.sweep.trial(trial.number, chosen, seed) as run:
             trial.set_user_attr(RUN_ID, run.run_id)
             if history:
                 run.set_tags({TagKey.RETRIES_TRIAL: history[-1]})
-            state, result, reason, pruned_at = self._train_trial(
-                trial, chosen, run, seed, earlier_runs, Path(tmp)
-            )
-        if state == TrialState.PAUSED:
+            outcome = self._train_trial(trial, chosen, run, seed, earlier_runs)
+        if outcome.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED, True)
             self.paused = trial.number
             raise TrialPaused(f"trial {trial.number} paused at the deadline")
-        remove_checkpoints(self.tracker, run.run_id, *earlier_runs)
-        return self._finish(trial, state, result, reason, pruned_at)
+        return self._finish(trial, outcome)
 
     def _attempt_runs(self, history: list[int]) -> list[str]:
         """MLflow run ids of the earlier attempts of a trial, newest first."""
         trials = self.study.get_trials(deepcopy=False)
         runs = [str(trials[n].user_attrs.get(RUN_ID, "")) for n in reversed(history)]
         return [run_id for run_id in runs if run_id]
-
-    def _config(self, chosen: dict[str, Scalar]) -> CnnConfig:
-        return parse_config(self.spec.config_values(chosen))
 
     def _train_trial(
         self,
@@ -366,108 +336,28 @@ class OptunaSweep:
         run: RunHandle,
         seed: int,
         earlier_runs: list[str],
-        folder: Path,
-    ) -> tuple[str, TrialResult | None, str | None, int | None]:
+    ) -> TrialOutcome:
+        """The runner trains it; Optuna hears every step (images seen) and may prune it."""
         try:
-            cfg = self._config(chosen)
-        except CnnConfigError as error:
-            problem = f"impossible config: {error}"
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
-            return TrialState.FAILED, None, problem, None
-        over = over_cost_cap(cfg, self.spec.budget.max_training_mflop)
-        if over is not None:
-            self.sweep.record_trial(run, None, TrialState.PRUNED, reason=over)
-            return TrialState.PRUNED, None, over, 0
-        plan = step_plan(cfg, len(self.splits.train), self.fidelity)
-        resume = self._checkpoint(earlier_runs, plan, folder)
-        too_long = self._too_long(cfg, plan, resume)
-        if too_long is not None:
-            self.sweep.record_trial(run, None, TrialState.PRUNED, reason=too_long)
-            return TrialState.PRUNED, None, too_long, 0
-        if resume is not None:
-            self.sweep.log_resumed(run, resume)
+            plan = self.runner.plan(self.runner.config(chosen))
+        except ConfigFieldError:
+            plan = None  # the runner records why it cannot be built
         reporter = PruningReporter(
-            trial, plan, len(plan.steps), pruning=not self.spec.multi_objective
-        )
-        sink = EpochSinkCallback(self.sweep.epoch_sink(run, self.progress, self._on_beat(trial)))
-        first = (resume.step if resume else 0) + 1
-        self.progress.start_trial(
-            trial.number,
-            len(plan.steps),
-            seconds=training_seconds(
-                cfg,
-                plan,
-                first_step=first,
-                validation_images=len(self.splits.val),
-                flop_rate=self.flop_rate,
-            ),
-            first_step=first,
-        )
-        try:
-            result = train_and_validate(
-                cfg,
-                self.splits,
-                callbacks=[sink, reporter],
-                seed=seed,
-                resume=resume,
-                fidelity=self.fidelity,
-                deadline=self.deadline,
-                flop_rate=self.flop_rate,
-                checkpoint=CheckpointWriter(self.tracker, run.run_id),
-            )
-        except PruningMetricMissing:
-            raise
-        except Exception as error:  # one trial's crash is recorded; the sweep goes on
-            problem = describe_exception(error)
-            self.sweep.record_trial(run, None, TrialState.FAILED, reason=problem)
-            return TrialState.FAILED, None, problem, None
-        self.flop_rate = result.measured_flop_rate or self.flop_rate
-        reason: str | None = None
-        pruned_at: int | None = None
-        if result.paused:
-            state = TrialState.PAUSED
-            reason = (
-                f"paused at the deadline after {result.epochs_trained} of {len(plan.steps)} steps"
-            )
-        elif not result.ok:
-            state, reason = TrialState.FAILED, result.failure_reason
-        elif reporter.pruned_at is not None:
-            state, pruned_at = TrialState.PRUNED, reporter.pruned_at
-        else:
-            state = TrialState.COMPLETE
-            if self.keep_models:
-                keep_model(self.tracker, run.run_id, result.model)
-        self.sweep.record_trial(run, result, state, reason=reason, pruned_at=pruned_at)
-        return state, result, reason, pruned_at
-
-    def _too_long(self, cfg: CnnConfig, plan: StepPlan, resume: Checkpoint | None) -> str | None:
-        """Why this trial is not started under `complete_trials` (None: it can finish)."""
-        if not self.complete_trials or self.deadline is None:
-            return None
-        verdict = unfinishable(
-            cfg,
+            trial,
             plan,
-            first_step=(resume.step if resume else 0) + 1,
-            validation_images=len(self.splits.val),
-            flop_rate=self.flop_rate,
-            deadline=self.deadline,
+            len(plan.steps) if plan else 0,
+            pruning=not self.spec.multi_objective,
         )
-        if verdict is None:
-            return None
-        reason, need = verdict
-        self.shortest_need = min(need, self.shortest_need or need)
-        return reason
-
-    def _checkpoint(self, runs: list[str], plan: StepPlan, folder: Path) -> Checkpoint | None:
-        """The newest usable checkpoint of the earlier attempts (newest attempt first).
-
-        One at or past this launch's last step (the epoch cap changed) means: start over.
-        """
-        for run_id in runs:
-            found = load_checkpoint(self.tracker, run_id, folder)
-            if found is not None:
-                return found if found.step < len(plan.steps) else None
-        return None
+        return self.runner.run(
+            trial.number,
+            chosen,
+            seed,
+            run,
+            earlier_runs,
+            callbacks=[reporter],
+            pruned_at=lambda: reporter.pruned_at,
+            on_beat=self._on_beat(trial),
+        )
 
     def _on_beat(self, trial: optuna.Trial) -> Callable[[int, float], None]:
         """Keep when the trial beat the baseline in the study too (time_to_beat reads it)."""
@@ -478,19 +368,14 @@ class OptunaSweep:
 
         return record
 
-    def _finish(
-        self,
-        trial: optuna.Trial,
-        state: str,
-        result: TrialResult | None,
-        reason: str | None,
-        pruned_at: int | None,
-    ) -> float | Sequence[float]:
-        if state == TrialState.FAILED:
-            trial.set_user_attr(FAIL_REASON, reason)
-            raise TrialFailed(reason)
-        if state == TrialState.PRUNED:
-            raise optuna.TrialPruned(reason or f"pruned at epoch {pruned_at}")
+    def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | Sequence[float]:
+        """The runner's outcome in Optuna's terms: a value, TrialPruned, or a failure."""
+        if outcome.state == TrialState.FAILED:
+            trial.set_user_attr(FAIL_REASON, outcome.reason)
+            raise TrialFailed(outcome.reason)
+        if outcome.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(outcome.reason or f"pruned at step {outcome.pruned_at}")
+        result = outcome.result
         assert result is not None and result.best_val_accuracy is not None
         measured = {
             "val_accuracy": result.best_val_accuracy,
@@ -522,7 +407,7 @@ class OptunaSweep:
             best=best,
             beat=time_to_beat(study),
             trial_seconds=sum(_duration(t) for t in study.trials if WARM_START not in t.user_attrs),
-            flop_rate=self.flop_rate,
+            flop_rate=self.runner.flop_rate,
         )
         self.progress.finish_trial(records, best)
 
@@ -642,9 +527,7 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
             added = warm_start(study, source, spec.search_space)
             progress.note(f"warm start: {added} finished trial(s) of study {source.study_name}")
         lock = StudyLock(request.storage_url, request.study)
-        runner = OptunaSweep(spec, splits, sweep, study, progress, request.deadline)
-        runner.keep_models = request.keep_models
-        runner.complete_trials = request.complete_trials
+        runner = OptunaSweep(spec, sweep, study, progress, request_runner(request))
         with sweep.parent(splits, lock=lock) as parent:
             adapter_attr = "mlflow_parent_run_id"
             study.set_user_attr(adapter_attr, parent.run_id)
@@ -745,11 +628,7 @@ def _drive(
             )
         if deadline is not None and deadline.remaining() < 2 * STARTUP_SECONDS:
             return "the time budget is spent"
-        if (
-            deadline is not None
-            and runner.shortest_need is not None
-            and deadline.remaining() < runner.shortest_need
-        ):
+        if runner.runner.nothing_fits():
             return (
                 "no complete trial fits in the time left (trials that could not finish were not "
                 "started)"
@@ -789,14 +668,20 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
             raise
     try:
         study.tell(trial, values, state=state)
-    except RuntimeError as error:  # the grid sampler stops the study when its grid is done
-        if "Study.stop" not in str(error):
+    except RuntimeError:  # the grid sampler stops the study when its grid is done
+        if not _grid_done(study):
             raise
         runner.grid_exhausted = True  # (the trial's state was stored before the sampler spoke)
     finished = adapter.frozen(study, trial)
     if paused:
         adapter.requeue(study, finished, drop_user_attrs=ATTEMPT_ATTRS)
     runner.after_trial(study, finished)
+
+
+def _grid_done(study: optuna.Study) -> bool:
+    """Whether the study's grid sampler has tried every point (it then stops the study)."""
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:

@@ -33,8 +33,8 @@ def prepare_stores(spec: ExperimentSpec, study: str, storage_url: str, tracking_
     """Create the MLflow store and experiment and the Optuna study before any worker starts."""
     Tracker(tracking_uri).experiment_id(spec.name)
     check_storage(storage_url)
-    train_size = spec.train_size or 60_000 - spec.validation_size
-    open_study(spec, study, storage_url, train_size)
+    # the pruner built here is not stored with the study: its resource size does not matter
+    open_study(spec, study, storage_url, spec.train_size or 1)
 
 
 def gpu_devices() -> list[str]:

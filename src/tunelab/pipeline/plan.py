@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 
-from tunelab.define.cnn import TRAINING_PASSES, CnnConfig, forward_flops
+from tunelab.define.run_config import RunConfig
 from tunelab.engines.numerics import Numerics
+from tunelab.training.cost import TRAINING_PASSES, forward_flops
 
 STARTUP_SECONDS = 8.0  # building a model, tracing its functions, the first checkpoint
 # an epoch in tunelab's loop costs this much more than the probe's bare training steps (the
@@ -39,7 +40,7 @@ BASELINE_EPOCHS = 12
 
 
 def epoch_seconds(
-    cfg: CnnConfig, numerics: Numerics, train_images: int, validation_images: int
+    cfg: RunConfig, numerics: Numerics, train_images: int, validation_images: int
 ) -> float:
     """Estimated wall seconds of one epoch of `cfg` before it has measured itself."""
     per_image = numerics.seconds_per_image(cfg)
@@ -48,19 +49,19 @@ def epoch_seconds(
 
 
 def search_schedule(
-    cfg: CnnConfig, numerics: Numerics, train_images: int, validation_images: int, seconds: float
+    cfg: RunConfig, numerics: Numerics, train_images: int, validation_images: int, seconds: float
 ) -> int | None:
     """Epochs of the search's trials: None when the full schedule fits `seconds`, else the
     longest shorter one that does (0 when not even one epoch fits)."""
     epoch = epoch_seconds(cfg, numerics, train_images, validation_images)
     room = SEARCH_FIT * seconds - STARTUP_SECONDS
-    if cfg.epochs * epoch <= room:
+    if cfg.training.epochs * epoch <= room:
         return None
     return max(0, math.floor(room / epoch))
 
 
 def export_seconds(
-    cfg: CnnConfig, formats: int, members: int, flop_rate: float, test_images: int
+    cfg: RunConfig, formats: int, members: int, flop_rate: float, test_images: int
 ) -> float:
     """Time to reserve after the refit for testing and exporting (single and ensemble)."""
     passes = formats + 1  # a test pass per format check, and the test evaluation
@@ -77,19 +78,19 @@ def export_seconds(
 
 
 def minimum_budget(
-    cfg: CnnConfig, numerics: Numerics, images: int, test_images: int, formats: int
+    cfg: RunConfig, numerics: Numerics, images: int, test_images: int, formats: int
 ) -> float:
     """The least budget that delivers: one epoch on `images` training images, test, export."""
     refit = epoch_seconds(cfg, numerics, images, 0) + STARTUP_SECONDS
     return FINAL_SAFETY * refit + export_seconds(cfg, formats, 0, numerics.flop_rate, test_images)
 
 
-def final_epochs(seconds: float, images: int, seconds_per_image: float, cfg: CnnConfig) -> int:
+def final_epochs(seconds: float, images: int, seconds_per_image: float, cfg: RunConfig) -> int:
     """Epochs of a refit that end within `seconds` (at least one, at most MAX_FINAL_EPOCHS),
     with FINAL_SAFETY for this machine's swings in speed."""
     per_epoch = FINAL_SAFETY * images * seconds_per_image
     fitting = math.floor(max(0.0, seconds - 5.0) / per_epoch)
-    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * cfg.epochs))
+    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * cfg.training.epochs))
 
 
 def baseline_seconds(images_per_second: float, train_images: int, validation_images: int) -> float:

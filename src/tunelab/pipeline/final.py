@@ -1,0 +1,176 @@
+"""Stage 3, final: the champion refit on every training image, tested once, exported; an ensemble.
+
+The refit is planned once (then kept on the parent run, so a resumed launch trains the same
+schedule) from the training throughput the champion measured (or this machine's measured speed
+for a configuration that has not trained yet), so its fixed-length schedule ends before the
+deadline. With `pipeline.ensemble: K`, the averaged softmax of K trained members is
+delivered too. Should the refit still run late, the models search and confirmation kept are
+delivered instead; when the search finished no trial, the best-known configuration (the paused
+trial's, an enqueued point, the middle of the space) is the one refit: a result always comes
+out of the budget.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tunelab.delivery.ensemble import Member
+from tunelab.delivery.export import ExportPaused, ExportResult, export_ensemble, export_model
+from tunelab.errors import UserError
+from tunelab.pipeline import plan
+from tunelab.pipeline.members import best_known_source, ensemble_members, kept_members
+from tunelab.pipeline.state import Delivered, PipelineState
+from tunelab.record.names import MetricName, TagKey
+from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
+from tunelab.record.store import RunHandle
+from tunelab.training.deadline import Deadline
+
+
+def final(state: PipelineState, deadline: Deadline) -> None:
+    sweep = find_sweep(state.tracker, state.spec.name, state.study)
+    champion_id = sweep.tags.get(TagKey.CHAMPION_RUN_ID) or sweep.tags.get(TagKey.BEST_RUN_ID)
+    if champion_id:
+        champion = load_recorded_run(state.tracker, champion_id)
+    else:
+        champion, why = best_known_source(state, sweep)
+        state.note(f"final: the search finished no trial; trained {why} instead")
+    settings = state.spec.pipeline
+    formats = tuple(settings.formats)
+    epochs = planned_epochs(state, champion, deadline)
+    state.say(f"final: {champion.label} refit on every training image for {epochs} epochs")
+    refit_deadline = Deadline(deadline.at - _reserve(state, champion, len(formats)))
+    try:
+        single = export_model(
+            state.tracker,
+            champion,
+            state.full_splits,
+            out=state.out / "single",
+            formats=formats,
+            refit=True,
+            epochs=epochs,
+            register=settings.ensemble < 2,
+            deadline=refit_deadline,
+            progress=state.progress,
+            report=state.say,
+        )
+    except ExportPaused as error:
+        _deliver_kept(state, sweep, champion, formats, str(error))
+        return
+    state.outcome.single = Delivered.of(single)
+    if settings.ensemble >= 2:
+        members = ensemble_members(state.tracker, sweep, champion, single, settings.ensemble)
+        if len(members) >= 2:
+            state.outcome.ensemble = _export_ensemble(
+                state, sweep, members, formats, "ensemble", single
+            )
+        else:
+            state.note(
+                "ensemble: fewer than 2 trained members were available; delivered the single "
+                "champion"
+            )
+
+
+def _reserve(state: PipelineState, champion: RecordedRun, formats: int) -> float:
+    """Seconds kept after the refit for testing and exporting."""
+    return plan.export_seconds(
+        champion.config,
+        formats,
+        state.spec.pipeline.ensemble,
+        state.numerics.flop_rate,
+        len(state.full_splits.test),
+    )
+
+
+def refit_seconds_per_image(run: RecordedRun, estimate: float) -> float:
+    """What one training image will cost a refit of `run`'s configuration (every training
+    image, no validation): the training throughput `run` measured, with the loop's overhead,
+    else `estimate` (this machine's measured speed) for a run that has not trained. Not its
+    wall time per image: a trial validated after every rung (data-size fidelity) or epoch, and
+    that cost would shorten the refit's plan for nothing."""
+    speed = run.metrics.get(MetricName.IMAGES_PER_SECOND)
+    return plan.LOOP_OVERHEAD / float(speed) if speed else estimate
+
+
+def wall_seconds_per_image(run: RecordedRun, estimate: float) -> float:
+    """What one training image cost `run` in wall time: its whole training (validation,
+    per-step overhead, tracing and checkpoints included) over the images it saw; `estimate`
+    (from this machine's measured speed) for a run that has not trained yet. Throughput alone
+    (`images_per_second`) leaves out about a tenth of a refit's wall time."""
+    wall = run.metrics.get(MetricName.WALL_SECONDS)
+    seen = run.metrics.get(MetricName.IMAGES_SEEN)
+    if wall and seen:
+        return float(wall) / float(seen)
+    return estimate
+
+
+def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadline) -> int:
+    """The refit's epochs: planned once from the measured speed, then kept (resumable)."""
+    tracker = state.tracker
+    run = tracker.get_run(state.parent_run_id)
+    stored = json.loads(run.data.tags.get(TagKey.PIPELINE_PLAN, "{}")) if run else {}
+    if stored.get("champion") == champion.run_id:
+        return int(stored["epochs"])
+    estimate = plan.LOOP_OVERHEAD * state.numerics.seconds_per_image(champion.config)
+    per_image = refit_seconds_per_image(champion, estimate)
+    images = len(state.full_splits.train) + len(state.full_splits.val)
+    seconds = deadline.remaining() - _reserve(state, champion, len(state.spec.pipeline.formats))
+    epochs = plan.final_epochs(seconds, images, per_image, champion.config)
+    planned = {
+        "champion": champion.run_id,
+        "epochs": epochs,
+        "wall_seconds_per_image": per_image,
+        "seconds": seconds,
+    }
+    RunHandle(tracker.client, state.parent_run_id).set_tags(
+        {TagKey.PIPELINE_PLAN: json.dumps(planned)}
+    )
+    return epochs
+
+
+def _deliver_kept(
+    state: PipelineState,
+    sweep: SweepRecord,
+    champion: RecordedRun,
+    formats: tuple[str, ...],
+    why: str,
+) -> None:
+    """The refit ran late: deliver the models the search and confirmation kept (complete
+    schedules, trained on the search split) rather than nothing or a half-decayed refit."""
+    count = max(2, state.spec.pipeline.ensemble)
+    members = kept_members(state.tracker, sweep, champion, count)
+    if not members:
+        raise UserError(
+            f"final stage: {why}; no trained model was kept to deliver instead: "
+            "run again with a larger --budget to finish the refit"
+        )
+    state.say(
+        f"final: {why}; delivering the {len(members)} model(s) kept by the search and "
+        "confirmation instead"
+    )
+    state.outcome.ensemble = _export_ensemble(state, sweep, members, formats, "kept", None)
+    state.note(
+        f"final: {why}; delivered the averaged softmax of {len(members)} kept model(s) "
+        "instead (trained on the search split with complete schedules)"
+    )
+
+
+def _export_ensemble(
+    state: PipelineState,
+    sweep: SweepRecord,
+    members: list[Member],
+    formats: tuple[str, ...],
+    folder: str,
+    single: ExportResult | None,
+) -> Delivered:
+    """The averaged softmax of `members`, exported into `out/folder` and summarised."""
+    exported = export_ensemble(
+        state.tracker,
+        sweep,
+        members,
+        state.full_splits,
+        out=state.out / folder,
+        formats=formats,
+        single=single,
+        report=state.say,
+    )
+    return Delivered.of(exported)
