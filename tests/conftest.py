@@ -143,6 +143,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             raise AssertionError(tracer.stderr.read().decode()[-2000:] if tracer.stderr else "")
         time.sleep(0.5)
     _detach(tracer)  # every server process has started: the record is complete
+    _stop_when_gone(os.getpid(), script, env)
     values = dict(
         line.removeprefix("export ").split("=", 1)
         for line in (folder / "env").read_text().splitlines()
@@ -158,6 +159,20 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         )
     finally:
         subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True)
+
+
+def _stop_when_gone(pid: int, script: Path, env: dict[str, str]) -> None:
+    """A watchdog in its own session: when this pytest process is gone (even killed with
+    SIGKILL, when no `finally` runs), it stops the services the session started."""
+    watch = f"while kill -0 {pid} 2>/dev/null; do sleep 2; done; bash '{script}' stop"
+    subprocess.Popen(
+        ["bash", "-c", watch],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _detach(tracer: subprocess.Popen[bytes]) -> None:

@@ -47,7 +47,7 @@ LAYERS = {
     "cli": 9,
     "__main__": 10,
 }
-UTILITIES = {"errors", "redact", "text", "quiet", "services", "__init__"}
+UTILITIES = {"errors", "redact", "text", "quiet", "services", "console", "__init__"}
 
 
 def load(path: Path) -> object:

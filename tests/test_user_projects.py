@@ -436,3 +436,33 @@ def test_the_shipped_example_validates(tmp_path: Path) -> None:
     assert (train, test) == (1438, 359)
     [line] = tl.validate([copy / "experiment.yaml"])
     assert "8x8x1" in line and "10 classes" in line and "digits_model:build" in line
+
+
+def test_output_to_a_log_file_has_whole_lines_and_no_terminal_decorations(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    """What CI or a cluster's log collector sees: one line per message, no bars, timestamps or
+    source locations, and a closing line whose totals add up."""
+    import re
+
+    path = project(tmp_path, tiny_splits)
+    with open(tmp_path / "tune.log", "w") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "tunelab", "tune", str(path), "--timeout", "10m"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            check=False,
+        )
+    text = (tmp_path / "tune.log").read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "progress.py" not in text and "\x1b[" not in text and "━" not in text
+    [closing] = [line for line in text.splitlines() if "this launch" in line]
+    this_launch, on_clock, in_all = map(
+        int,
+        re.search(
+            r"(\d+) s this launch \((\d+) s of it .*, (\d+) s there in all", closing
+        ).groups(),
+    )
+    assert on_clock <= this_launch and on_clock <= in_all
+    assert closing.endswith("in MLflow experiment 'userproj'.")  # not broken onto two lines

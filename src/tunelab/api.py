@@ -61,7 +61,9 @@ def _spec(experiment: ExperimentRef) -> ExperimentSpec:
 
 
 def _console(show: bool) -> Console:
-    return Console(stderr=True) if show else Console(quiet=True)
+    from tunelab.console import user_console
+
+    return user_console(quiet=not show)
 
 
 def _seconds(value: str | float | None, where: str) -> float | None:
@@ -279,7 +281,13 @@ def comparison(
 ) -> Comparison:
     """`compare`, rendered as `fmt` (table, csv, markdown, html), optionally logged to the
     sweep's parent run (`comparison/`)."""
-    from tunelab.analysis.compare import TABLE_FORMATS, comparison_table, render, sweep_line
+    from tunelab.analysis.compare import (
+        TABLE_FORMATS,
+        agreement_lines,
+        comparison_table,
+        render,
+        sweep_line,
+    )
     from tunelab.record.store import RunHandle
 
     if fmt not in TABLE_FORMATS:
@@ -289,6 +297,7 @@ def comparison(
     tracker, sweep = _sweep(experiment, study, tracking_uri)
     table = comparison_table(tracker, sweep, top=top)
     text = render(table, fmt)
+    headline = "\n".join([sweep_line(sweep), *agreement_lines(tracker, sweep)])
     logged = None
     if log:
         extension = {"table": "txt", "csv": "csv", "markdown": "md", "html": "html"}[fmt]
@@ -296,7 +305,7 @@ def comparison(
             text, f"comparison/comparison.{extension}"
         )
         logged = sweep.parent_run_id
-    return Comparison(sweep_line(sweep), text, table, logged)
+    return Comparison(headline, text, table, logged)
 
 
 def confirm(

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from tunelab import __version__
+from tunelab.console import user_console
 from tunelab.define.data import DATASETS
 from tunelab.define.files import ConfigError
 from tunelab.errors import UserError
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Tune Keras CNNs with Optuna and KerasTuner, record in MLflow, compare with the baseline.",
 )
-console = Console(stderr=True)
+console = user_console()
 
 
 def _version(value: bool) -> None:

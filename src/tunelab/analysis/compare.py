@@ -326,6 +326,23 @@ def sweep_line(sweep: SweepRecord) -> str:
     return line
 
 
+def agreement_lines(tracker: Tracker, sweep: SweepRecord) -> list[str]:
+    """The sweep's measured rank agreement between rungs and ends, one line each (none if the
+    sweep recorded none)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from tunelab.engines.agreement import Agreement
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracker.download_artifact(sweep.parent_run_id, Artifact.RANK_AGREEMENT, Path(tmp))
+        if path is None:
+            return []
+        found = [Agreement(**item) for item in json.loads(path.read_text())]
+    return [f"rank agreement: {item.line()}" for item in found]
+
+
 def render(table: pd.DataFrame, fmt: str, width: int | None = None) -> str:
     """The table as text in one of TABLE_FORMATS ("table": fitted to `width` columns)."""
     if fmt == "csv":

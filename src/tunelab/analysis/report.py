@@ -26,7 +26,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
-from tunelab.analysis.compare import comparison_table, render, sweep_line
+from tunelab.analysis.compare import agreement_lines, comparison_table, render, sweep_line
 from tunelab.record.names import Artifact, MetricName, Role, TagKey
 from tunelab.record.recorded import SweepRecord, completed, ranked_by_best_val, typed_params
 from tunelab.record.store import Tracker
@@ -192,6 +192,7 @@ def build_report(tracker: Tracker, sweep: SweepRecord, *, top: int = 5) -> str:
         engine=sweep.engine,
         experiment=sweep.experiment,
         summary=sweep_line(sweep),
+        agreement=agreement_lines(tracker, sweep),
         table=render(comparison_table(tracker, sweep, top=top), "html"),
         sections=sections,
         exports=_exports(tracker, sweep),

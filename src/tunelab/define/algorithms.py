@@ -236,7 +236,14 @@ class EngineTraits:
 ENGINES: dict[str, EngineTraits] = {
     "optuna": EngineTraits(
         options=frozenset(
-            {"sampler", "pruner", "startup_trials", "min_images", "reduction_factor"}
+            {
+                "sampler",
+                "pruner",
+                "startup_trials",
+                "min_images",
+                "reduction_factor",
+                "fidelity_check",
+            }
         ),
         objectives=(1, 2),
         workers=True,

@@ -110,6 +110,11 @@ class EngineSettings(StrictModel):
         "images, then after reduction_factor times as many, ... up to a full epoch, then per epoch",
     )
     reduction_factor: int = Field(3, ge=2, le=10, description="eta of rungs and pruners")
+    fidelity_check: bool = Field(
+        False,
+        description="prune at a rung only once its scores are measured to rank like the ends "
+        "of the complete trials (Spearman, p < 0.05, at least 8 trials)",
+    )
 
     @model_validator(mode="after")
     def _options_fit_the_engine(self) -> EngineSettings:

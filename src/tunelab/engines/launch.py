@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab.console import user_console
 from tunelab.define.data import Splits
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.urls import check_storage_url, check_tracking_uri, missing_driver
@@ -63,8 +64,9 @@ class SweepResult:
     records: tuple[TrialRecord, ...]
     stopped_because: str
     baseline: BaselineBar | None
-    launch_seconds: float
+    launch_seconds: float  # this launch's wall time, data loading and set-up included
     spent_seconds: float  # every launch of the sweep together (what the time budget counts)
+    spent_before: float = 0.0  # of spent_seconds, by earlier launches
 
     @property
     def best(self) -> TrialRecord | None:
@@ -96,7 +98,9 @@ class SweepResult:
             f"stopped: {self.stopped_because}. trials: {counts['complete']} complete, "
             f"{counts['pruned']} pruned, {counts['failed']} failed"
             + (f", {counts['paused']} paused" if counts["paused"] else "")
-            + f"; {self.launch_seconds:.0f} s this launch, {self.spent_seconds:.0f} s in all."
+            + f"; {self.launch_seconds:.0f} s this launch "
+            f"({self.spent_seconds - self.spent_before:.0f} s of it on the budget's clock, "
+            f"{self.spent_seconds:.0f} s there in all)."
         )
         best = self.best
         if best is not None and best.value is not None:
@@ -111,11 +115,12 @@ class SweepResult:
 def sweep_deadline(
     tracker: Tracker, spec: ExperimentSpec, study: str, budget_seconds: float | None
 ) -> tuple[Deadline | None, float]:
-    """The deadline of this launch and the seconds earlier launches spent (0 for a new sweep)."""
-    if budget_seconds is None:
-        return None, 0.0
+    """The deadline of this launch (None without a time budget) and the seconds earlier
+    launches spent (0 for a new sweep)."""
     parent = SweepTracker(tracker, spec, study, spec.engine.name, None).find_parent()
     spent = Ledger(tracker, parent, SWEEP_LEDGER).spent() if parent else 0.0
+    if budget_seconds is None:
+        return None, spent
     return Deadline.after(budget_seconds - spent), spent
 
 
@@ -150,7 +155,7 @@ def run_sweep(
     digest; `tunelab.training.prepare`).
     """
     started = time.monotonic()
-    console = console or Console(stderr=True)
+    console = console or user_console()
     study = study_name or spec.name
     storage = resolve_storage(storage_url, spec)
     if spec.engine.name == "optuna":  # refused before anything is created or fetched
@@ -177,9 +182,8 @@ def run_sweep(
     spec, numerics = decide_numerics(prepared, recorded, numerics, say)
     baseline, note = find_baseline_bar(tracker, splits)
     budget = timeout_seconds if timeout_seconds is not None else spec.budget.timeout
-    spent_before = 0.0
-    if deadline is None:
-        deadline, spent_before = sweep_deadline(tracker, spec, study, budget)
+    own_deadline, spent_before = sweep_deadline(tracker, spec, study, budget)
+    deadline = deadline or own_deadline
     trial_budget = trials if trials is not None else spec.budget.trials
     console.print(
         f"sweep {study}: {spec.engine.name} ({_algorithms(spec)}), {len(splits.train)} training "
@@ -206,8 +210,11 @@ def run_sweep(
     )
     with request.progress:
         outcome = engine(spec.engine.name).run(request)
+    sweep.parent_run_id = outcome.parent_run_id
+    sweep.log_rank_agreements(say)
     spent = Ledger(tracker, outcome.parent_run_id, SWEEP_LEDGER).spent()
     return SweepResult(
+        spent_before=spent_before,
         experiment=spec.name,
         study=study,
         engine=spec.engine.name,

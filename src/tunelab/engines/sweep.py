@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.define.data import Splits, published_accuracy
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.run_config import RunConfig
 from tunelab.define.space import Scalar
+from tunelab.engines.agreement import FINAL, Agreement, rung_agreements
 from tunelab.engines.numerics import PRECISION_PARAM, Numerics
 from tunelab.errors import UserError
 from tunelab.record.ledger import Launch, Ledger
-from tunelab.record.names import MetricName, Role, TagKey, TrialState
+from tunelab.record.names import Artifact, MetricName, Role, TagKey, TrialState
 from tunelab.record.query import Query
 from tunelab.record.results import TrialResult
 from tunelab.record.store import RunHandle, Tracker
@@ -288,6 +289,45 @@ class SweepTracker:
             metrics[MetricName.EPOCHS_TO_BEAT_BASELINE] = beat["epochs"]
             metrics[MetricName.TRIAL_THAT_BEAT_BASELINE] = beat["trial"]
         run.log_metrics(metrics, step=len(records))
+
+    def rank_agreements(self) -> list[Agreement]:
+        """How the sweep's rungs rank its configurations against their ends and confirmations
+        (see `tunelab.engines.agreement`), read from its trial runs."""
+        curves: dict[int, list[float]] = {}
+        finals: dict[int, float] = {}
+        confirmed: dict[int, float] = {}
+        seen: dict[int, list[float]] = {}
+        for run in self.children():
+            number = int(run.data.tags.get(TagKey.TRIAL_NUMBER, -1))
+            scores = [
+                v for _, v in self.tracker.metric_steps(run.info.run_id, MetricName.VAL_ACCURACY)
+            ]
+            if not scores or run.data.tags.get(TagKey.TRIAL_STATE) == TrialState.FAILED:
+                continue
+            curves[number] = scores
+            for step, count in self.tracker.metric_steps(run.info.run_id, MetricName.IMAGES_SEEN):
+                seen.setdefault(step, []).append(count)
+            if run.data.tags.get(TagKey.TRIAL_STATE) == TrialState.COMPLETE:
+                finals[number] = scores[-1]
+            if MetricName.CONFIRMED_MEAN in run.data.metrics:
+                confirmed[number] = run.data.metrics[MetricName.CONFIRMED_MEAN]
+        positions = {step: int(sorted(v)[len(v) // 2]) for step, v in seen.items()}
+        return rung_agreements(curves, finals, confirmed, positions)
+
+    def log_rank_agreements(self, report: Callable[[str], None]) -> list[Agreement]:
+        """Measure the rank agreement, keep it on the parent run, say what does not rank."""
+        assert self.parent_run_id is not None
+        found = self.rank_agreements()
+        run = RunHandle(self.tracker.client, self.parent_run_id)
+        metrics: dict[str, float] = {}
+        for item in found:
+            metrics.update(item.metrics())
+        run.log_metrics(metrics)
+        run.log_text(json.dumps([asdict(a) for a in found], indent=1), Artifact.RANK_AGREEMENT)
+        for item in found:
+            if item.second == FINAL and not item.significant and not item.too_few:
+                report(f"rank agreement: {item.line()}")
+        return found
 
     def recorded_flop_rate(self) -> float | None:
         """The training speed measured by earlier trials, else by this machine's speed probe

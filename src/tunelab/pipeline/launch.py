@@ -23,9 +23,11 @@ from typing import Any
 
 from rich.console import Console
 
+from tunelab.console import user_console
 from tunelab.define.data import Splits, published_accuracy
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.run_config import RunConfig
+from tunelab.engines.agreement import CONFIRMED, FINAL
 from tunelab.engines.launch import decide_numerics, resolve_storage
 from tunelab.engines.numerics import Numerics, measure_numerics, representative_config
 from tunelab.engines.sweep import SweepTracker, find_baseline_bar
@@ -139,6 +141,16 @@ class Pipeline:
         baseline = self.tracker.find_baseline(state.splits.digest)
         if baseline is not None:
             result.baseline_test_accuracy = baseline.data.metrics.get(MetricName.TEST_ACCURACY)
+        sweep_record = SweepTracker(
+            self.tracker, state.spec, state.study, state.spec.engine.name, None
+        )
+        sweep_record.parent_run_id = parent
+        agreements = sweep_record.log_rank_agreements(lambda line: None)
+        result.notes += [
+            f"rank agreement: {item.line()}"
+            for item in agreements
+            if item.second in (FINAL, CONFIRMED)
+        ]
         handle = RunHandle(self.tracker.client, parent)
         metrics = {
             MetricName.PIPELINE_SECONDS: result.spent_seconds,
@@ -189,7 +201,7 @@ def run_pipeline(
     full_splits: Splits | None = None,
 ) -> PipelineResult:
     """`tunelab run`: see the module doc. `splits`/`full_splits` replace the data (tests)."""
-    console = console or Console(stderr=True)
+    console = console or user_console()
     seconds = budget or spec.pipeline.budget or spec.budget.timeout
     if seconds is None:
         raise UserError(

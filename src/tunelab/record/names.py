@@ -31,6 +31,7 @@ class Artifact:
     REPORT = "report/report.html"
     CONFIRMATION = "confirmation.csv"
     SUMMARY = "summary.json"  # the one-command pipeline's result
+    RANK_AGREEMENT = "rank_agreement.json"  # how the sweep's rungs rank against its ends
 
 
 class MetricName:

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tunelab.console import user_console
 from tunelab.record.results import EpochSink
 from tunelab.training.deadline import Deadline
 
@@ -30,7 +31,23 @@ def no_progress(title: str, epochs: int) -> AbstractContextManager[EpochSink]:
 
 @contextmanager
 def epoch_progress(title: str, epochs: int, console: Console | None = None) -> Iterator[EpochSink]:
-    """A progress bar over epochs; yields the sink that advances it and shows the last metrics."""
+    """A progress bar over epochs (in a terminal; a line per epoch elsewhere); yields the sink
+    that advances it and shows the last metrics."""
+    console = console or user_console()
+    if not console.is_terminal:
+
+        def line(epoch: int, logs: dict[str, float]) -> None:
+            shown = " ".join(
+                f"{key} {logs[key]:.4f}" for key in ("loss", "val_accuracy") if key in logs
+            )
+            console.print(
+                f"{title}: epoch {epoch}/{epochs}: {shown} ({logs.get('epoch_seconds', 0):.1f} s)",
+                highlight=False,
+                markup=False,
+            )
+
+        yield line
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -63,7 +80,7 @@ class SweepProgress:
     """
 
     def __init__(self, console: Console | None = None, *, show: bool = True) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or user_console()
         self.show = show
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -74,7 +91,7 @@ class SweepProgress:
         self._deadline: Deadline | None = None
 
     def __enter__(self) -> SweepProgress:
-        if self.show:
+        if self.show and self.console.is_terminal:  # a log file gets the lines, not a live bar
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

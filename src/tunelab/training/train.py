@@ -1,13 +1,14 @@
 """The one training function every path uses (baseline, Optuna, KerasTuner, retraining, refit).
 
 `train_and_validate` builds the model its run config names (any factory; or continues a
-checkpoint in the model the factory builds again), trains it step
-by step on the deterministic stream of `tunelab.training.inputs`, validates after every step,
-and returns a typed `TrialResult`: per-step history (wall time, validation time, images per
-second, images seen, learning rate), best validation accuracy, and a status: completed; failed
-with a reason (NaN/inf loss, memory exhausted); or paused, when the next step could not finish
-before the deadline (its checkpoint holds the steps done). It never reads the test split;
-`evaluate_test` does, and only the baseline and export call it (architecture rule 1).
+checkpoint in the model the factory builds again), trains it step by step on the deterministic
+stream of `tunelab.training.inputs`, validates after every step (batch-norm statistics settled
+first, `tunelab.training.batch_norm`), and returns a typed `TrialResult`: per-step history
+(wall time, validation time, images per second, images seen, learning rate), best validation
+accuracy, and a status: completed; failed with a reason (NaN/inf loss, memory exhausted); or
+paused, when the next step could not finish before the deadline (its checkpoint holds the steps
+done). It never reads the test split; `evaluate_test` does, and only the baseline and export
+call it (architecture rule 1).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import tensorflow as tf
 from tunelab.define.data import Splits
 from tunelab.define.run_config import RunConfig
 from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, TrialResult
+from tunelab.training.batch_norm import IMAGES as BATCH_NORM_IMAGES
+from tunelab.training.batch_norm import PreciseBatchNorm, batch_norm_layers
 from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
 from tunelab.training.checkpoints import Checkpoint, CheckpointWriter
 from tunelab.training.cost import training_flops
@@ -115,6 +118,12 @@ def train_and_validate(
         if initial_weights is not None:
             model.load_weights(initial_weights)
         validation = eval_dataset(splits.val) if len(splits.val) else None
+        # a validation a pruner or sampler reads sees settled batch-norm statistics
+        precise = (
+            [PreciseBatchNorm(splits.train.x[:BATCH_NORM_IMAGES])]
+            if validation is not None and batch_norm_layers(model)
+            else []
+        )
         for step in plan.steps[first - 1 : last]:
             images = step.images_seen - plan.images_before(step)
             if deadline is not None and timer.seconds_for(images) > deadline.remaining():
@@ -127,7 +136,7 @@ def train_and_validate(
                 epochs=step.number,
                 initial_epoch=step.number - 1,
                 shuffle=False,  # the stream is already in its seeded order
-                callbacks=[clock, guard, *callbacks],
+                callbacks=[clock, *precise, guard, *callbacks],
                 verbose=verbose,
             )
             for key, values in fit.history.items():

@@ -42,6 +42,7 @@ from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.space import Scalar, SearchSpace
 from tunelab.define.training import ConfigFieldError
 from tunelab.define.urls import check_storage_url, missing_driver
+from tunelab.engines.agreement import checked
 from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
@@ -117,7 +118,8 @@ def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.sampler
 
 
 def make_pruner(spec: ExperimentSpec, train_size: int) -> optuna.pruners.BasePruner:
-    """The experiment's pruner; its resource is training images seen."""
+    """The experiment's pruner; its resource is training images seen. With
+    `engine.fidelity_check`, it prunes at a rung only where that rung is measured to rank."""
     minimum = spec.engine.min_images or train_size
     context = PrunerContext(
         startup_trials=spec.engine.startup_trials,
@@ -126,7 +128,25 @@ def make_pruner(spec: ExperimentSpec, train_size: int) -> optuna.pruners.BasePru
         reduction_factor=spec.engine.reduction_factor,
     )
     pruner: optuna.pruners.BasePruner = PRUNERS[spec.engine.pruner].build(context)
-    return pruner
+    return CheckedPruner(pruner) if spec.engine.fidelity_check else pruner
+
+
+class CheckedPruner(optuna.pruners.BasePruner):
+    """Prunes only where the rung's scores rank like the complete trials' ends (so far)."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        pairs = [
+            (float(done.intermediate_values[step]), float(done.values[0]))
+            for done in study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,))
+            if step in done.intermediate_values and done.values
+        ]
+        return checked(pairs) and bool(self.pruner.prune(study, trial))
 
 
 def check_storage(storage_url: str) -> None:
