@@ -58,6 +58,15 @@ class TrainingConfig(BaseModel):
     augment_translation: float = Field(0.0, ge=0.0, le=0.5, description="max shift, image fraction")
     augment_rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation, degrees")
     augment_zoom: float = Field(0.0, ge=0.0, lt=0.5, description="max zoom in or out, fraction")
+    weight_averaging: Literal["none", "ema", "swa"] = Field(
+        "none",
+        description="the model delivered and scored: the last weights, their moving average "
+        "(EMA, every batch) or their average over the last epochs (SWA)",
+    )
+    ema_momentum: float = Field(0.999, ge=0.9, lt=1.0, description="of EMA, per batch")
+    swa_share: float = Field(
+        0.25, gt=0.0, le=1.0, description="SWA averages the epoch ends of this last share"
+    )
     # numerics: an experiment setting (not searched); exported models are always float32
     precision: Precision = Field("float32", description="float32 or mixed_bfloat16")
 

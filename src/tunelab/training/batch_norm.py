@@ -44,7 +44,13 @@ def recompute_batch_norm(model: Any, images: npt.NDArray[Any], batch: int = BATC
     if not layers or len(images) == 0:
         return 0
     saved = [layer.momentum for layer in layers]
+    # dropout off meanwhile: the statistics are those inference sees, and no random draw moves
+    # the dropout layers' seed generators (the training goes on exactly as it would have)
+    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
     try:
+        for layer in dropouts:
+            layer.rate = 0.0
         for index, start in enumerate(range(0, len(images), batch), start=1):
             for layer in layers:
                 layer.momentum = (index - 1) / index
@@ -52,7 +58,17 @@ def recompute_batch_norm(model: Any, images: npt.NDArray[Any], batch: int = BATC
     finally:
         for layer, momentum in zip(layers, saved, strict=True):
             layer.momentum = momentum
+        for layer, rate in zip(dropouts, rates, strict=True):
+            layer.rate = rate
     return len(layers)
+
+
+def _all_layers(model: Any) -> list[Any]:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_all_layers(layer) if getattr(layer, "layers", None) else [])
+    return found
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):  # type: ignore[misc]

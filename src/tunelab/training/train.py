@@ -25,6 +25,7 @@ import tensorflow as tf
 from tunelab.define.data import Splits
 from tunelab.define.run_config import RunConfig
 from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, TrialResult
+from tunelab.training.averaging import WeightAverage
 from tunelab.training.batch_norm import IMAGES as BATCH_NORM_IMAGES
 from tunelab.training.batch_norm import PreciseBatchNorm, batch_norm_layers
 from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
@@ -119,10 +120,14 @@ def train_and_validate(
             model.load_weights(initial_weights)
         validation = eval_dataset(splits.val) if len(splits.val) else None
         # a validation a pruner or sampler reads sees settled batch-norm statistics
+        settle = splits.train.x[:BATCH_NORM_IMAGES]
         precise = (
-            [PreciseBatchNorm(splits.train.x[:BATCH_NORM_IMAGES])]
+            [PreciseBatchNorm(settle)]
             if validation is not None and batch_norm_layers(model)
             else []
+        )
+        averaging = (
+            [WeightAverage(cfg.training, settle)] if cfg.training.weight_averaging != "none" else []
         )
         for step in plan.steps[first - 1 : last]:
             images = step.images_seen - plan.images_before(step)
@@ -130,13 +135,20 @@ def train_and_validate(
                 status = PAUSED
                 break
             clock = StepClock(images, step.images_seen)
+            for average in averaging:
+                ends = (
+                    step.stop // plan.batches_per_epoch
+                    if step.stop % plan.batches_per_epoch == 0
+                    else None
+                )
+                average.begin_step(ends, last=step.number == last)
             fit = model.fit(
                 step_dataset(splits.train, cfg.training, plan, step, seed),
                 validation_data=validation,
                 epochs=step.number,
                 initial_epoch=step.number - 1,
                 shuffle=False,  # the stream is already in its seeded order
-                callbacks=[clock, *precise, guard, *callbacks],
+                callbacks=[clock, *averaging, *precise, guard, *callbacks],
                 verbose=verbose,
             )
             for key, values in fit.history.items():
