@@ -46,3 +46,32 @@ def test_averaged_weights_differ_from_the_last_ones_and_export_with_parity(
             averaged.model, fmt, tmp_path, images, tiny_splits.test.y[:200], reference
         )
         assert check.ok, check.problem
+
+
+def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
+    """Images moved by (down, right) pixels, the uncovered border zero."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(down, 0) : h + min(down, 0), max(right, 0) : w + min(right, 0)] = images[
+        :, max(-down, 0) : h + min(-down, 0), max(-right, 0) : w + min(-right, 0)
+    ]
+    return out
+
+
+def test_test_time_shifts_average_the_image_and_its_shifts_in_every_format(
+    tiny_splits: Splits, tmp_path: Path
+) -> None:
+    from tunelab.delivery.formats import FORMATS
+    from tunelab.delivery.tta import SHIFTS, with_test_time_shifts
+
+    config = flat_config(filters=4, dense_units=8, epochs=1, optimizer="adam")
+    model = train_and_validate(config, tiny_splits, seed=1).model
+    tta = with_test_time_shifts(model, 1)
+    images = tiny_splits.test.x[:100].astype("float32")
+    views = [images] + [shifted(images, down, right) for down, right in SHIFTS]
+    expected = np.mean([np.asarray(model.predict(v, verbose=0)) for v in views], axis=0)
+    got = np.asarray(tta.predict(images, verbose=0))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    for fmt in FORMATS:
+        check = write_and_check(tta, fmt, tmp_path, images, tiny_splits.test.y[:100], got)
+        assert check.ok, (fmt, check.problem)

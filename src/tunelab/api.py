@@ -354,6 +354,7 @@ def export(
     tracking_uri: str | None = None,
     data_file: Path | None = None,
     experiment: ExperimentRef | None = None,
+    test_time_shifts: int = 0,
 ) -> ExportResult:
     """Refit the champion, test it once, write and verify every format, register it.
 
@@ -398,6 +399,7 @@ def export(
         epochs=epochs,
         model_name=model_name,
         register=ensemble < 2,
+        test_time_shifts=test_time_shifts,
     )
     if ensemble < 2:
         return single
@@ -417,6 +419,7 @@ def export(
         formats=chosen,
         single=single,
         model_name=model_name,
+        test_time_shifts=test_time_shifts,
     )
 
 

@@ -424,6 +424,9 @@ def export(
         Path | None,
         typer.Option(help="with a run id: the experiment file that names its model factory"),
     ] = None,
+    test_time_shifts: Annotated[
+        int, typer.Option(help="average the image and its shifts by this many pixels (0: off)")
+    ] = 0,
 ) -> None:
     """Refit the champion, test it once, write and verify every format, register it."""
     from tunelab import api
@@ -440,6 +443,7 @@ def export(
         tracking_uri=tracking_uri,
         data_file=data_file,
         experiment=experiment,
+        test_time_shifts=test_time_shifts,
     )
     line = f"{result.label}: test accuracy {result.test.accuracy:.4f} {result.interval.bracket()}"
     if result.baseline is not None:

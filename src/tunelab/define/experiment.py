@@ -186,6 +186,12 @@ class PipelineSettings(StrictModel):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: _all_formats(), description="exported, each checked for parity"
     )
+    test_time_shifts: NonNegativeInt = Field(
+        0,
+        le=4,
+        description="delivered models average the image and its shifts by this many pixels "
+        "(0: off)",
+    )
 
     @model_validator(mode="after")
     def _ensemble_size(self) -> PipelineSettings:

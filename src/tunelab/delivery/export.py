@@ -40,6 +40,7 @@ from tunelab.define.run_config import RunConfig
 from tunelab.delivery.ensemble import Member, ensemble_model
 from tunelab.delivery.formats import PROBABILITY_TOLERANCE, FormatCheck, write_and_check
 from tunelab.delivery.model_card import ModelCard
+from tunelab.delivery.tta import with_test_time_shifts
 from tunelab.errors import UserError
 from tunelab.record.figures import confusion_counts, confusion_matrix, misclassified_examples
 from tunelab.record.names import Artifact, MetricName, Role, TagKey
@@ -170,8 +171,11 @@ def export_model(
     deadline: Deadline | None = None,
     progress: ProgressFactory = no_progress,
     report: Callable[[str], None] = lambda _: None,
+    test_time_shifts: int = 0,
 ) -> ExportResult:
-    """Train the source again (refit), then deliver it; see the module doc.
+    """Train the source again (refit), then deliver it; see the module doc. With
+    `test_time_shifts`, the delivered model averages its image and their shifts by that many
+    pixels (`tunelab.delivery.tta`).
 
     Raises:
         ExportPaused: the deadline came first; the export run keeps its checkpoint.
@@ -224,6 +228,8 @@ def export_model(
             )
         remove_checkpoints(tracker, run.run_id)
         serving = serving_model(result.model, config, factory_of(config))
+        if test_time_shifts:
+            serving = with_test_time_shifts(serving, test_time_shifts)
         train_images = len(splits.train) + (len(splits.val) if refit else 0)
         card = _card_for_source(source, splits, result, refit, formats, train_images)
         return deliver(
@@ -316,6 +322,7 @@ def export_ensemble(
     alias: str = CHAMPION_ALIAS,
     register: bool = True,
     report: Callable[[str], None] = lambda _: None,
+    test_time_shifts: int = 0,
 ) -> ExportResult:
     """Deliver the averaged softmax of `members` as one model; see the module doc."""
     check_out_folder(out)
@@ -330,6 +337,8 @@ def export_ensemble(
     name = f"export of an ensemble of {len(members)}"
     with tracker.run(sweep.experiment, name, tags=tags, parent_run_id=sweep.parent_run_id) as run:
         model = ensemble_model(members)
+        if test_time_shifts:
+            model = with_test_time_shifts(model, test_time_shifts)
         run.log_params({"members": len(members), "formats": ",".join(formats)})
         run.log_text(
             json.dumps([{"run_id": m.run_id, **m.config.flat()} for m in members], indent=1),

@@ -52,6 +52,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             deadline=refit_deadline,
             progress=state.progress,
             report=state.say,
+            test_time_shifts=settings.test_time_shifts,
         )
     except ExportPaused as error:
         _deliver_kept(state, sweep, champion, formats, str(error))
@@ -172,5 +173,6 @@ def _export_ensemble(
         formats=formats,
         single=single,
         report=state.say,
+        test_time_shifts=state.spec.pipeline.test_time_shifts,
     )
     return Delivered.of(exported)
