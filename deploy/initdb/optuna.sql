@@ -1,0 +1,2 @@
+-- the second database, for Optuna's studies (the image creates `mlflow` itself)
+CREATE DATABASE optuna OWNER tunelab;
