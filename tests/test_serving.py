@@ -72,7 +72,7 @@ def test_registered_champion_serves_and_answers_with_the_right_classes(
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server)
-        images = tiny_splits.test.x[:64, ..., None].astype(np.float32)  # raw 0..255 pixels
+        images = tiny_splits.test.x[:64].astype(np.float32)  # raw 0..255 pixels
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": images.tolist()}).encode(),
