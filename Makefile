@@ -52,7 +52,7 @@ tune: install ## the main job: run (or resume) the sweep of EXP (default experim
 
 example: install ## a user project: your own model factory on your own image folder (examples/digits)
 	$(BIN)/python examples/digits/make_digits.py
-	$(BIN)/tunelab run examples/digits/experiment.yaml --budget 4m
+	$(BIN)/tunelab run examples/digits/experiment.yaml --budget 6m
 
 champion: install ## search, confirm and export HOUR's champion within BUDGET (tunelab run; resumes)
 	$(BIN)/tunelab run $(HOUR) --budget $(BUDGET)

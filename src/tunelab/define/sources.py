@@ -10,7 +10,8 @@ verified against pinned digests, `tunelab.define.data`) or one of these:
   `tfds.ImageFolder`), classes in sorted order; decoded once into a cache keyed by the digest of
   the files, so a second run reads one array file. `image_size: [H, W]` resizes every image
   (and makes grey, RGB and RGBA images agree); without it, every image must have one size and one
-  kind of channels.
+  kind of channels. The images are kept in one fixed shuffled order, not class by class, so a
+  validation split of the last images holds every class.
 
 Paths are relative to the experiment file. Whatever is wrong is one line that names the file and
 says what to fix (`DataError`); the images a model sees are always `(N, H, W, C)` pixels in
@@ -47,6 +48,7 @@ GREY_MODES = ("L", "1", "I", "I;16", "F")
 COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr")
 ALPHA_MODES = ("RGBA", "LA", "PA")
 FOLDER_CACHE = "folders"
+FOLDER_ORDER_SEED = 0  # the images of a folder dataset, in one fixed shuffled order
 
 
 class NpzData(StrictModel):
@@ -275,6 +277,10 @@ def folder_dataset(
         files = [
             _Image(path, classes.index(label)) for label in classes for path in splits[split][label]
         ]
+        # files are listed class by class: in a fixed shuffled order instead, so that any
+        # validation split (the last images, as for MNIST) holds every class
+        order = np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
+        files = [files[i] for i in order]
         arrays[f"x_{split}"], arrays[f"y_{split}"] = _decode(files, image_size, folder)
     channels = {arrays["x_train"].shape[-1], arrays["x_test"].shape[-1]}
     if len(channels) > 1 and image_size is not None:  # grey in one split, colour in the other
@@ -350,7 +356,7 @@ def _hidden(path: Path) -> bool:
 
 def _folder_key(splits: dict[str, dict[str, list[Path]]], size: tuple[int, int] | None) -> str:
     """Digest of every file's place and bytes, and the resize: what the decoding depends on."""
-    digest = hashlib.sha256(json.dumps(size).encode())
+    digest = hashlib.sha256(json.dumps([size, "shuffled", FOLDER_ORDER_SEED]).encode())
     for split, classes in splits.items():
         for label, files in classes.items():
             for path in files:

@@ -27,7 +27,7 @@ from tunelab.console import user_console
 from tunelab.define.data import Splits, published_accuracy
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.run_config import RunConfig
-from tunelab.engines.agreement import CONFIRMED, FINAL
+from tunelab.engines.agreement import CONFIRMED, FINAL, Agreement
 from tunelab.engines.launch import decide_numerics, resolve_storage
 from tunelab.engines.numerics import Numerics, measure_numerics, representative_config
 from tunelab.engines.sweep import SweepTracker, find_baseline_bar
@@ -146,11 +146,7 @@ class Pipeline:
         )
         sweep_record.parent_run_id = parent
         agreements = sweep_record.log_rank_agreements(lambda line: None)
-        result.notes += [
-            f"rank agreement: {item.line()}"
-            for item in agreements
-            if item.second in (FINAL, CONFIRMED)
-        ]
+        result.notes += agreement_notes(agreements)
         handle = RunHandle(self.tracker.client, parent)
         metrics = {
             MetricName.PIPELINE_SECONDS: result.spent_seconds,
@@ -175,6 +171,21 @@ class Pipeline:
         result = PipelineResult(**data)
         result.notes = [*result.notes, "(finished earlier: nothing was trained this time)"]
         return result
+
+
+def agreement_notes(agreements: list[Agreement]) -> list[str]:
+    """The summary's lines about rank agreement: the cheapest rung against the end, how many
+    rungs rank, and the end against the confirmations."""
+    to_end = [a for a in agreements if a.second == FINAL]
+    lines = [f"rank agreement: {to_end[0].line()}"] if to_end else []
+    if len(to_end) > 1:
+        ranking = sum(a.significant for a in to_end)
+        lines.append(
+            f"rank agreement: {ranking} of {len(to_end)} rungs rank like the end "
+            f"(significant at 5 %; {sum(a.too_few for a in to_end)} with too few trials to tell)"
+        )
+    lines += [f"rank agreement: {a.line()}" for a in agreements if a.second == CONFIRMED]
+    return lines
 
 
 def stored_summary(tracker: Tracker, parent: str) -> dict[str, Any] | None:

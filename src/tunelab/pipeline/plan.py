@@ -20,7 +20,7 @@ import math
 
 from tunelab.define.run_config import RunConfig
 from tunelab.engines.numerics import Numerics
-from tunelab.training.cost import TRAINING_PASSES, forward_flops
+from tunelab.training.cost import TRAINING_PASSES, forward_flops, parameters
 
 STARTUP_SECONDS = 8.0  # building a model, tracing its functions, the first checkpoint
 # an epoch in tunelab's loop costs this much more than the probe's bare training steps (the
@@ -33,9 +33,12 @@ SEARCH_FIT = 0.85  # a search trial plans to fill at most this much of the searc
 # models are delivered instead.
 FINAL_SAFETY = 1.15
 MAX_FINAL_EPOCHS = 60
-# seconds of export work per format, besides its test pass (measured: docs/results.md)
-EXPORT_SECONDS_PER_FORMAT = 12.0
-EXPORT_FIXED_SECONDS = 20.0
+# seconds of export work per format, besides its test pass: writing and converting grows with
+# the model; measured here at about 12 s a format for the 327k-parameter recipe and 4 s for a
+# 20k-parameter network (examples/digits), so 3 s plus 27 us a parameter
+EXPORT_SECONDS_PER_FORMAT = 3.0
+EXPORT_SECONDS_PER_PARAMETER = 2.7e-5
+EXPORT_FIXED_SECONDS = 10.0
 BASELINE_EPOCHS = 12
 
 
@@ -66,13 +69,12 @@ def export_seconds(
     """Time to reserve after the refit for testing and exporting (single and ensemble)."""
     passes = formats + 1  # a test pass per format check, and the test evaluation
     per_pass = test_images * forward_flops(cfg) / flop_rate
-    single = EXPORT_FIXED_SECONDS + formats * EXPORT_SECONDS_PER_FORMAT + passes * per_pass
+    per_format = EXPORT_SECONDS_PER_FORMAT + EXPORT_SECONDS_PER_PARAMETER * parameters(cfg)
+    single = EXPORT_FIXED_SECONDS + formats * per_format + passes * per_pass
     ensemble = (
         0.0
         if members < 2
-        else EXPORT_FIXED_SECONDS
-        + formats * EXPORT_SECONDS_PER_FORMAT * 1.5
-        + passes * per_pass * members
+        else EXPORT_FIXED_SECONDS + formats * per_format * members + passes * per_pass * members
     )
     return single + ensemble
 

@@ -27,11 +27,16 @@ def training_flops(config: RunConfig) -> float:
 
 def forward_flops(config: RunConfig) -> float:
     """FLOP of one image's forward pass through `config`'s model (built once, then cached)."""
-    return _forward_flops(config.model_key())
+    return _counts(config.model_key())[0]
+
+
+def parameters(config: RunConfig) -> int:
+    """How many parameters `config`'s model has (built once, then cached)."""
+    return int(_counts(config.model_key())[1])
 
 
 @functools.cache
-def _forward_flops(model_key: str) -> float:
+def _counts(model_key: str) -> tuple[float, float]:
     import json
 
     from tunelab.training.factory import call_factory, factory_of
@@ -41,7 +46,7 @@ def _forward_flops(model_key: str) -> float:
         factory=factory, params=params, input_shape=tuple(shape), num_classes=classes
     )
     model = call_factory(config, factory_of(config), "float32")
-    return model_forward_flops(model)
+    return model_forward_flops(model), float(model.count_params())
 
 
 def model_forward_flops(model: Any) -> float:
