@@ -116,18 +116,23 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
 ) -> None:
     spec = write(tmp_path, epochs=30, experiment=EXPERIMENT.replace("trials: 1", "trials: 5"))
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    started = time.monotonic()
     first = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=10.0
     )
+    first_wall = time.monotonic() - started
     assert 8.0 < first.spent_seconds < 16.0
     again = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=10.0
     )
     assert "spent by earlier launches" in again.stopped_because  # nothing left: trains nothing
     assert again.launch_seconds < 5.0
+    started = time.monotonic()
     more = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0
     )
+    more_wall = time.monotonic() - started
+    assert more.spent_before == pytest.approx(first.spent_seconds)  # it started from the first
     # it trains on in the 10 s the first launch left (startup and checkpoint restore included),
     # and stops by the summed budget of 20 s plus at most one step
     assert first.spent_seconds + 3.0 < more.spent_seconds < 30.0
@@ -136,6 +141,9 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     ledger = Ledger(tracker, parent.info.run_id, "sweep")
     # the launch that found nothing left opened no run and recorded no interval
     assert len(ledger.intervals()) == 2 and ledger.spent() == pytest.approx(more.spent_seconds)
+    # measured apart from the ledger: the two launches' own wall clocks bound what it counts
+    assert more.spent_seconds <= first_wall + more_wall
+    assert more.spent_seconds - first.spent_seconds <= more_wall
 
 
 def test_overlapping_launches_count_once() -> None:

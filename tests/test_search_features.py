@@ -57,7 +57,8 @@ def test_rungs_cut_the_first_epoch_then_every_epoch_is_a_step() -> None:
 
 def test_the_data_order_is_a_function_of_seed_and_position() -> None:
     assert (pass_order(3, 1, 100) == pass_order(3, 1, 100)).all()
-    assert not (pass_order(3, 1, 100) == pass_order(3, 2, 100)).all()
+    assert not (pass_order(3, 1, 100) == pass_order(3, 2, 100)).all()  # another pass
+    assert not (pass_order(3, 1, 100) == pass_order(4, 1, 100)).all()  # another seed
     assert sorted(pass_order(3, 1, 100)) == list(range(100))
 
 

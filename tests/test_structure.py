@@ -47,6 +47,14 @@ LAYERS = {
     "cli": 9,
     "__main__": 10,
 }
+SAMPLER_CLASSES = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "nsga2": "NSGAIISampler",
+    "grid": "GridSampler",
+}
 UTILITIES = {"errors", "redact", "text", "quiet", "services", "console", "__init__"}
 
 
@@ -95,15 +103,30 @@ def test_validation_names_are_the_registries_and_every_one_builds() -> None:
         except algorithms.MissingLibrary as missing:
             assert name == "gp" and "PyTorch" in str(missing)  # said in one line, not a crash
             continue
-        assert type(built).__module__.startswith("optuna"), name
+        assert type(built).__name__ == SAMPLER_CLASSES[name], name
     pruner_context = PrunerContext(2, 1000, 30_000, 3)
-    for algorithm in algorithms.PRUNERS.values():
-        assert type(algorithm.build(pruner_context)).__module__.startswith("optuna")
+    built_pruners = {
+        name: type(algorithm.build(pruner_context)).__name__
+        for name, algorithm in algorithms.PRUNERS.items()
+    }
+    assert built_pruners == {  # each name builds its own algorithm, not just any of Optuna's
+        "none": "NopPruner",
+        "median": "MedianPruner",
+        "successive_halving": "SuccessiveHalvingPruner",
+        "hyperband": "HyperbandPruner",
+    }
     import keras_tuner as kt
 
     common = {"objective": kt.Objective("val_accuracy", "max"), "seed": 0}
-    for algorithm in algorithms.TUNERS.values():
-        assert isinstance(algorithm.build(TunerContext(common, 4, 2, 10)), kt.Oracle)
+    oracles = {
+        name: type(algorithm.build(TunerContext(common, 4, 2, 10))).__name__
+        for name, algorithm in algorithms.TUNERS.items()
+    }
+    assert oracles == {
+        "random": "RandomSearchOracle",
+        "bayesian": "BayesianOptimizationOracle",
+        "hyperband": "HyperbandOracle",
+    }
     from tunelab.engines.base import engine
 
     assert [engine(name).name for name in ENGINES] == list(ENGINES)
