@@ -250,3 +250,57 @@ def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
     exported = tracker.get_run(result.single.run_id).data.tags
     assert exported[TagKey.EXPORTED_FROM_RUN_ID] == trials[0].info.run_id
     assert tracker.has_artifact(result.single.run_id, Artifact.BUNDLE_DIR)
+
+
+class _Announced(Exception):
+    """Raised where the baseline would start training: what was said before is the test."""
+
+
+def announced(folder: Path, splits: Splits, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What `tunelab run` says before anything trains, at the speeds `speeds` set."""
+    import tunelab.training.baseline
+
+    def no_training(*_args: Any, **_kwargs: Any) -> None:
+        raise _Announced
+
+    monkeypatch.setattr(tunelab.training.baseline, "run_baseline", no_training)
+    folder.mkdir()
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(folder / "cache"))  # nothing measured before
+    experiment(folder)
+    uri, storage = stores(folder)
+    lines = io.StringIO()
+    with pytest.raises(_Announced):
+        run_pipeline(
+            load_experiment(folder / "anywhere.yaml"),
+            budget=48 * 3600,
+            tracking_uri=uri,
+            storage_url=storage,
+            baseline=True,
+            splits=splits,
+            full_splits=splits,
+            show_progress=False,
+            console=Console(file=lines, width=400),
+        )
+    return lines.getvalue()
+
+
+def test_the_announced_durations_come_from_the_speed_measured_here(
+    tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    said = {}
+    for float32 in (4.0, 8.0):  # the machine measured twice as fast: every estimate halves
+        speeds(monkeypatch, float32, 1.0)
+        said[float32] = announced(tmp_path / f"at-{float32:.0f}", tiny_splits, monkeypatch)
+
+    def figures(text: str) -> tuple[float, float]:
+        epoch = re.search(r"epochs of about (\d+) s each on this machine", text)
+        baseline = re.search(r"about (\d+) minutes here at the measured (\d+) images/s", text)
+        assert epoch and baseline, text
+        assert baseline.group(2) in ("4", "8")
+        return float(epoch.group(1)), float(baseline.group(1))
+
+    slow, fast = figures(said[4.0]), figures(said[8.0])
+    assert slow[0] / fast[0] == pytest.approx(2.0, rel=0.02)
+    assert slow[1] / fast[1] == pytest.approx(2.0, rel=0.02)

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -205,6 +206,28 @@ def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path
     message = str(refused.value)
     assert "hunter2" not in message and "tunelab:***@127.0.0.1" in message
     assert "make services" in message and len(message.splitlines()) == 1
+
+
+def test_a_database_that_comes_back_during_the_retries_is_connected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+
+    import tunelab.engines.optuna.engine as engine
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def restarting(url: str, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) < 3:  # the server is still restarting: connection refused twice
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", restarting)
+    monkeypatch.setattr(engine, "CONNECT_FIRST_WAIT_SECONDS", 0.2)
+    storage = engine._connect(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(storage, real) and len(calls) == 3
+    assert calls[1] - calls[0] >= 0.2 and calls[2] - calls[1] >= 0.4  # backed off, doubling
 
 
 def test_tune_workers_passes_the_storage_in_the_environment_not_argv(

@@ -70,6 +70,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_SECONDS", "10"))
 GRACE_SECONDS = int(os.environ.get("TUNELAB_HEARTBEAT_GRACE_SECONDS", "60"))
 MAX_RETRIES = 2  # a trial whose worker died runs again at most this many times
 CONNECT_ATTEMPTS = 4  # opening the storage: tries, 1 s, 2 s, 4 s apart
+CONNECT_FIRST_WAIT_SECONDS = 1.0
 SCHEMA_LOCK = "__optuna_schema__"  # lock name while creating the storage's tables
 IDLE_POLL_SECONDS = 2.0  # budget full but trials of other workers still running: look again
 # trial user attributes
@@ -197,38 +198,45 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
 def _connect(storage_url: str) -> optuna.storages.RDBStorage:
     """The study storage, with heartbeats and retries of dead workers' trials.
 
-    A database that cannot be reached is tried CONNECT_ATTEMPTS times, then refused in one line
-    (the URL's password masked) instead of a stack of SQLAlchemy internals.
+    A database that cannot be reached (or is restarting) is tried CONNECT_ATTEMPTS times with
+    exponential backoff (tenacity), then refused in one line (the URL's password masked) instead
+    of a stack of SQLAlchemy internals. Once connected, SQLAlchemy's `pool_pre_ping` replaces
+    connections a restarted server dropped.
     """
     import sqlalchemy.exc
+    import tenacity
 
-    delay, problem = 1.0, ""
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    storage_url,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS,
-                    heartbeat_stale_trial_callback=retry_crashed,
-                    engine_kwargs={"pool_pre_ping": True}
-                    if not storage_url.startswith("sqlite")
-                    else None,
-                )
-        except (
-            sqlalchemy.exc.OperationalError,
-            sqlalchemy.exc.InterfaceError,
-            sqlalchemy.exc.IntegrityError,  # another process created the tables meanwhile
-        ) as error:
-            problem = database_error_line(error)
-            if attempt < CONNECT_ATTEMPTS:
-                time.sleep(delay)
-                delay *= 2
-    raise SweepError(
-        f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
-        f"attempts ({problem}); is the database running (`make services`)?"
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage_url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_crashed,
+                engine_kwargs={"pool_pre_ping": True}
+                if not storage_url.startswith("sqlite")
+                else None,
+            )
+
+    transient = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.IntegrityError,  # another process created the tables meanwhile
     )
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(transient),
+        stop=tenacity.stop_after_attempt(CONNECT_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=CONNECT_FIRST_WAIT_SECONDS),
+        reraise=True,
+    )
+    try:
+        return retrying(connect)
+    except transient as error:
+        raise SweepError(
+            f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
+            f"attempts ({database_error_line(error)}); is the database running (`make services`)?"
+        ) from None
 
 
 def retry_crashed(study: optuna.Study, trial: FrozenTrial) -> None:
