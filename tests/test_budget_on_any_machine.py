@@ -304,3 +304,46 @@ def test_the_announced_durations_come_from_the_speed_measured_here(
     slow, fast = figures(said[4.0]), figures(said[8.0])
     assert slow[0] / fast[0] == pytest.approx(2.0, rel=0.02)
     assert slow[1] / fast[1] == pytest.approx(2.0, rel=0.02)
+
+
+@pytest.mark.parametrize("ensemble", [2, 0], ids=["models kept", "none kept"])
+def test_a_final_share_too_short_for_the_champions_schedule_delivers_the_kept_models(
+    ensemble: int, tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refit shorter than the schedule the champion trained ends its decay early and tests
+    far below the models already trained: those are delivered and no refit is trained; only
+    where the experiment kept none is the shorter refit trained."""
+    import tunelab.pipeline.plan
+
+    monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 1)  # the share holds 1 of 4
+    experiment(tmp_path)
+    path = tmp_path / "anywhere.yaml"
+    path.write_text(
+        path.read_text().replace("  confirm_top: 1", f"  confirm_top: 1\n  ensemble: {ensemble}")
+    )
+    uri, storage = stores(tmp_path)
+    result = run_pipeline(
+        load_experiment(path),
+        budget=1200,
+        tracking_uri=uri,
+        storage_url=storage,
+        baseline=False,
+        splits=tiny_splits,
+        full_splits=tiny_splits,
+        show_progress=False,
+        console=Console(quiet=True),
+        out=tmp_path / "exports",
+    )
+    refits = [
+        r
+        for r in Tracker(uri).search("anywhere", Query.of(role=Role.EXPORT))
+        if "refit" in r.info.run_name
+    ]
+    shorter = any("fewer than the 4 the champion trained" in note for note in result.notes)
+    if ensemble:
+        assert not refits and shorter
+        assert result.single is None and result.ensemble is not None
+        assert Path(result.ensemble.bundle, "model.keras").is_file()
+    else:
+        assert len(refits) == 1 and not shorter and result.single is not None
+        assert load_recorded_run(Tracker(uri), refits[0].info.run_id).config.training.epochs == 1

@@ -4,10 +4,12 @@ The refit is planned once (then kept on the parent run, so a resumed launch trai
 schedule) from the training throughput the champion measured (or this machine's measured speed
 for a configuration that has not trained yet), so its fixed-length schedule ends before the
 deadline. With `pipeline.ensemble: K`, the averaged softmax of K trained members is
-delivered too. Should the refit still run late, the models search and confirmation kept are
-delivered instead; when the search finished no trial, the best-known configuration (the paused
-trial's, an enqueued point, the middle of the space) is the one refit: a result always comes
-out of the budget.
+delivered too. When the final share holds fewer refit epochs than the champion's own schedule
+(measured: a one-epoch refit of a two-epoch champion tested 3 points below the kept models,
+docs/results.md), or should the refit run late, the models search and confirmation kept are
+delivered instead (where the experiment keeps models: `pipeline.ensemble` of 2 or more); when
+the search finished no trial, the best-known configuration (the paused trial's, an enqueued
+point, the middle of the space) is the one refit: a result always comes out of the budget.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ def final(state: PipelineState, deadline: Deadline) -> None:
     settings = state.spec.pipeline
     formats = tuple(settings.formats)
     epochs = planned_epochs(state, champion, deadline)
+    trained = champion.config.training.epochs
+    if champion_id and epochs < trained:  # a shorter refit would be worse than what was kept
+        kept = kept_members(state.tracker, sweep, champion, max(2, settings.ensemble))
+        if kept:
+            why = (
+                f"a refit of {epochs} epoch(s) is all the final share holds, fewer than the "
+                f"{trained} the champion trained"
+            )
+            _deliver_kept(state, kept, sweep, formats, why)
+            return
     state.say(f"final: {champion.label} refit on every training image for {epochs} epochs")
     refit_deadline = Deadline(deadline.at - _reserve(state, champion, len(formats)))
     try:
@@ -55,7 +67,13 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             test_time_shifts=settings.test_time_shifts,
         )
     except ExportPaused as error:
-        _deliver_kept(state, sweep, champion, formats, str(error))
+        kept = kept_members(state.tracker, sweep, champion, max(2, settings.ensemble))
+        if not kept:
+            raise UserError(
+                f"final stage: {error}; no trained model was kept to deliver instead: "
+                "run again with a larger --budget to finish the refit"
+            ) from None
+        _deliver_kept(state, kept, sweep, formats, str(error))
         return
     state.outcome.single = Delivered.of(single)
     if settings.ensemble >= 2:
@@ -130,20 +148,13 @@ def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadli
 
 def _deliver_kept(
     state: PipelineState,
+    members: list[Member],
     sweep: SweepRecord,
-    champion: RecordedRun,
     formats: tuple[str, ...],
     why: str,
 ) -> None:
-    """The refit ran late: deliver the models the search and confirmation kept (complete
-    schedules, trained on the search split) rather than nothing or a half-decayed refit."""
-    count = max(2, state.spec.pipeline.ensemble)
-    members = kept_members(state.tracker, sweep, champion, count)
-    if not members:
-        raise UserError(
-            f"final stage: {why}; no trained model was kept to deliver instead: "
-            "run again with a larger --budget to finish the refit"
-        )
+    """Deliver the models the search and confirmation kept (complete schedules, trained on the
+    search split) rather than nothing, a half-decayed refit or a shorter one."""
     state.say(
         f"final: {why}; delivering the {len(members)} model(s) kept by the search and "
         "confirmation instead"

@@ -34,10 +34,12 @@ SEARCH_FIT = 0.85  # a search trial plans to fill at most this much of the searc
 FINAL_SAFETY = 1.15
 MAX_FINAL_EPOCHS = 60
 # seconds of export work per format, besides its test pass: writing and converting grows with
-# the model; measured here at about 12 s a format for the 327k-parameter recipe and 4 s for a
-# 20k-parameter network (examples/digits), so 3 s plus 27 us a parameter
+# the parameters written. Measured on a quiet machine (docs/results.md, budgets of 2026-11-29):
+# the 327k-parameter recipe's test and four formats in 27 s, an ensemble of three in 60 s; the
+# 20k-parameter digits network about 4 s a format. 3 s plus 8 us a parameter keeps about 1.7x
+# that (an earlier 27 us, fitted on a loaded machine, reserved three times what was used)
 EXPORT_SECONDS_PER_FORMAT = 3.0
-EXPORT_SECONDS_PER_PARAMETER = 2.7e-5
+EXPORT_SECONDS_PER_PARAMETER = 8e-6
 EXPORT_FIXED_SECONDS = 10.0
 BASELINE_EPOCHS = 12
 
@@ -66,15 +68,22 @@ def search_schedule(
 def export_seconds(
     cfg: RunConfig, formats: int, members: int, flop_rate: float, test_images: int
 ) -> float:
-    """Time to reserve after the refit for testing and exporting (single and ensemble)."""
+    """Time to reserve after the refit for testing and exporting (single and ensemble): per
+    format a fixed cost plus one that grows with the parameters written (an ensemble writes all
+    its members' at once), and a test pass per format check and per member."""
     passes = formats + 1  # a test pass per format check, and the test evaluation
     per_pass = test_images * forward_flops(cfg) / flop_rate
-    per_format = EXPORT_SECONDS_PER_FORMAT + EXPORT_SECONDS_PER_PARAMETER * parameters(cfg)
-    single = EXPORT_FIXED_SECONDS + formats * per_format + passes * per_pass
+
+    def per_format(weights: float) -> float:
+        return EXPORT_SECONDS_PER_FORMAT + EXPORT_SECONDS_PER_PARAMETER * weights
+
+    single = EXPORT_FIXED_SECONDS + formats * per_format(parameters(cfg)) + passes * per_pass
     ensemble = (
         0.0
         if members < 2
-        else EXPORT_FIXED_SECONDS + formats * per_format * members + passes * per_pass * members
+        else EXPORT_FIXED_SECONDS
+        + formats * per_format(members * parameters(cfg))
+        + passes * per_pass * members
     )
     return single + ensemble
 
