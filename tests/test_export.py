@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,15 @@ from tunelab.record.names import PARENT_RUN_TAG, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound
 from tunelab.record.store import Tracker
 
+LOAD_WITHOUT_TUNELAB = """
+import sys
+import keras
+import numpy as np
+model = keras.saving.load_model(sys.argv[1])
+print(model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape[1])
+print(any(name.startswith("tunelab") for name in sys.modules))
+"""
+
 
 def test_export_writes_every_format_that_reproduces_the_keras_model_and_registers_it(
     recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
@@ -26,6 +38,11 @@ def test_export_writes_every_format_that_reproduces_the_keras_model_and_register
         sweep.tags.get(TagKey.CHAMPION_RUN_ID),
         recorded_sweep.best_run_id,
     }
+    # trained with tunelab's own loss and schedule classes, which the export must not carry
+    training = source.config.training.model_copy(
+        update={"label_smoothing": 0.1, "lr_schedule": "cosine"}
+    )
+    source = replace(source, config=source.config.model_copy(update={"training": training}))
     first = export_model(
         tracker, source, tiny_splits, out=tmp_path / "refit", formats=FORMATS, model_name="tiny"
     )
@@ -38,6 +55,14 @@ def test_export_writes_every_format_that_reproduces_the_keras_model_and_register
     predict = load_predictor("onnx", tmp_path / "refit" / "model.onnx")
     classes = predict(tiny_splits.test.x[:200].astype(np.float32)).argmax(axis=1)
     assert np.mean(classes == tiny_splits.test.y[:200]) > 0.5
+    # and the .keras file loads in a Python that never imports tunelab (no training state)
+    fresh = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_TUNELAB, str(tmp_path / "refit" / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode == 0 and fresh.stdout.split() == ["10", "False"], fresh.stderr[-2000:]
     card = json.loads((tmp_path / "refit" / "card.json").read_text())
     assert card["training"]["images"] == 3000  # refit on train + validation
     assert card["test"]["ci95_low"] < card["test"]["accuracy"] < card["test"]["ci95_high"]

@@ -244,10 +244,10 @@ def compiles_itself(config: RunConfig, factory: Factory) -> bool:
 
 
 def serving_model(model: Any, config: RunConfig, factory: Factory | None = None) -> Any:
-    """The trained model in float32, for export and serving: the factory's model built in
-    float32 with the trained weights (a bfloat16-trained model's variables are float32)."""
-    if config.training.precision == "float32":
-        return model
+    """The trained model in float32, for export and serving: the factory's model built again in
+    float32 with the trained weights (a bfloat16-trained model's variables are float32), and
+    without tunelab's training state (its loss class), so that the exported `.keras` file
+    loads in a Python that never imports tunelab."""
     plain = call_factory(config, factory or factory_of(config), "float32")
     plain.set_weights(model.get_weights())
     return plain
