@@ -55,6 +55,26 @@ def test_a_model_without_batch_norm_is_left_alone() -> None:
     assert recompute_batch_norm(model, np.zeros((10, 4))) == 0
 
 
+def test_a_training_that_never_validates_ends_with_settled_batch_norm(tiny_splits: Splits) -> None:
+    """A refit validates nothing, so no validation settles its statistics: the training does
+    at its end (they are then what recomputing from the training images gives)."""
+    from conftest import flat_config
+    from tunelab.training.batch_norm import IMAGES
+    from tunelab.training.train import train_and_validate
+
+    cfg = flat_config(
+        optimizer="adam", filters=8, dense_units=16, epochs=1, batch_size=128, batch_norm=True
+    )
+    refit = tiny_splits.for_refit()
+    model = train_and_validate(cfg, refit, seed=0).model
+    layers = batch_norm_layers(model)
+    assert layers
+    trained = [np.array(layer.moving_variance) for layer in layers]
+    recompute_batch_norm(model, refit.train.x[:IMAGES])
+    for layer, variance in zip(layers, trained, strict=True):
+        np.testing.assert_allclose(np.asarray(layer.moving_variance), variance, rtol=1e-3)
+
+
 def test_rank_agreement_on_known_rankings() -> None:
     same = [(float(i), float(i) + 0.5) for i in range(10)]
     alike = agreement("rung 1", FINAL, same)

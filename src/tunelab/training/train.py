@@ -27,7 +27,7 @@ from tunelab.define.run_config import RunConfig
 from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, TrialResult
 from tunelab.training.averaging import WeightAverage
 from tunelab.training.batch_norm import IMAGES as BATCH_NORM_IMAGES
-from tunelab.training.batch_norm import PreciseBatchNorm, batch_norm_layers
+from tunelab.training.batch_norm import PreciseBatchNorm, batch_norm_layers, recompute_batch_norm
 from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
 from tunelab.training.checkpoints import Checkpoint, CheckpointWriter
 from tunelab.training.cost import training_flops
@@ -160,6 +160,11 @@ def train_and_validate(
                 checkpoint.save(
                     model, step.number, history, earlier_seconds + time.perf_counter() - started
                 )
+        if status == COMPLETED and validation is None and guard.reason is None:
+            # a training that never validates (a refit) ends with settled statistics too: its
+            # running averages lag the last steps' weights (measured: a two-epoch Fashion-MNIST
+            # refit tested 57.4 % as trained, 85.3 % with recomputed statistics)
+            recompute_batch_norm(model, settle)
     except tf.errors.ResourceExhaustedError as error:
         status, reason = FAILED, f"out of memory: {str(error).splitlines()[0][:200]}"
     if guard.reason is not None:
