@@ -150,9 +150,11 @@ def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_s
     # 0.85 x 120 s, two epochs do
     speeds(monkeypatch, 88.0, 40.0)
     monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 2)
+    path = tmp_path / "anywhere.yaml"
+    path.write_text(path.read_text().replace("  confirm_top: 1", "  confirm_top: 1\n  ensemble: 2"))
     uri, storage = stores(tmp_path)
     result = run_pipeline(
-        load_experiment(tmp_path / "anywhere.yaml"),
+        load_experiment(path),
         budget=240,
         tracking_uri=uri,
         storage_url=storage,
@@ -178,6 +180,9 @@ def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_s
     assert Path(result.single.bundle, "model.keras").is_file()
     exported = load_recorded_run(tracker, result.single.run_id).config
     assert exported.training.epochs == 2 and exported.training.lr_schedule == "cosine"
+    # the shortened trials are screening models: not averaged with the refit
+    assert result.ensemble is None
+    assert any(note.startswith("ensemble: not built") for note in result.notes)
 
 
 def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(

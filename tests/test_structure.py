@@ -55,7 +55,7 @@ SAMPLER_CLASSES = {
     "nsga2": "NSGAIISampler",
     "grid": "GridSampler",
 }
-UTILITIES = {"errors", "redact", "text", "quiet", "services", "console", "__init__"}
+UTILITIES = {"errors", "redact", "text", "quiet", "services", "console", "interrupts", "__init__"}
 
 
 def load(path: Path) -> object:

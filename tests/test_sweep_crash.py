@@ -224,3 +224,48 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     # every attempt's checkpoint is gone once the trial ended
     assert not tracker.list_artifacts(dead_run, "checkpoint")
     assert not tracker.list_artifacts(run.info.run_id, "checkpoint")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_tune_stopped_by_a_signal_closes_its_runs_and_the_same_command_resumes(
+    signum: int, tmp_path: Path, tiny_npz: Path
+) -> None:
+    """`tunelab tune` (the command line and its signal handler) gets SIGTERM or SIGINT in the
+    middle of a trial: it says so in one line and exits 130 (Typer returned that code and the
+    process exited 0: job controllers saw success), the trial is failed with its reason, no run
+    stays RUNNING, and the same command then meets the budget exactly."""
+    (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE).replace("30", "300"))
+    data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
+    experiment = textwrap.dedent(EXPERIMENT) + data
+    # 300-epoch trials: the signal comes in the middle of the first one
+    (tmp_path / "crash.yaml").write_text(experiment.replace("max_epochs: 2", "max_epochs: 300"))
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [sys.executable, "-m", "tunelab", "tune", "crash.yaml", "--quiet"]
+    command += ["--tracking-uri", uri, "--storage", storage]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    worker = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_running_trial(storage, worker)
+        time.sleep(2)  # into the training
+        worker.send_signal(signum)
+        out, errors = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130, errors.decode()[-2000:]
+    said = (out + errors).decode()
+    assert "interrupted: finished work is recorded; the same command resumes" in said
+    tracker = Tracker(uri)
+    runs = tracker.search("crash", Query())
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    stopped = [r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interr")]
+    assert len(stopped) == 1 and stopped[0].info.status == "KILLED"  # MLflow's word for it
+    (tmp_path / "crash.yaml").write_text(experiment)  # 2-epoch trials from here: a quick test
+    again = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    states = [t.state for t in optuna.load_study(study_name="crash", storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert all(r.info.status != "RUNNING" for r in tracker.search("crash", Query()))
+    assert len(tracker.search("crash", Query.of(role=Role.SWEEP))) == 1

@@ -300,3 +300,79 @@ def test_workers_get_one_gpu_each_round_robin(monkeypatch: pytest.MonkeyPatch) -
     assert gpu_devices() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert gpu_devices() == []
+
+
+@pytest.mark.slow
+def test_hosts_with_their_own_copy_of_a_user_factory_share_a_study_and_a_changed_copy_is_refused(
+    services: Services, tiny_splits: Any, tmp_path: Path
+) -> None:
+    """Each host has its own folder: its copy of the user's factory module, data and experiment
+    file (the storage named in it), and reaches the study and MLflow only by their URLs."""
+    from test_user_projects import EXPERIMENT as USER_EXPERIMENT
+    from test_user_projects import project
+    from tunelab.define.model import source_digest
+
+    text = USER_EXPERIMENT.replace("budget: {trials: 2}", "budget: {trials: 4}")
+    text += f"storage: {services.storage_url}\n"
+    hosts = [project(tmp_path / f"host_{i}", tiny_splits, experiment=text) for i in range(3)]
+    module = hosts[2].parent / "models" / "mymodels.py"
+    module.write_text(module.read_text() + "\n# a different version on the third host\n")
+
+    tracking = ["--tracking-uri", services.tracking_uri]
+
+    def tune(experiment: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tunelab", "tune", str(experiment), "--quiet", *tracking],
+            cwd=experiment.parent,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    first = [tune(h) for h in hosts[:2]]
+    for worker in first:
+        _, errors = worker.communicate(timeout=420)
+        assert worker.returncode == 0, errors[-3000:]
+    study = optuna.load_study(study_name="userproj", storage=services.storage_url)
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 4
+    assert len(study.trials) == 4
+    parents, trials = mlflow_record(services, "userproj")
+    assert len(parents) == 1 and len(trials) == 4
+    sha = source_digest(hosts[0].parent / "models" / "mymodels.py")
+    assert {r.data.tags[TagKey.FACTORY_SHA256] for r in trials} == {sha}
+    changed = tune(hosts[2])
+    _, errors = changed.communicate(timeout=120)
+    lines = [line for line in errors.splitlines() if line.strip()]
+    assert changed.returncode == 2 and len(lines) == 1, errors[-3000:]
+    assert "not the code this sweep trained with" in lines[0]
+    assert len(optuna.load_study(study_name="userproj", storage=services.storage_url).trials) == 4
+
+
+@pytest.mark.slow
+def test_workers_on_one_machine_hold_the_exact_budget_with_the_file_lock(
+    tmp_path: Path, tiny_npz: Path
+) -> None:
+    """`tunelab tune --workers 3` on the embedded SQLite stores: the study's file lock keeps the
+    trial count exact (no trial lost, none beyond the budget), one parent run."""
+    experiment = write_experiment(tmp_path, "onemachine", 5, 1, f"sqlite:///{tmp_path / 'o.db'}")
+    data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
+    experiment.write_text(experiment.read_text() + data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "tunelab", "tune", str(experiment), "--workers", "3"]
+    done = subprocess.run(
+        [*command, "--quiet", "--tracking-uri", uri],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        timeout=420,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    study = optuna.load_study(study_name="onemachine", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 5
+    assert len(study.trials) == 5
+    tracker = Tracker(uri)
+    parents = tracker.search("onemachine", Query.of(role=Role.SWEEP))
+    trials = tracker.search("onemachine", Query.of(role=Role.TRIAL))
+    assert len(parents) == 1 and len(trials) == 5
+    assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(5))

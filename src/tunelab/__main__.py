@@ -2,4 +2,4 @@
 
 from tunelab.cli import main
 
-main()
+raise SystemExit(main())

@@ -299,12 +299,9 @@ def run(
 
 def _terminate_as_interrupt() -> None:
     """SIGTERM ends a sweep like Ctrl-C: the trial is closed as failed, the study resumable."""
-    import signal
+    from tunelab.interrupts import stop_on_signals
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_signals()
 
 
 @app.command()
@@ -589,6 +586,9 @@ def dashboard(
     serve_dashboard(url, port)
 
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C or SIGTERM
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: quiet start-up, user errors as one line (exit 2), Ctrl-C as a note."""
     arguments = argv if argv is not None else sys.argv[1:]
@@ -597,13 +597,13 @@ def main(argv: list[str] | None = None) -> Any:
     if command in TENSORFLOW_COMMANDS and "--help" not in arguments:
         import_tensorflow()
     try:
-        return app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished work is recorded; the same command resumes")
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED) from None
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None
     except Exception as error:
@@ -618,6 +618,14 @@ def main(argv: list[str] | None = None) -> Any:
             console.print(f"[red]error:[/] {lost}", highlight=False, soft_wrap=True)
             raise SystemExit(2) from None
         raise
+    # Typer turns Ctrl-C (and SIGTERM, see tunelab.interrupts) into exit code 130 and, outside
+    # its standalone mode, returns the code instead of raising: an interrupted command must
+    # still say so and end with that status (a job controller reads it)
+    if code == INTERRUPTED:
+        console.print("[yellow]interrupted:[/] finished work is recorded; the same command resumes")
+    if isinstance(code, int) and code != 0:
+        raise SystemExit(code)
+    return code
 
 
 def usage_error(error: Exception) -> str | None:

@@ -49,6 +49,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             )
             _deliver_kept(state, kept, sweep, formats, why)
             return
+    ensemble = ensemble_size(state)
     state.say(f"final: {champion.label} refit on every training image for {epochs} epochs")
     refit_deadline = Deadline(deadline.at - _reserve(state, champion, len(formats)))
     try:
@@ -60,7 +61,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             formats=formats,
             refit=True,
             epochs=epochs,
-            register=settings.ensemble < 2,
+            register=ensemble < 2,
             deadline=refit_deadline,
             progress=state.progress,
             report=state.say,
@@ -76,8 +77,13 @@ def final(state: PipelineState, deadline: Deadline) -> None:
         _deliver_kept(state, kept, sweep, formats, str(error))
         return
     state.outcome.single = Delivered.of(single)
-    if settings.ensemble >= 2:
-        members = ensemble_members(state.tracker, sweep, champion, single, settings.ensemble)
+    if settings.ensemble >= 2 and not ensemble:
+        state.note(
+            f"ensemble: not built: the search trained shortened {state.spec.schedule_epochs}-epoch "
+            "schedules, whose models are weaker than the refit; delivered the single champion"
+        )
+    if ensemble >= 2:
+        members = ensemble_members(state.tracker, sweep, champion, single, ensemble)
         if len(members) >= 2:
             state.outcome.ensemble = _export_ensemble(
                 state, sweep, members, formats, "ensemble", single
@@ -89,12 +95,21 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             )
 
 
+def ensemble_size(state: PipelineState) -> int:
+    """How many members the delivered ensemble averages (0: none is built).
+
+    Kept models of a shortened search are screening models, weaker than the refit: averaged
+    with it they pulled it down (measured: MNIST 99.66 % single, 99.54 % ensemble; Fashion-MNIST
+    88.50 % single, 86.87 % ensemble), so after such a search the single refit is delivered."""
+    return state.spec.pipeline.ensemble if state.spec.schedule_epochs is None else 0
+
+
 def _reserve(state: PipelineState, champion: RecordedRun, formats: int) -> float:
     """Seconds kept after the refit for testing and exporting."""
     return plan.export_seconds(
         champion.config,
         formats,
-        state.spec.pipeline.ensemble,
+        ensemble_size(state),
         state.numerics.flop_rate,
         len(state.full_splits.test),
     )

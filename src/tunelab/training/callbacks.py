@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 
+from tunelab.interrupts import asked
 from tunelab.record.names import MetricName
 from tunelab.record.results import EpochSink
 
@@ -55,6 +56,17 @@ class StepClock(keras.callbacks.Callback):  # type: ignore[misc]
         logs[MetricName.IMAGES_PER_SECOND] = self.images / self.train_seconds
         logs[MetricName.IMAGES_SEEN] = float(self.images_seen)
         logs[MetricName.LEARNING_RATE] = float(np.asarray(self.model.optimizer.learning_rate))
+
+
+class StopWhenAsked(keras.callbacks.Callback):  # type: ignore[misc]
+    """Raises KeyboardInterrupt at the next batch once a signal asked this process to stop
+    (`tunelab.interrupts`): the stop cannot be lost in a finaliser."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if asked():
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):  # type: ignore[misc]

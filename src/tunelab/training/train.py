@@ -28,7 +28,7 @@ from tunelab.record.results import COMPLETED, FAILED, PAUSED, TestEvaluation, Tr
 from tunelab.training.averaging import WeightAverage
 from tunelab.training.batch_norm import IMAGES as BATCH_NORM_IMAGES
 from tunelab.training.batch_norm import PreciseBatchNorm, batch_norm_layers, recompute_batch_norm
-from tunelab.training.callbacks import NonFiniteLossGuard, StepClock
+from tunelab.training.callbacks import NonFiniteLossGuard, StepClock, StopWhenAsked
 from tunelab.training.checkpoints import Checkpoint, CheckpointWriter
 from tunelab.training.cost import training_flops
 from tunelab.training.deadline import Deadline, StepTimer
@@ -148,7 +148,7 @@ def train_and_validate(
                 epochs=step.number,
                 initial_epoch=step.number - 1,
                 shuffle=False,  # the stream is already in its seeded order
-                callbacks=[clock, *averaging, *precise, guard, *callbacks],
+                callbacks=[StopWhenAsked(), clock, *averaging, *precise, guard, *callbacks],
                 verbose=verbose,
             )
             for key, values in fit.history.items():
