@@ -1,7 +1,7 @@
 """Does every budget buy a result on this machine? `tunelab run` at several budgets, cold.
 
 Usage: python benchmarks/budgets.py [--experiment experiments/mnist_hour.yaml ...]
-                                    [--budget 20m --budget 10m] [--one-core]
+                                    [--budget 20m --budget 10m] [--one-core [--cpu N]]
                                     [--folder benchmarks/results/budgets]
 
 For each experiment and budget, from a fresh store (MLflow, Optuna, exports, in its own folder):
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--experiment", type=Path, action="append")
     parser.add_argument("--budget", action="append")
     parser.add_argument("--one-core", action="store_true")
+    parser.add_argument("--cpu", type=int, default=0, help="with --one-core: the CPU to pin to")
     parser.add_argument("--folder", type=Path, default=Path("benchmarks/results/budgets"))
     args = parser.parse_args()
     quiet_environment()
@@ -47,7 +48,7 @@ def main() -> None:
     rows = [refused_row(experiments[0], folder)]
     for experiment in experiments:
         for budget in budgets:
-            rows.append(run_one(experiment, budget, folder, one_core=args.one_core))
+            rows.append(run_one(experiment, budget, folder, one_core=args.one_core, cpu=args.cpu))
             print_table(rows)
     (folder / "results.json").write_text(
         json.dumps({"cpu": cpu_line(), "rows": rows}, indent=1, default=str)
@@ -64,8 +65,8 @@ def cpu_line() -> str:
     return f"CPU: {fields.get('Model name', '?').strip()}; flags: {', '.join(have) or 'none'}"
 
 
-def command(experiment: Path, budget: str, folder: Path, one_core: bool) -> list[str]:
-    pin = ["taskset", "-c", "0"] if one_core else []
+def command(experiment: Path, budget: str, folder: Path, one_core: bool, cpu: int = 0) -> list[str]:
+    pin = ["taskset", "-c", str(cpu)] if one_core else []
     return [
         *pin,
         sys.executable,
@@ -118,7 +119,9 @@ def _runs(tracking: str) -> list[Any]:
     return Tracker(tracking).search_all(Query())
 
 
-def run_one(experiment: Path, budget: str, folder: Path, *, one_core: bool) -> dict[str, Any]:
+def run_one(
+    experiment: Path, budget: str, folder: Path, *, one_core: bool, cpu: int = 0
+) -> dict[str, Any]:
     where = folder / f"{experiment.stem}-{budget}{'-one-core' if one_core else ''}"
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
@@ -126,7 +129,7 @@ def run_one(experiment: Path, budget: str, folder: Path, *, one_core: bool) -> d
     started = time.time()
     with open(where / "run.log", "w") as log:
         done = subprocess.run(
-            command(experiment, budget, where, one_core),
+            command(experiment, budget, where, one_core, cpu),
             cwd=where,
             stdout=log,
             stderr=subprocess.STDOUT,
