@@ -71,6 +71,31 @@ def sweep(folder: Path, splits: Splits, trials: int, lines: io.StringIO) -> Any:
     )
 
 
+def delivered(
+    path: Path,
+    splits: Splits,
+    budget: float,
+    *,
+    baseline: bool = False,
+    console: Console | None = None,
+) -> Any:
+    """`tunelab run` of the experiment at `path` on `splits`, quiet, its stores and exports
+    beside the experiment file."""
+    uri, storage = stores(path.parent)
+    return run_pipeline(
+        load_experiment(path),
+        budget=budget,
+        tracking_uri=uri,
+        storage_url=storage,
+        baseline=baseline,
+        splits=splits,
+        full_splits=splits,
+        show_progress=False,
+        console=console or Console(quiet=True),
+        out=path.parent / "exports",
+    )
+
+
 @pytest.mark.parametrize("faster", [precision.FLOAT32, precision.BFLOAT16])
 def test_auto_precision_trains_in_what_this_machine_measures_faster_and_workers_follow_it(
     faster: str, tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
@@ -152,19 +177,8 @@ def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_s
     monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 2)
     path = tmp_path / "anywhere.yaml"
     path.write_text(path.read_text().replace("  confirm_top: 1", "  confirm_top: 1\n  ensemble: 2"))
-    uri, storage = stores(tmp_path)
-    result = run_pipeline(
-        load_experiment(path),
-        budget=240,
-        tracking_uri=uri,
-        storage_url=storage,
-        baseline=False,
-        splits=tiny_splits,
-        full_splits=tiny_splits,
-        show_progress=False,
-        console=Console(quiet=True),
-        out=tmp_path / "exports",
-    )
+    uri, _ = stores(tmp_path)
+    result = delivered(path, tiny_splits, 240)
     tracker = Tracker(uri)
     parent = tracker.get_run(result.parent_run_id).data
     assert parent.params["schedule_epochs"] == "2"
@@ -190,19 +204,9 @@ def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(
 ) -> None:
     experiment(tmp_path)
     speeds(monkeypatch, 5.0, 2.0)  # an epoch of 3,000 images: about 11 minutes
-    uri, storage = stores(tmp_path)
+    uri, _ = stores(tmp_path)
     with pytest.raises(UserError) as refused:
-        run_pipeline(
-            load_experiment(tmp_path / "anywhere.yaml"),
-            budget=300,
-            tracking_uri=uri,
-            storage_url=storage,
-            baseline=True,
-            splits=tiny_splits,
-            full_splits=tiny_splits,
-            show_progress=False,
-            console=Console(quiet=True),
-        )
+        delivered(tmp_path / "anywhere.yaml", tiny_splits, 300, baseline=True)
     message = str(refused.value)
     assert "\n" not in message and "needs at least" in message and "5 training images/s" in message
     assert Tracker(uri).search_all(Query()) == []  # no baseline, no sweep, nothing
@@ -234,19 +238,8 @@ def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
     monkeypatch.setattr(optuna_engine, "train_and_validate", paused_training)
     monkeypatch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", 1)
     experiment(tmp_path)
-    uri, storage = stores(tmp_path)
-    result = run_pipeline(
-        load_experiment(tmp_path / "anywhere.yaml"),
-        budget=1200,
-        tracking_uri=uri,
-        storage_url=storage,
-        baseline=False,
-        splits=tiny_splits,
-        full_splits=tiny_splits,
-        show_progress=False,
-        console=Console(quiet=True),
-        out=tmp_path / "exports",
-    )
+    uri, _ = stores(tmp_path)
+    result = delivered(tmp_path / "anywhere.yaml", tiny_splits, 1200)
     tracker = Tracker(uri)
     trials = tracker.search("anywhere", Query.of(role=Role.TRIAL))
     assert [r.data.tags[TagKey.TRIAL_STATE] for r in trials] == [TrialState.PAUSED]
@@ -272,20 +265,10 @@ def announced(folder: Path, splits: Splits, monkeypatch: pytest.MonkeyPatch) -> 
     folder.mkdir()
     monkeypatch.setenv("TUNELAB_DATA_DIR", str(folder / "cache"))  # nothing measured before
     experiment(folder)
-    uri, storage = stores(folder)
     lines = io.StringIO()
     with pytest.raises(_Announced):
-        run_pipeline(
-            load_experiment(folder / "anywhere.yaml"),
-            budget=48 * 3600,
-            tracking_uri=uri,
-            storage_url=storage,
-            baseline=True,
-            splits=splits,
-            full_splits=splits,
-            show_progress=False,
-            console=Console(file=lines, width=400),
-        )
+        path = folder / "anywhere.yaml"
+        delivered(path, splits, 48 * 3600, baseline=True, console=Console(file=lines, width=400))
     return lines.getvalue()
 
 
@@ -326,19 +309,8 @@ def test_a_final_share_too_short_for_the_champions_schedule_delivers_the_kept_mo
     path.write_text(
         path.read_text().replace("  confirm_top: 1", f"  confirm_top: 1\n  ensemble: {ensemble}")
     )
-    uri, storage = stores(tmp_path)
-    result = run_pipeline(
-        load_experiment(path),
-        budget=1200,
-        tracking_uri=uri,
-        storage_url=storage,
-        baseline=False,
-        splits=tiny_splits,
-        full_splits=tiny_splits,
-        show_progress=False,
-        console=Console(quiet=True),
-        out=tmp_path / "exports",
-    )
+    uri, _ = stores(tmp_path)
+    result = delivered(path, tiny_splits, 1200)
     refits = [
         r
         for r in Tracker(uri).search("anywhere", Query.of(role=Role.EXPORT))

@@ -99,7 +99,7 @@ def test_a_paused_trial_is_neither_failed_nor_complete_and_the_next_launch_conti
     runs = tracker.search("late", Query.of(role=Role.TRIAL))
     [continued] = [r for r in runs if r.info.run_id != paused.info.run_id]
     assert continued.data.tags[TagKey.TRIAL_STATE] == TrialState.COMPLETE
-    assert continued.data.metrics[MetricName.RESUMED_FROM_EPOCH] == done
+    assert continued.data.metrics.get(MetricName.RESUMED_FROM_EPOCH, 0) == done
     assert continued.data.metrics[MetricName.EPOCHS_TRAINED] == 40
     assert continued.data.tags[TagKey.RETRIES_TRIAL] == "0"
     assert not tracker.list_artifacts(paused.info.run_id, "checkpoint")  # the trial is over
@@ -161,7 +161,7 @@ def test_a_keras_tuner_trial_paused_at_the_deadline_continues_in_the_next_launch
     spec = write(tmp_path, epochs=40, experiment=experiment)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     state = tmp_path / "keras_tuner"
-    first = quiet_sweep(spec, tiny_splits, tracking_uri=uri, state_dir=state, timeout_seconds=9.0)
+    first = quiet_sweep(spec, tiny_splits, tracking_uri=uri, state_dir=state, timeout_seconds=12.0)
     assert first.counts["paused"] == 1 and first.counts["failed"] == 0
     tracker = Tracker(uri)
     [paused] = tracker.search("late", Query.of(role=Role.TRIAL))
@@ -175,5 +175,7 @@ def test_a_keras_tuner_trial_paused_at_the_deadline_continues_in_the_next_launch
     [continued] = [r for r in runs if r.info.run_id != paused.info.run_id]
     assert continued.data.tags[TagKey.TRIAL_NUMBER] == paused.data.tags[TagKey.TRIAL_NUMBER]
     assert continued.data.metrics[MetricName.EPOCHS_TRAINED] == 40
-    assert continued.data.metrics[MetricName.RESUMED_FROM_EPOCH] == done
+    # from its checkpoint (a machine too loaded to finish an epoch in the first launch leaves
+    # none: the continued run then starts at epoch 0 and records no resume)
+    assert continued.data.metrics.get(MetricName.RESUMED_FROM_EPOCH, 0) == done
     assert all(r.info.status != "RUNNING" for r in tracker.search("late", Query()))
