@@ -602,8 +602,7 @@ def main(argv: list[str] | None = None) -> Any:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] finished work is recorded; the same command resumes")
-        raise SystemExit(INTERRUPTED) from None
+        code = INTERRUPTED
     except typer.Exit as done:
         raise SystemExit(done.exit_code) from None
     except Exception as error:

@@ -41,7 +41,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
     epochs = planned_epochs(state, champion, deadline)
     trained = champion.config.training.epochs
     if champion_id and epochs < trained:  # a shorter refit would be worse than what was kept
-        kept = kept_members(state.tracker, sweep, champion, max(2, settings.ensemble))
+        kept = _kept(state, sweep, champion)
         if kept:
             why = (
                 f"a refit of {epochs} epoch(s) is all the final share holds, fewer than the "
@@ -68,7 +68,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             test_time_shifts=settings.test_time_shifts,
         )
     except ExportPaused as error:
-        kept = kept_members(state.tracker, sweep, champion, max(2, settings.ensemble))
+        kept = _kept(state, sweep, champion)
         if not kept:
             raise UserError(
                 f"final stage: {error}; no trained model was kept to deliver instead: "
@@ -159,6 +159,11 @@ def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadli
         {TagKey.PIPELINE_PLAN: json.dumps(planned)}
     )
     return epochs
+
+
+def _kept(state: PipelineState, sweep: SweepRecord, champion: RecordedRun) -> list[Member]:
+    """The trained models search and confirmation kept, at least two where there are."""
+    return kept_members(state.tracker, sweep, champion, max(2, state.spec.pipeline.ensemble))
 
 
 def _deliver_kept(
