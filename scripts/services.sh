@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local services for multi-worker sweeps: a PostgreSQL server (Optuna studies and the MLflow
-# backend store) and an MLflow tracking server, both bound to 127.0.0.1.
+# backend store) and an MLflow tracking server, both bound to 127.0.0.1 (and to
+# TUNELAB_SERVICES_HOST, when workers on other hosts must reach them).
 #
 #   scripts/services.sh install            install PostgreSQL (apt) if its binaries are missing
 #   scripts/services.sh start              install if needed, init, start both; write $DIR/env
@@ -8,7 +9,9 @@
 #   scripts/services.sh postgres-only      start PostgreSQL alone (the tests use this)
 #
 # Settings (environment): TUNELAB_SERVICES_DIR (default tracking/services), TUNELAB_PG_PORT
-# (5433), TUNELAB_MLFLOW_PORT (5050). The password is generated once into $DIR/pg_password
+# (5433), TUNELAB_MLFLOW_PORT (5050), TUNELAB_SERVICES_HOST (the address the servers listen on and
+# the URLs in $DIR/env name; default 127.0.0.1), TUNELAB_SERVICES_CLIENTS (a network, e.g.
+# 10.0.0.0/24, whose hosts PostgreSQL accepts with the password; default none). The password is generated once into $DIR/pg_password
 # (mode 600) and appears only in $DIR/env, which `source` puts into the two URLs tunelab reads.
 set -euo pipefail
 
@@ -20,6 +23,10 @@ PG_PORT="${TUNELAB_PG_PORT:-5433}"
 MLFLOW_PORT="${TUNELAB_MLFLOW_PORT:-5050}"
 PGDATA="$DIR/pgdata"
 PG_USER=tunelab
+HOST="${TUNELAB_SERVICES_HOST:-127.0.0.1}"
+CLIENTS="${TUNELAB_SERVICES_CLIENTS:-}"
+LISTEN=127.0.0.1
+[ "$HOST" = 127.0.0.1 ] || LISTEN="127.0.0.1,$HOST"
 VENV_BIN="${TUNELAB_VENV_BIN:-$ROOT/.venv/bin}"
 
 say() { echo "services: $*" >&2; }
@@ -81,11 +88,14 @@ start_postgres() {
             || { rm -f "$pwfile"; die "initdb failed (see $DIR/initdb.log)"; }
         rm -f "$pwfile"
     fi
+    if [ -n "$CLIENTS" ] && ! grep -q "^host all $PG_USER $CLIENTS " "$PGDATA/pg_hba.conf"; then
+        echo "host all $PG_USER $CLIENTS scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    fi
     if ! pg_running; then
         touch "$DIR/postgres.log"
         [ "$(id -u)" -ne 0 ] || chown postgres "$DIR/postgres.log"
         as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$DIR/postgres.log" -w -t 60 \
-            -o "-p $PG_PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c max_connections=200" start \
+            -o "-p $PG_PORT -k $PGDATA -c listen_addresses=$LISTEN -c max_connections=200" start \
             >/dev/null || die "PostgreSQL did not start (see $DIR/postgres.log)"
     fi
     for db in optuna mlflow; do
@@ -94,7 +104,7 @@ start_postgres() {
             PGPASSWORD="$pw" "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$db"
         fi
     done
-    say "PostgreSQL on 127.0.0.1:$PG_PORT (databases optuna, mlflow; data $PGDATA)"
+    say "PostgreSQL on $HOST:$PG_PORT (databases optuna, mlflow; data $PGDATA)"
 }
 
 mlflow_running() { [ -s "$DIR/mlflow.pid" ] && kill -0 "$(cat "$DIR/mlflow.pid")" 2>/dev/null; }
@@ -111,12 +121,12 @@ start_mlflow() {
         MLFLOW_BACKEND_STORE_URI="postgresql://$PG_USER:$pw@127.0.0.1:$PG_PORT/mlflow" \
         PATH="$VENV_BIN:$PATH" nohup "$VENV_BIN/mlflow" server \
             --artifacts-destination "$DIR/artifacts" \
-            --host 127.0.0.1 --port "$MLFLOW_PORT" >"$DIR/mlflow.log" 2>&1 &
+            --host "$HOST" --port "$MLFLOW_PORT" >"$DIR/mlflow.log" 2>&1 &
         echo $! > "$DIR/mlflow.pid"
     fi
     for _ in $(seq 1 120); do
-        if "$VENV_BIN/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$MLFLOW_PORT/health', timeout=2)" 2>/dev/null; then
-            say "MLflow tracking server on http://127.0.0.1:$MLFLOW_PORT (artifacts $DIR/artifacts)"
+        if "$VENV_BIN/python" -c "import urllib.request,sys; urllib.request.urlopen('http://$HOST:$MLFLOW_PORT/health', timeout=2)" 2>/dev/null; then
+            say "MLflow tracking server on http://$HOST:$MLFLOW_PORT (artifacts $DIR/artifacts)"
             return
         fi
         mlflow_running || die "the MLflow server exited (see $DIR/mlflow.log)"
@@ -130,9 +140,9 @@ write_env() {
     pw="$(password)"
     (umask 077
      echo "# source this file: every tunelab command then uses the shared services" > "$DIR/env"
-     echo "export TUNELAB_OPTUNA_STORAGE=postgresql://$PG_USER:$pw@127.0.0.1:$PG_PORT/optuna" >> "$DIR/env"
+     echo "export TUNELAB_OPTUNA_STORAGE=postgresql://$PG_USER:$pw@$HOST:$PG_PORT/optuna" >> "$DIR/env"
      if [ "${1:-}" = with-mlflow ]; then
-         echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT" >> "$DIR/env"
+         echo "export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT" >> "$DIR/env"
      fi)
     say "written $DIR/env; run: source $DIR/env"
 }
@@ -154,11 +164,11 @@ stop_all() {
 
 status() {
     if [ -s "$PGDATA/PG_VERSION" ] && pg_bindir >/dev/null && pg_running; then
-        say "PostgreSQL running on 127.0.0.1:$PG_PORT"
+        say "PostgreSQL running on $HOST:$PG_PORT"
     else
         say "PostgreSQL not running"
     fi
-    if mlflow_running; then say "MLflow running on 127.0.0.1:$MLFLOW_PORT"; else say "MLflow not running"; fi
+    if mlflow_running; then say "MLflow running on $HOST:$MLFLOW_PORT"; else say "MLflow not running"; fi
 }
 
 case "${1:-start}" in

@@ -26,6 +26,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hosts import Network
+from hosts import unavailable as hosts_unavailable
 from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -99,16 +101,51 @@ class Services:
     password: str
     folder: Path
     trace: Path | None  # strace's record of every process the script started (if strace exists)
+    script_env: dict[str, str]  # the environment `scripts/services.sh` ran with (to restart them)
+
+    def script(self, command: str) -> None:
+        """Run `scripts/services.sh <command>` on these services (stop, start, status)."""
+        script = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
+        done = subprocess.run(["bash", str(script), command], env=self.script_env, text=True,
+                              capture_output=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """`scripts/services.sh start` on free ports in a temporary folder, as `make services` does.
+    """`scripts/services.sh start` on free ports in a temporary folder, as `make services` does."""
+    yield from start_services(tmp_path_factory.mktemp("services"))
+
+
+@pytest.fixture(scope="session")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Services]]:
+    """A bridge for hosts apart (tests/hosts.py) and the services listening on its address."""
+    reason = hosts_unavailable()
+    if reason:
+        pytest.skip(reason)
+    tag = str(os.getpid() % 10000)
+    net = Network(tag, 20 + os.getpid() % 200).up()
+    _stop_when_gone(os.getpid(), net.teardown_command())
+    try:
+        yield from start_services(
+            tmp_path_factory.mktemp("netservices"),
+            host=net.gateway,
+            clients=net.cidr,
+            network=net,
+        )
+    finally:
+        net.down()
+
+
+def start_services(
+    folder: Path, host: str = "", clients: str = "", network: Network | None = None
+) -> Iterator[Any]:
+    """`scripts/services.sh start` on free ports in `folder` (listening on `host` too, and
+    accepting `clients`), stopped when the session ends or its pytest process is killed.
 
     When strace is installed, the script runs under `strace -f -e execve`, so the security test
     can read the command line of every process it started (the MLflow server's workers too).
     """
-    folder = tmp_path_factory.mktemp("services")
     if os.geteuid() == 0:  # the server runs as user postgres: let it traverse pytest's folders
         for parent in [folder, *folder.parents]:
             if parent == Path(tempfile.gettempdir()):
@@ -121,6 +158,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "TUNELAB_PG_PORT": str(free_port()),
         "TUNELAB_MLFLOW_PORT": str(free_port()),
         "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
+        **({"TUNELAB_SERVICES_HOST": host} if host else {}),
+        **({"TUNELAB_SERVICES_CLIENTS": clients} if clients else {}),
     }
     trace = folder / "services.strace" if shutil.which("strace") else None
     prefix = (
@@ -143,28 +182,31 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             raise AssertionError(tracer.stderr.read().decode()[-2000:] if tracer.stderr else "")
         time.sleep(0.5)
     _detach(tracer)  # every server process has started: the record is complete
-    _stop_when_gone(os.getpid(), script, env)
+    # a watchdog stops them even when this pytest process is killed and no `finally` runs
+    _stop_when_gone(os.getpid(), f"bash '{script}' stop", env)
     values = dict(
         line.removeprefix("export ").split("=", 1)
         for line in (folder / "env").read_text().splitlines()
         if line.startswith("export ")
     )
+    services = Services(
+        values["TUNELAB_OPTUNA_STORAGE"],
+        values["MLFLOW_TRACKING_URI"],
+        (folder / "pg_password").read_text().strip(),
+        folder,
+        trace,
+        env,
+    )
     try:
-        yield Services(
-            values["TUNELAB_OPTUNA_STORAGE"],
-            values["MLFLOW_TRACKING_URI"],
-            (folder / "pg_password").read_text().strip(),
-            folder,
-            trace,
-        )
+        yield (network, services) if network else services
     finally:
         subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True)
 
 
-def _stop_when_gone(pid: int, script: Path, env: dict[str, str]) -> None:
+def _stop_when_gone(pid: int, command: str, env: dict[str, str] | None = None) -> None:
     """A watchdog in its own session: when this pytest process is gone (even killed with
-    SIGKILL, when no `finally` runs), it stops the services the session started."""
-    watch = f"while kill -0 {pid} 2>/dev/null; do sleep 2; done; bash '{script}' stop"
+    SIGKILL, when no `finally` runs), it runs `command` (stops what the session started)."""
+    watch = f"while kill -0 {pid} 2>/dev/null; do sleep 2; done; {command}"
     subprocess.Popen(
         ["bash", "-c", watch],
         env=env,

@@ -35,6 +35,7 @@ from tunelab.engines.base import SweepRequest
 from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
+    TrialTakenOver,
     describe_exception,
     over_cost_cap,
     training_seconds,
@@ -202,8 +203,8 @@ class TrialRunner:
                     checkpoint=CheckpointWriter(self.sweep.tracker, run.run_id),
                     factory=self.factory,
                 )
-            except SweepError:
-                raise  # the sweep itself cannot go on (a pruning metric that never comes)
+            except (SweepError, TrialTakenOver):
+                raise  # the sweep cannot go on, or the trial is no longer this worker's
             except Exception as error:  # one trial's crash is recorded; the sweep goes on
                 return TrialOutcome(TrialState.FAILED, reason=describe_exception(error))
         self.flop_rate = result.measured_flop_rate or self.flop_rate

@@ -51,6 +51,12 @@ class SweepError(UserError):
     """The sweep cannot go on; the message says why and what to do (one line)."""
 
 
+class TrialTakenOver(Exception):
+    """Another worker failed this worker's trial and queued its retry while this one was out of
+    reach (its heartbeat silent past the grace): this attempt stops, and is never finished twice.
+    """
+
+
 def max_trial_epochs(spec: ExperimentSpec) -> int:
     """The most epochs any trial may train: the budget cap, else the largest epochs in the space."""
     space = spec.search_space
@@ -390,6 +396,11 @@ class SweepTracker:
                         TagKey.TRIAL_STATE: TrialState.FAILED,
                         TagKey.FAILURE_REASON: "interrupted (Ctrl-C or SIGTERM)",
                     }
+                )
+                raise
+            except TrialTakenOver as taken:
+                run.set_tags(
+                    {TagKey.TRIAL_STATE: TrialState.FAILED, TagKey.FAILURE_REASON: str(taken)}
                 )
                 raise
 

@@ -52,12 +52,14 @@ from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
     TrialRecord,
+    TrialTakenOver,
     max_trial_epochs,
 )
 from tunelab.record.names import TagKey, TrialState
 from tunelab.record.results import VAL_ACCURACY
 from tunelab.record.store import RunHandle
 from tunelab.redact import database_error_line, redact_url
+from tunelab.training.checkpoints import remove_checkpoints
 from tunelab.training.deadline import STARTUP_SECONDS, Deadline
 from tunelab.training.inputs import StepPlan
 from tunelab.training.progress import SweepProgress
@@ -93,6 +95,19 @@ class TrialFailed(Exception):
 
 class TrialPaused(Exception):
     """The deadline came before this trial's next step: continue it in the next launch."""
+
+
+@contextmanager
+def still_ours(trial: optuna.Trial) -> Iterator[None]:
+    """Writes to a trial that another worker has failed (and queued for retry) while this one
+    was out of reach raise TrialTakenOver: this attempt must stop, not finish it twice."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError as error:
+        raise TrialTakenOver(
+            "taken over by another worker: this one was out of reach (no heartbeat) for more "
+            f"than {GRACE_SECONDS} s, so the trial was retried elsewhere"
+        ) from error
 
 
 class PruningMetricMissing(SweepError):
@@ -302,7 +317,8 @@ class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
         if not self.pruning or self.plan is None:
             return
         number = epoch + 1
-        self.trial.report(float(logs[self.monitor]), step=self.plan.step(number).report_images)
+        with still_ours(self.trial):
+            self.trial.report(float(logs[self.monitor]), step=self.plan.step(number).report_images)
         if number < self.last_step and self.trial.should_prune():  # a finished one is not pruned
             self.pruned_at = number
             self.model.stop_training = True
@@ -391,15 +407,17 @@ class OptunaSweep:
         """Keep when the trial beat the baseline in the study too (time_to_beat reads it)."""
 
         def record(epoch: int, seconds: float) -> None:
-            trial.set_user_attr(BEAT_AT_EPOCH, epoch)
-            trial.set_user_attr(BEAT_SECONDS, seconds)
+            with still_ours(trial):
+                trial.set_user_attr(BEAT_AT_EPOCH, epoch)
+                trial.set_user_attr(BEAT_SECONDS, seconds)
 
         return record
 
     def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | Sequence[float]:
         """The runner's outcome in Optuna's terms: a value, TrialPruned, or a failure."""
         if outcome.state == TrialState.FAILED:
-            trial.set_user_attr(FAIL_REASON, outcome.reason)
+            with still_ours(trial):
+                trial.set_user_attr(FAIL_REASON, outcome.reason)
             raise TrialFailed(outcome.reason)
         if outcome.state == TrialState.PRUNED:
             raise optuna.TrialPruned(outcome.reason or f"pruned at step {outcome.pruned_at}")
@@ -412,6 +430,17 @@ class OptunaSweep:
         }
         values = [measured[o.metric] for o in self.spec.objectives]
         return values[0] if len(values) == 1 else values
+
+    def handed_over(self, trial: optuna.Trial, why: str) -> None:
+        """This attempt was failed and retried by another worker: say so; its checkpoints go
+        once no attempt may still continue from them (a retry removes them when it ends)."""
+        self.progress.note(f"trial {trial.number} stopped on this worker: {why}")
+        trials = self.study.get_trials(deepcopy=False)
+        retries = [t for t in trials if trial.number in adapter.retry_history(t)]
+        if retries and all(t.state.is_finished() for t in retries):
+            run_id = str(trials[trial.number].user_attrs.get(RUN_ID, ""))
+            if run_id:
+                remove_checkpoints(self.tracker, run_id)
 
     # --- after each trial ---------------------------------------------------------------
 
@@ -683,6 +712,9 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
     with adapter.heartbeat(study, trial):
         try:
             values = runner.objective(trial)
+        except TrialTakenOver as taken:
+            runner.handed_over(trial, str(taken))
+            return
         except optuna.TrialPruned:
             state = OptunaState.PRUNED
         except TrialFailed:

@@ -1,0 +1,200 @@
+"""Workers on hosts that are really apart (tests/hosts.py): own network namespace, host name,
+folder and HOME each; PostgreSQL and the MLflow server reached only through their addresses.
+
+Each host runs `tunelab tune` on its own copy of the experiment and the data, as a person would
+on each machine of a cluster; the storage URL and the tracking URI come from the environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import Services
+from hosts import Host, Network
+from tunelab.record.names import Role, TagKey
+from tunelab.record.query import Query
+from tunelab.record.store import Tracker
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("services")]
+
+SPACE = """
+parameters:
+  dense_units: {type: int, low: 8, high: 32}
+fixed: {optimizer: adam, learning_rate: 0.002, filters: 4, epochs: EPOCHS, batch_size: 256}
+"""
+EXPERIMENT = """
+name: NAME
+search_space: space.yaml
+engine: {name: optuna, sampler: random}
+budget: {trials: TRIALS, max_epochs: EPOCHS}
+dataset: {npz: data/tiny.npz}
+validation_size: 500
+seed: 11
+"""
+FAST_HEARTBEAT = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "4"}
+
+
+def place(host: Host, name: str, trials: int, epochs: int, tiny_npz: Path) -> Path:
+    """The host's own copy of the experiment, its search space and the data."""
+    (host.folder / "data").mkdir(exist_ok=True)
+    shutil.copy(tiny_npz, host.folder / "data" / "tiny.npz")
+    (host.folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", str(epochs)))
+    text = textwrap.dedent(EXPERIMENT).replace("NAME", name).replace("TRIALS", str(trials))
+    (host.folder / f"{name}.yaml").write_text(text.replace("EPOCHS", str(epochs)))
+    return host.folder / f"{name}.yaml"
+
+
+def tune(host: Host, experiment: Path, services: Services, **env: str) -> subprocess.Popen[str]:
+    """`tunelab tune` on the host, pointed at the services' network addresses."""
+    urls = {
+        "TUNELAB_OPTUNA_STORAGE": services.storage_url,
+        "MLFLOW_TRACKING_URI": services.tracking_uri,
+    }
+    return host.popen([sys.executable, "-m", "tunelab", "tune", experiment.name], {**urls, **env})
+
+
+def finish(worker: subprocess.Popen[str], limit: float = 420) -> str:
+    """Wait for a host's `tunelab tune`; its output, after checking it succeeded."""
+    out, errors = worker.communicate(timeout=limit)
+    assert worker.returncode == 0, errors[-3000:]
+    return f"{out}\n{errors}"
+
+
+@pytest.fixture()
+def two_hosts(
+    network: tuple[Network, Services], tmp_path: Path
+) -> Iterator[tuple[Host, Host, Services]]:
+    """Two hosts on the services' network, removed after the test."""
+    net, services = network
+    try:
+        yield net.host("host-a", tmp_path / "a"), net.host("host-b", tmp_path / "b"), services
+    finally:
+        net.remove_hosts()
+
+
+def study_of(name: str, services: Services) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=services.storage_url)
+
+
+def runs(name: str, services: Services, role: Role) -> list:  # type: ignore[type-arg]
+    return Tracker(services.tracking_uri).search(name, Query.of(role=role))
+
+
+def test_two_hosts_share_one_study_with_exact_counts(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path
+) -> None:
+    first, second, services = two_hosts
+    name, budget = "apart", 5
+    workers = [tune(h, place(h, name, budget, 1, tiny_npz), services) for h in (first, second)]
+    for worker in workers:
+        finish(worker)
+    study = study_of(name, services)
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == budget
+    assert len(study.trials) == budget  # none lost, none beyond the budget
+    assert {t.user_attrs["host"] for t in study.trials} == {"host-a", "host-b"}  # both worked
+    parents, trials = runs(name, services, Role.SWEEP), runs(name, services, Role.TRIAL)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == budget and all(r.info.status == "FINISHED" for r in trials)
+    # nothing was written through a shared folder: each host holds only what it was given
+    for host in (first, second):
+        assert not list(host.folder.rglob("*.db")) and not checkpoints(host)
+
+
+def checkpoints(host: Host) -> list[Path]:
+    """Model files a host keeps in its own folder (Keras' config folder is not one)."""
+    return [path for path in host.folder.rglob("*.keras") if path.is_file()]
+
+
+def wait_for_checkpoint(
+    name: str, services: Services, workers: list[subprocess.Popen[str]]
+) -> optuna.Study:
+    """Wait until a running trial has saved an epoch on the tracking server; the study then."""
+    tracker = Tracker(services.tracking_uri)
+    deadline = time.monotonic() + 240
+    while True:
+        assert all(w.poll() is None for w in workers), "a worker ended early"
+        assert time.monotonic() < deadline, "no trial saved a checkpoint in 240 s"
+        running = tracker.search(name, Query.of(role=Role.TRIAL, status="RUNNING"))
+        if any(tracker.list_artifacts(r.info.run_id, "checkpoint") for r in running):
+            return study_of(name, services)
+        time.sleep(0.2)
+
+
+def test_a_host_killed_mid_trial_is_continued_by_the_other_host_from_its_checkpoint(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path
+) -> None:
+    first, second, services = two_hosts
+    name, budget = "hostkilled", 3
+    workers = [
+        tune(h, place(h, name, budget, 8, tiny_npz), services, **FAST_HEARTBEAT)
+        for h in (first, second)
+    ]
+    study = wait_for_checkpoint(name, services, workers)
+    [victim_trial] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING][:1]
+    victim_host = victim_trial.user_attrs["host"]
+    victim = workers[0] if victim_host == "host-a" else workers[1]
+    victim.kill()
+    victim.wait()
+    finish(workers[1] if victim is workers[0] else workers[0])
+    study = study_of(name, services)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget
+    [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert "fail_reason" not in killed.user_attrs  # its heartbeat went silent: nothing else told
+    [retry] = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed.number]]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["host"] != victim_host
+    by_number = {int(r.data.tags[TagKey.TRIAL_NUMBER]): r for r in runs(name, services, Role.TRIAL)}
+    assert by_number[killed.number].info.status == "FAILED"
+    resumed = by_number[retry.number]
+    assert resumed.data.metrics["resumed_from_epoch"] >= 1  # continued from the dead host's epoch
+    assert resumed.data.metrics["epochs_trained"] == 8
+    assert all(r.info.status != "RUNNING" for r in by_number.values())
+    assert not checkpoints(first) and not checkpoints(second)
+
+
+def test_a_host_cut_off_longer_than_its_heartbeat_comes_back_without_finishing_a_trial_twice(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path
+) -> None:
+    first, second, services = two_hosts
+    name, budget = "hostcut", 3
+    workers = [
+        tune(h, place(h, name, budget, 8, tiny_npz), services, **FAST_HEARTBEAT)
+        for h in (first, second)
+    ]
+    study = wait_for_checkpoint(name, services, workers)
+    [cut_trial] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING][:1]
+    cut = first if cut_trial.user_attrs["host"] == "host-a" else second
+    cut.disconnect()
+    time.sleep(20)  # five times the grace: the other host finds the silent trial and retries it
+    cut.connect()
+    outputs = dict(zip((first.name, second.name), (finish(w) for w in workers), strict=True))
+    study = study_of(name, services)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget  # the budget held exactly
+    [taken] = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert taken.number == cut_trial.number  # failed once, by the other host's heartbeat check
+    [retry] = [t for t in study.trials if t.system_attrs.get("retry_history") == [taken.number]]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.user_attrs["host"] != cut.name
+    by_number = {int(r.data.tags[TagKey.TRIAL_NUMBER]): r for r in runs(name, services, Role.TRIAL)}
+    assert len(by_number) == len(study.trials)
+    # the cut-off attempt did not finish its trial a second time when it came back
+    assert by_number[taken.number].info.status == "FAILED"
+    assert (
+        "taken over by another worker" in by_number[taken.number].data.tags[TagKey.FAILURE_REASON]
+    )
+    assert by_number[retry.number].data.metrics["resumed_from_epoch"] >= 1
+    assert all(r.info.status != "RUNNING" for r in by_number.values())
+    # the host that came back said what happened, in one line, and went on
+    [line] = [x for x in outputs[cut.name].splitlines() if "stopped on this worker" in x]
+    assert f"trial {taken.number} stopped on this worker: taken over by another worker" in line
+    assert not checkpoints(first) and not checkpoints(second)
