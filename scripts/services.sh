@@ -6,6 +6,8 @@
 #   scripts/services.sh install            install PostgreSQL (apt) if its binaries are missing
 #   scripts/services.sh start              install if needed, init, start both; write $DIR/env
 #   scripts/services.sh stop | status
+#   scripts/services.sh restart-postgres [S] | restart-mlflow [S]
+#                                          restart one server, down for S seconds (default 0)
 #   scripts/services.sh postgres-only      start PostgreSQL alone (the tests use this)
 #
 # Settings (environment): TUNELAB_SERVICES_DIR (default tracking/services), TUNELAB_PG_PORT
@@ -147,15 +149,20 @@ write_env() {
     say "written $DIR/env; run: source $DIR/env"
 }
 
-stop_all() {
+stop_mlflow() {
     if mlflow_running; then
         local pid
         pid="$(cat "$DIR/mlflow.pid")"
         pkill -TERM -P "$pid" 2>/dev/null || true
         kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         say "MLflow server stopped"
     fi
     rm -f "$DIR/mlflow.pid"
+}
+
+stop_all() {
+    stop_mlflow
     if pg_bindir >/dev/null && [ -s "$PGDATA/PG_VERSION" ] && pg_running; then
         as_pg "$(pg_bindir)/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
         say "PostgreSQL stopped"
@@ -176,6 +183,12 @@ case "${1:-start}" in
     start) start_postgres; start_mlflow; write_env with-mlflow ;;
     postgres-only) start_postgres; write_env ;;
     stop) stop_all ;;
+    restart-postgres)
+        pg_running || die "PostgreSQL is not running: use start"
+        as_pg "$(pg_bindir)/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+        sleep "${2:-0}"
+        start_postgres ;;
+    restart-mlflow) stop_mlflow; sleep "${2:-0}"; start_mlflow ;;
     status) status ;;
-    *) die "unknown command ${1}: use install, start, postgres-only, stop or status" ;;
+    *) die "unknown command ${1}: use install, start, postgres-only, stop, status, restart-postgres or restart-mlflow" ;;
 esac

@@ -103,10 +103,10 @@ class Services:
     trace: Path | None  # strace's record of every process the script started (if strace exists)
     script_env: dict[str, str]  # the environment `scripts/services.sh` ran with (to restart them)
 
-    def script(self, command: str) -> None:
-        """Run `scripts/services.sh <command>` on these services (stop, start, status)."""
+    def script(self, *command: str) -> None:
+        """Run `scripts/services.sh <command>` on these services (restart-postgres 5, ...)."""
         script = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
-        done = subprocess.run(["bash", str(script), command], env=self.script_env, text=True,
+        done = subprocess.run(["bash", str(script), *command], env=self.script_env, text=True,
                               capture_output=True)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
 

@@ -41,6 +41,8 @@ validation_size: 500
 seed: 11
 """
 FAST_HEARTBEAT = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "4"}
+# a heartbeat every second, but a grace longer than the server outages the tests cause
+SLOW_GRACE = {"TUNELAB_HEARTBEAT_SECONDS": "1", "TUNELAB_HEARTBEAT_GRACE_SECONDS": "30"}
 
 
 def place(host: Host, name: str, trials: int, epochs: int, tiny_npz: Path) -> Path:
@@ -198,3 +200,47 @@ def test_a_host_cut_off_longer_than_its_heartbeat_comes_back_without_finishing_a
     [line] = [x for x in outputs[cut.name].splitlines() if "stopped on this worker" in x]
     assert f"trial {taken.number} stopped on this worker: taken over by another worker" in line
     assert not checkpoints(first) and not checkpoints(second)
+
+
+def sweep_through_an_outage(
+    hosts: tuple[Host, Host, Services], tiny_npz: Path, name: str, outage: tuple[str, ...]
+) -> list[str]:
+    """Two hosts sweep 4 trials of 6 epochs; once one has saved a checkpoint, a server goes
+    down for a few seconds (`scripts/services.sh <outage>`). Checks that nothing was lost,
+    repeated or left RUNNING, and returns both hosts' output."""
+    first, second, services = hosts
+    budget = 4
+    workers = [
+        tune(h, place(h, name, budget, 6, tiny_npz), services, **SLOW_GRACE)
+        for h in (first, second)
+    ]
+    wait_for_checkpoint(name, services, workers)
+    services.script(*outage)
+    outputs = [finish(worker) for worker in workers]
+    study = study_of(name, services)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * budget, [
+        t.user_attrs.get("fail_reason") for t in study.trials
+    ]
+    trials = runs(name, services, Role.TRIAL)
+    assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(budget))
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert all(r.data.metrics["epochs_trained"] == 6 for r in trials)
+    [parent] = runs(name, services, Role.SWEEP)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == budget
+    for output in outputs:
+        assert "Traceback" not in output, output[-3000:]
+    return outputs
+
+
+def test_postgresql_down_for_seconds_while_two_hosts_run_loses_and_repeats_nothing(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path
+) -> None:
+    """SQLAlchemy's pre-ping reconnects; heartbeats that fail meanwhile are beaten again."""
+    sweep_through_an_outage(two_hosts, tiny_npz, "pgdown", ("restart-postgres", "6"))
+
+
+def test_the_mlflow_server_down_for_seconds_while_trials_log_loses_nothing(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path
+) -> None:
+    """MLflow's client retries with backoff while its server restarts; no metric is lost."""
+    sweep_through_an_outage(two_hosts, tiny_npz, "mlflowdown", ("restart-mlflow", "4"))

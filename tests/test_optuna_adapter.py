@@ -89,3 +89,28 @@ def test_the_heartbeat_keeps_a_trial_alive_and_a_stopped_one_is_failed_and_retri
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert study.trials[1].params == trial.params
     assert adapter.retry_history(study.trials[1]) == [0]
+
+
+@pytest.mark.filterwarnings("ignore:.*heartbeat:optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_the_heartbeat_goes_on_beating_after_the_storage_fails_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that restarts fails a few beats; the beats after it must still come."""
+    study = study_at(tmp_path, heartbeat=1)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage = study._storage
+    real, calls = storage.record_heartbeat, []
+
+    def flaky(trial_id: int) -> None:
+        calls.append(trial_id)
+        if len(calls) <= 2:  # the first two beats meet a database that is down
+            raise optuna.exceptions.StorageInternalError("connection refused")
+        real(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", flaky)
+    with adapter.heartbeat(study, trial):
+        time.sleep(4.5)  # two failed beats, then good ones: alive past the 2 s grace
+        adapter.fail_stale(study)
+        assert study.trials[0].state == TrialState.RUNNING
+    assert len(calls) >= 4

@@ -1,7 +1,7 @@
 """Every call into Optuna's non-public API, in one place, pinned to the versions tested.
 
 tunelab drives trials with ask/tell and needs four things Optuna keeps private: a trial's storage
-id (to read its frozen state), the storage's heartbeat thread and stale-trial callback (a worker
+id (to read its frozen state), the storage's heartbeat and stale-trial callback (a worker
 that dies must have its trial failed and retried), and direct state changes (a trial whose
 process is gone, on this machine). `tests/test_optuna_adapter.py` exercises each of them against
 the installed Optuna; pyproject bounds Optuna to the minor versions that test passed on.
@@ -13,9 +13,10 @@ crash read back the same way.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import optuna
@@ -38,11 +39,36 @@ def retry_history(trial: FrozenTrial) -> list[int]:
 
 @contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Keep the trial's heartbeat beating while the block runs (no-op without heartbeats)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+    """Keep the trial's heartbeat beating while the block runs (no-op without heartbeats).
 
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    Unlike Optuna's own heartbeat thread, which dies at the first failed write, a beat that
+    fails (the database restarting, the network gone) is retried at the next interval: a short
+    outage costs no trial, and one longer than the grace hands the trial to another worker.
+    """
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
         yield
+        return
+    assert isinstance(storage, BaseHeartbeat)
+    interval = float(storage.get_heartbeat_interval() or 60)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with suppress(Exception):  # a failed beat: the next one is the retry
+                storage.record_heartbeat(trial._trial_id)
+            if stop.wait(timeout=interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def set_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
