@@ -11,8 +11,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -244,3 +246,78 @@ def test_the_mlflow_server_down_for_seconds_while_trials_log_loses_nothing(
 ) -> None:
     """MLflow's client retries with backoff while its server restarts; no metric is lost."""
     sweep_through_an_outage(two_hosts, tiny_npz, "mlflowdown", ("restart-mlflow", "4"))
+
+
+@pytest.fixture()
+def small_artifact_disk(network: tuple[Network, Services]) -> Iterator[Path]:
+    """The MLflow server's artifact folder on a 4 MiB tmpfs (earlier artifacts hidden under it
+    meanwhile); yields the mount point."""
+    _, services = network
+    folder = services.folder / "artifacts"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@contextmanager
+def kept_full(disk: Path) -> Iterator[None]:
+    """The disk stays full while the block runs: whatever the server frees, a filler takes."""
+    done = threading.Event()
+
+    def fill() -> None:
+        with open(disk / "filler", "wb", buffering=0) as filler:
+            while not done.is_set():
+                try:
+                    filler.write(b"\0" * 4096)
+                except OSError:
+                    done.wait(0.02)
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        (disk / "filler").unlink()
+
+
+def test_a_full_artifact_disk_stops_the_sweep_in_one_line_and_the_retry_uses_a_whole_checkpoint(
+    two_hosts: tuple[Host, Host, Services], tiny_npz: Path, small_artifact_disk: Path
+) -> None:
+    """The disk fills while trial 0 trains: its checkpoints stop (one line) and it trains on;
+    its record cannot be stored at its end, so the sweep stops with one error line, the trial
+    failed and queued, nothing RUNNING. With room again, the same command retries it from its
+    last whole checkpoint (a zip the full disk cut short is skipped) and completes the budget."""
+    first, _, services = two_hosts
+    name, budget = "diskfull", 2
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", **SLOW_GRACE}  # the server answers 500
+    experiment = place(first, name, budget, 8, tiny_npz)
+    worker = tune(first, experiment, services, **quick)
+    wait_for_checkpoint(name, services, [worker])
+    with kept_full(small_artifact_disk):
+        out, errors = worker.communicate(timeout=420)
+    assert worker.returncode == 2, errors[-3000:]
+    assert "Traceback" not in errors
+    said = [line for line in f"{out}\n{errors}".splitlines() if "not stored" in line]
+    assert len(said) == 1 and said[0].startswith("trial 0: checkpoint of step")
+    last = errors.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "run the same command again" in last
+    study = study_of(name, services)
+    assert [t.state for t in study.trials] == [
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.WAITING,  # its retry, queued
+    ]
+    assert all(r.info.status == "FAILED" for r in runs(name, services, Role.TRIAL))
+    finish(tune(first, experiment, services, **quick))  # room again: the same command
+    study = study_of(name, services)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget
+    retry = study.trials[1]
+    assert retry.params == study.trials[0].params and retry.system_attrs["retry_history"] == [0]
+    by_number = {int(r.data.tags[TagKey.TRIAL_NUMBER]): r for r in runs(name, services, Role.TRIAL)}
+    assert by_number[1].data.metrics["resumed_from_epoch"] >= 1  # a whole checkpoint, restored
+    assert by_number[1].data.metrics["epochs_trained"] == 8
+    assert all(r.info.status != "RUNNING" for r in by_number.values())

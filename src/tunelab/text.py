@@ -9,6 +9,11 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+def describe_exception(error: BaseException) -> str:
+    """A failure reason: the exception's type and first line, kept short."""
+    return f"{type(error).__name__}: {first_line(error)[:300]}".rstrip(": ")
+
+
 def short_value(value: object) -> str:
     """A parameter value as run names and tables show it: floats to 3 significant digits.
 

@@ -36,7 +36,6 @@ from tunelab.engines.sweep import (
     SweepError,
     SweepTracker,
     TrialTakenOver,
-    describe_exception,
     over_cost_cap,
     training_seconds,
     unfinishable,
@@ -44,6 +43,7 @@ from tunelab.engines.sweep import (
 from tunelab.record.names import TrialState
 from tunelab.record.results import TrialResult
 from tunelab.record.store import RunHandle
+from tunelab.text import describe_exception
 from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.training.checkpoints import (
     Checkpoint,
@@ -200,7 +200,11 @@ class TrialRunner:
                     fidelity=self.fidelity,
                     deadline=self.deadline,
                     flop_rate=self.flop_rate,
-                    checkpoint=CheckpointWriter(self.sweep.tracker, run.run_id),
+                    checkpoint=CheckpointWriter(
+                        self.sweep.tracker,
+                        run.run_id,
+                        lambda why: self.progress.note(f"trial {number}: {why}"),
+                    ),
                     factory=self.factory,
                 )
             except (SweepError, TrialTakenOver):

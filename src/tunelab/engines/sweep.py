@@ -33,7 +33,7 @@ from tunelab.record.query import Query
 from tunelab.record.results import TrialResult
 from tunelab.record.store import RunHandle, Tracker
 from tunelab.redact import redact_text
-from tunelab.text import first_line, short_value
+from tunelab.text import short_value
 from tunelab.training.checkpoints import Checkpoint
 from tunelab.training.cost import training_flops
 from tunelab.training.deadline import Deadline, StepTimer
@@ -606,8 +606,3 @@ def best_of(records: list[TrialRecord]) -> TrialRecord | None:
     """The complete trial with the highest value (val_accuracy, the first objective)."""
     complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
     return max(complete, key=lambda r: r.value or 0.0) if complete else None
-
-
-def describe_exception(error: BaseException) -> str:
-    """A crashed trial's failure reason: the exception's type and first line, kept short."""
-    return f"{type(error).__name__}: {first_line(error)[:300]}".rstrip(": ")

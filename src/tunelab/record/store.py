@@ -58,6 +58,7 @@ from tunelab.redact import database_error_line, redact_text, redact_url
 PAGE = 1000  # runs per search request (MLflow's maximum); every page is read
 MLFLOW_DIGEST_LENGTH = 32  # MLflow's dataset digest field holds 36 characters
 REACH_SECONDS = 5.0  # a tracking server that does not answer its health check in this is down
+STORE_ERRORS = (MlflowException, OSError)  # storing an artifact fails so (requests: OSError)
 
 VERSIONED_PACKAGES = (
     "tunelab",
@@ -69,7 +70,6 @@ VERSIONED_PACKAGES = (
     "keras-tuner",
     "pandas",
 )
-
 
 class TrackingError(UserError):
     """The tracking store cannot be reached or refused a request (one line, password masked)."""

@@ -11,7 +11,9 @@ process killed while a checkpoint is being written leaves the previous, complete
 training's run (`checkpoint/step_00007.zip`); with a tracking server those are served to every
 machine, on the embedded store they are local files beside the SQLite database. The previous
 zip is deleted only after the new one is stored; `remove_checkpoints` deletes them all once the
-training has ended.
+training has ended. A checkpoint that cannot be stored (the artifact store's disk full, the
+server gone past its retries) does not stop the training: the writer says so once, through
+`on_failure`, and stores no more for that training, whose last stored checkpoint stays usable.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from tunelab.record.names import Artifact
-from tunelab.record.store import Tracker
+from tunelab.record.store import STORE_ERRORS, Tracker
+from tunelab.text import describe_exception
 
 WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE = "model.weights.h5", "optimizer.npz", "state.json"
 FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)
@@ -82,10 +86,30 @@ def restore_state(model: Any, folder: Path) -> None:
 class CheckpointWriter:
     """Saves a training's state after each step as one zip artifact of `run_id`."""
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
-        self.tracker, self.run_id = tracker, run_id
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        on_failure: Callable[[str], None] = lambda why: None,
+    ) -> None:
+        self.tracker, self.run_id, self.on_failure = tracker, run_id, on_failure
+        self.failed: str | None = None  # why a checkpoint could not be stored (then none is)
 
     def save(self, model: Any, step: int, history: dict[str, list[float]], seconds: float) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self._store(model, step, history, seconds)
+        except STORE_ERRORS as error:
+            self.failed = describe_exception(error)
+            self.on_failure(
+                f"checkpoint of step {step} not stored ({self.failed}); training goes on without "
+                "checkpoints (stopped now, it would continue from its last stored one)"
+            )
+
+    def _store(
+        self, model: Any, step: int, history: dict[str, list[float]], seconds: float
+    ) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             save_state(model, folder)
