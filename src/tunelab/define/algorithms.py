@@ -53,7 +53,8 @@ class Algorithm(Generic[T]):
     build: Callable[[Any], T]
     objectives: tuple[int, ...] = (1, 2)  # numbers of objectives it handles
     needs_finite_space: bool = False
-    # a resumed study reseeds its sampler so random draws are not replayed, except where the seed
+    # the sampler is reseeded at every ask (seed + trials held), so no worker or later launch
+    # replays another's random draws, except where the seed
     # fixes a meaning: Optuna's grid sampler shuffles its grid with it (grid id -> point)
     reseed_on_resume: bool = True
     summary: str = ""

@@ -71,6 +71,7 @@ VERSIONED_PACKAGES = (
     "pandas",
 )
 
+
 class TrackingError(UserError):
     """The tracking store cannot be reached or refused a request (one line, password masked)."""
 

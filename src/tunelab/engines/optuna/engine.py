@@ -115,11 +115,8 @@ class PruningMetricMissing(SweepError):
 
 
 def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    """The experiment's sampler, seeded by its seed and the trials the study already holds.
-
-    A resumed sweep must not replay the random suggestions of its first launch, so the seed moves
-    on with the study; the same study history still gives the same suggestions.
-    """
+    """The experiment's sampler, seeded by its seed and the trials the study already holds
+    (see `_ask`: the seed moves on with every trial asked, by any worker or launch)."""
     algorithm = SAMPLERS[spec.engine.sampler]
     context = SamplerContext(
         seed=spec.seed + (trials_so_far if algorithm.reseed_on_resume else 0),
@@ -205,8 +202,6 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
         if not study.trials:
             for point in spec.enqueue:
                 study.enqueue_trial(dict(point), skip_if_exists=True)
-    if study.trials:
-        study.sampler = make_sampler(spec, len(study.trials))
     return study
 
 
@@ -695,7 +690,7 @@ def _drive(
         if runner.grid_exhausted:
             return "every point of the grid was tried"
         with lock():
-            trial = _ask(study) if trials is None or _counted(study) < trials else None
+            trial = _ask(study, runner.spec) if trials is None or _counted(study) < trials else None
         if trial is None:
             if not _running(study):
                 return f"the trial budget ({trials}) is spent"
@@ -744,7 +739,12 @@ def _grid_done(study: optuna.Study) -> bool:
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
+def _ask(study: optuna.Study, spec: ExperimentSpec) -> optuna.Trial:
+    """The next trial, from a sampler seeded by the experiment's seed and the trials the study
+    holds now: asks are serialized by the study lock, so workers that ask at the same moment
+    (or launches that resume) never replay one another's random draws, and the same study
+    history still gives the same suggestion."""
+    study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
     with warnings.catch_warnings():  # heartbeats are ours (see _run_trial), not optimize()'s
         warnings.filterwarnings("ignore", "Heartbeat of storage")
         return study.ask()
