@@ -11,7 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +113,44 @@ def mlflow_record(services: Services, experiment: str) -> tuple[list, list]:  # 
     return parents, trials
 
 
+@contextmanager
+def peak_connections(services: Services) -> Iterator[list[int]]:
+    """Sample PostgreSQL's open connections (every client: workers, locks, the MLflow server)
+    twice a second while the block runs; the list holds the peak and the server's limit."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(services.storage_url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as probe:
+        limit = int(probe.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+    peak, done = [0, limit], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            with engine.connect() as probe:
+                count = probe.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity"))
+                peak[0] = max(peak[0], int(count.scalar_one()))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join()
+        engine.dispose()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("count", [4])  # two on separate hosts: tests/test_hosts.py
+@pytest.mark.parametrize("count", [8])  # two on separate hosts: tests/test_hosts.py
 def test_workers_share_one_study_with_exact_counts_and_one_parent(
     count: int, services: Services, tiny_npz: Path, tmp_path: Path
 ) -> None:
     name, budget = f"workers{count}", 2 * count + 1
     experiment = write_experiment(tmp_path / name, name, budget, 1, services.storage_url)
-    finish(start_workers(count, experiment, tiny_npz, services))
+    with peak_connections(services) as peak:
+        finish(start_workers(count, experiment, tiny_npz, services))
+    print(f"{count} workers: at most {peak[0]} PostgreSQL connections of {peak[1]}")
+    assert 0 < peak[0] < peak[1]  # the load never reached PostgreSQL's limit
     study = optuna.load_study(study_name=name, storage=services.storage_url)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == budget  # none lost, none extra
