@@ -22,17 +22,13 @@ import pytest
 
 from conftest import Services
 from hosts import Host, Network
+from test_workers import SPACE
 from tunelab.record.names import Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("services")]
 
-SPACE = """
-parameters:
-  dense_units: {type: int, low: 8, high: 32}
-fixed: {optimizer: adam, learning_rate: 0.002, filters: 4, epochs: EPOCHS, batch_size: 256}
-"""
 EXPERIMENT = """
 name: NAME
 search_space: space.yaml
@@ -120,17 +116,33 @@ def checkpoints(host: Host) -> list[Path]:
 
 def wait_for_checkpoint(
     name: str, services: Services, workers: list[subprocess.Popen[str]]
-) -> optuna.Study:
-    """Wait until a running trial has saved an epoch on the tracking server; the study then."""
+) -> optuna.trial.FrozenTrial:
+    """Wait until a running trial has saved an epoch on the tracking server; that trial."""
     tracker = Tracker(services.tracking_uri)
     deadline = time.monotonic() + 240
     while True:
         assert all(w.poll() is None for w in workers), "a worker ended early"
         assert time.monotonic() < deadline, "no trial saved a checkpoint in 240 s"
         running = tracker.search(name, Query.of(role=Role.TRIAL, status="RUNNING"))
-        if any(tracker.list_artifacts(r.info.run_id, "checkpoint") for r in running):
-            return study_of(name, services)
+        for run in running:
+            if tracker.list_artifacts(run.info.run_id, "checkpoint"):
+                number = int(run.data.tags[TagKey.TRIAL_NUMBER])
+                return study_of(name, services).trials[number]
         time.sleep(0.2)
+
+
+def busy_host(
+    hosts: tuple[Host, Host, Services], name: str, budget: int, tiny_npz: Path
+) -> tuple[list[subprocess.Popen[str]], int, optuna.trial.FrozenTrial]:
+    """Both hosts sweep `budget` trials of 8 epochs with a fast heartbeat; once a trial has
+    saved a checkpoint: both workers, the index of the host training that trial, the trial."""
+    first, second, services = hosts
+    workers = [
+        tune(h, place(h, name, budget, 8, tiny_npz), services, **FAST_HEARTBEAT)
+        for h in (first, second)
+    ]
+    trial = wait_for_checkpoint(name, services, workers)
+    return workers, [first.name, second.name].index(trial.user_attrs["host"]), trial
 
 
 def test_a_host_killed_mid_trial_is_continued_by_the_other_host_from_its_checkpoint(
@@ -138,17 +150,11 @@ def test_a_host_killed_mid_trial_is_continued_by_the_other_host_from_its_checkpo
 ) -> None:
     first, second, services = two_hosts
     name, budget = "hostkilled", 3
-    workers = [
-        tune(h, place(h, name, budget, 8, tiny_npz), services, **FAST_HEARTBEAT)
-        for h in (first, second)
-    ]
-    study = wait_for_checkpoint(name, services, workers)
-    [victim_trial] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING][:1]
-    victim_host = victim_trial.user_attrs["host"]
-    victim = workers[0] if victim_host == "host-a" else workers[1]
-    victim.kill()
-    victim.wait()
-    finish(workers[1] if victim is workers[0] else workers[0])
+    workers, busy, _ = busy_host(two_hosts, name, budget, tiny_npz)
+    victim_host = (first, second)[busy].name
+    workers[busy].kill()
+    workers[busy].wait()
+    finish(workers[1 - busy])
     study = study_of(name, services)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == budget
@@ -171,13 +177,8 @@ def test_a_host_cut_off_longer_than_its_heartbeat_comes_back_without_finishing_a
 ) -> None:
     first, second, services = two_hosts
     name, budget = "hostcut", 3
-    workers = [
-        tune(h, place(h, name, budget, 8, tiny_npz), services, **FAST_HEARTBEAT)
-        for h in (first, second)
-    ]
-    study = wait_for_checkpoint(name, services, workers)
-    [cut_trial] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING][:1]
-    cut = first if cut_trial.user_attrs["host"] == "host-a" else second
+    workers, busy, cut_trial = busy_host(two_hosts, name, budget, tiny_npz)
+    cut = (first, second)[busy]
     cut.disconnect()
     time.sleep(20)  # five times the grace: the other host finds the silent trial and retries it
     cut.connect()
