@@ -54,9 +54,9 @@ class Algorithm(Generic[T]):
     objectives: tuple[int, ...] = (1, 2)  # numbers of objectives it handles
     needs_finite_space: bool = False
     # the sampler is reseeded at every ask (seed + trials held), so no worker or later launch
-    # replays another's random draws, except where the seed
-    # fixes a meaning: Optuna's grid sampler shuffles its grid with it (grid id -> point)
-    reseed_on_resume: bool = True
+    # replays another's random draws, except where the seed fixes a meaning: Optuna's grid
+    # sampler shuffles its grid with it (grid id -> point)
+    reseed_on_ask: bool = True
     summary: str = ""
 
 
@@ -140,7 +140,7 @@ SAMPLERS: dict[str, Algorithm[Any]] = {
         _grid,
         objectives=(1,),
         needs_finite_space=True,
-        reseed_on_resume=False,
+        reseed_on_ask=False,
         summary="every point",
     ),
 }

@@ -119,7 +119,7 @@ def make_sampler(spec: ExperimentSpec, trials_so_far: int = 0) -> optuna.sampler
     (see `_ask`: the seed moves on with every trial asked, by any worker or launch)."""
     algorithm = SAMPLERS[spec.engine.sampler]
     context = SamplerContext(
-        seed=spec.seed + (trials_so_far if algorithm.reseed_on_resume else 0),
+        seed=spec.seed + (trials_so_far if algorithm.reseed_on_ask else 0),
         startup_trials=spec.engine.startup_trials,
         grid=lambda: grid(spec.search_space),
     )
