@@ -46,8 +46,8 @@ def quiet_environment(*, verbose: bool = False) -> None:
     # with a tracking server MLflow prints "View run ... at" on stdout, where tables go
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # a tracking server that stops answering mid-sweep (restarted, say): MLflow's own retries,
-    # 1, 2, 4 ... 32 s apart, ride out about a minute; one that is down at start is refused in
-    # seconds by the tracker's own probe (record/store.py)
+    # with exponential backoff, ride it out (4 did not cover a ~15 s restart; 7 do); one that is
+    # down at start is refused in seconds by the tracker's own probe (record/store.py)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
