@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hosts import Network
 from hosts import unavailable as hosts_unavailable
+from support import mlflow_template
 from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -53,6 +54,22 @@ def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "images_per_second", fake_images_per_second)
         patch.setenv("TUNELAB_DATA_DIR", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_schema_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """New SQLite MLflow stores get a copy of one migrated schema, in this process and in every
+    process it starts (tests/support/mlflow_template.py)."""
+    support = Path(__file__).parent / "support"
+    template = tmp_path_factory.mktemp("mlflow-schema") / "migrated.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(mlflow_template.VARIABLE, str(template))
+        patch.setenv(
+            "PYTHONPATH",
+            os.pathsep.join(filter(None, [str(support), os.environ.get("PYTHONPATH")])),
+        )
+        mlflow_template.install()
         yield
 
 

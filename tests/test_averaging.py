@@ -25,6 +25,7 @@ SMALL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("averaging", ["ema", "swa"])
 def test_averaged_weights_differ_from_the_last_ones_and_export_with_parity(
     averaging: str, tiny_splits: Splits, tmp_path: Path
@@ -58,6 +59,7 @@ def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_test_time_shifts_average_the_image_and_its_shifts_in_every_format(
     tiny_splits: Splits, tmp_path: Path
 ) -> None:

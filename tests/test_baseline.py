@@ -27,6 +27,7 @@ def recorded(tiny_splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> t
     return tracker, outcome.run_id
 
 
+@pytest.mark.slow
 def test_run_is_tagged_and_finished(recorded: tuple[Tracker, str], tiny_splits: Splits) -> None:
     tracker, run_id = recorded
     run = tracker.client.get_run(run_id)
@@ -45,6 +46,7 @@ def test_run_is_tagged_and_finished(recorded: tuple[Tracker, str], tiny_splits: 
     assert dataset_input.dataset.name == "mnist"
 
 
+@pytest.mark.slow
 def test_params_and_per_epoch_metrics(recorded: tuple[Tracker, str]) -> None:
     tracker, run_id = recorded
     run = tracker.client.get_run(run_id)
@@ -69,6 +71,7 @@ def test_params_and_per_epoch_metrics(recorded: tuple[Tracker, str]) -> None:
     assert metrics[MetricName.BEST_VAL_ACCURACY] == metrics[MetricName.VAL_ACCURACY]
 
 
+@pytest.mark.slow
 def test_artifacts_include_plots_history_predictions_and_a_model_that_predicts(
     recorded: tuple[Tracker, str], tiny_splits: Splits, tmp_path: Path
 ) -> None:
@@ -94,6 +97,7 @@ def test_artifacts_include_plots_history_predictions_and_a_model_that_predicts(
     np.testing.assert_array_equal(probabilities.argmax(axis=1), predictions)
 
 
+@pytest.mark.slow
 def test_only_the_seed_cnn_on_every_training_image_is_the_reference(
     recorded: tuple[Tracker, str], tiny_splits: Splits
 ) -> None:

@@ -96,6 +96,7 @@ def delivered(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("faster", [precision.FLOAT32, precision.BFLOAT16])
 def test_auto_precision_trains_in_what_this_machine_measures_faster_and_workers_follow_it(
     faster: str, tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
@@ -125,6 +126,7 @@ def test_auto_precision_trains_in_what_this_machine_measures_faster_and_workers_
     assert trained == [faster, faster]
 
 
+@pytest.mark.slow
 def test_explicit_bfloat16_on_a_machine_where_it_is_slower_runs_and_says_how_much_slower(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +141,7 @@ def test_explicit_bfloat16_on_a_machine_where_it_is_slower_runs_and_says_how_muc
     assert config.training.precision == "mixed_bfloat16"
 
 
+@pytest.mark.slow
 def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +168,7 @@ def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
     assert fresh > 0 and built == [precision.FLOAT32, precision.FLOAT32]
 
 
+@pytest.mark.slow
 def test_a_budget_shorter_than_one_full_schedule_delivers_a_shortened_complete_schedule(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +216,7 @@ def test_a_budget_shorter_than_one_epoch_is_refused_before_anything_is_recorded(
     assert Tracker(uri).search_all(Query()) == []  # no baseline, no sweep, nothing
 
 
+@pytest.mark.slow
 def test_a_paused_search_trial_is_never_the_reason_nothing_is_delivered(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,6 +277,7 @@ def announced(folder: Path, splits: Splits, monkeypatch: pytest.MonkeyPatch) -> 
     return lines.getvalue()
 
 
+@pytest.mark.slow
 def test_the_announced_durations_come_from_the_speed_measured_here(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,6 +300,7 @@ def test_the_announced_durations_come_from_the_speed_measured_here(
     assert slow[1] / fast[1] == pytest.approx(2.0, rel=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble", [2, 0], ids=["models kept", "none kept"])
 def test_a_final_share_too_short_for_the_champions_schedule_delivers_the_kept_models(
     ensemble: int, tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch

@@ -29,6 +29,7 @@ def exported(
     )
 
 
+@pytest.mark.slow
 def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_statistics(
     recorded_sweep: RecordedSweep, tiny_splits: Splits, exported: ExportResult
 ) -> None:
@@ -60,6 +61,7 @@ def test_table_has_the_baseline_the_top_trials_and_the_exported_finalist_with_st
     assert render(table, "html").lstrip().startswith("<table")
 
 
+@pytest.mark.slow
 def test_compare_command_writes_the_file_and_logs_to_the_parent(
     recorded_sweep: RecordedSweep,
     exported: ExportResult,

@@ -13,6 +13,7 @@ from tunelab.record.recorded import RunNotFound, find_sweep
 from tunelab.record.store import Tracker
 
 
+@pytest.mark.slow
 def test_top_configurations_are_retrained_with_fresh_seeds_and_the_best_mean_is_champion(
     recorded_sweep: RecordedSweep, tiny_splits: Splits
 ) -> None:

@@ -47,6 +47,7 @@ class ScriptedDeadline(Deadline):
         return self.script.pop(0) if self.script else 0.0
 
 
+@pytest.mark.slow
 def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Splits) -> None:
     cfg = flat_config(**{"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 5})
     deadline = ScriptedDeadline([1e6, 1e6, 1e-3])  # room for two steps, then none
@@ -55,6 +56,7 @@ def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Spli
     assert result.epochs_trained == 2 and deadline.asked == 3  # asked before every step
 
 
+@pytest.mark.slow
 def test_a_real_deadline_is_overrun_by_at_most_one_step(tiny_splits: Splits) -> None:
     cfg = flat_config(**{"optimizer": "adam", "filters": 8, "dense_units": 16, "epochs": 40})
     deadline = Deadline.after(6.0)
@@ -71,6 +73,7 @@ def write(folder: Path, epochs: int, experiment: str = EXPERIMENT) -> Any:
     return load_experiment(folder / "late.yaml")
 
 
+@pytest.mark.slow
 def test_a_paused_trial_is_neither_failed_nor_complete_and_the_next_launch_continues_it(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -111,6 +114,7 @@ def test_a_paused_trial_is_neither_failed_nor_complete_and_the_next_launch_conti
     assert all(r.info.status != "RUNNING" for r in tracker.search("late", Query()))
 
 
+@pytest.mark.slow
 def test_the_time_budget_is_the_running_time_of_all_launches_together(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -152,6 +156,7 @@ def test_overlapping_launches_count_once() -> None:
     assert union_seconds([]) == 0
 
 
+@pytest.mark.slow
 def test_a_keras_tuner_trial_paused_at_the_deadline_continues_in_the_next_launch(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:

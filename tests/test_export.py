@@ -29,6 +29,7 @@ print(any(name.startswith("tunelab") for name in sys.modules))
 """
 
 
+@pytest.mark.slow
 def test_export_writes_every_format_that_reproduces_the_keras_model_and_registers_it(
     recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
 ) -> None:
@@ -98,6 +99,7 @@ def test_export_writes_every_format_that_reproduces_the_keras_model_and_register
     assert json.loads((tmp_path / "own" / "card.json").read_text())["training"]["images"] == 2500
 
 
+@pytest.mark.slow
 def test_registered_champion_loads_through_mlflow_and_predicts(
     recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
 ) -> None:

@@ -110,6 +110,7 @@ def deliver_one(
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", ["disagrees", "writer_fails"])
 def test_a_failing_format_fails_the_export_in_one_line_and_registers_nothing(
     broken: str,
@@ -156,6 +157,7 @@ def test_a_failing_format_fails_the_export_in_one_line_and_registers_nothing(
         assert "converter crashed" in card and "second line" not in card
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_one_model_passing_parity_in_every_format_compared_with_the_single(
     members: list[Member], tiny_splits: Splits, tracking_uri: str, tmp_path: Path
 ) -> None:

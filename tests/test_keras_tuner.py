@@ -146,6 +146,7 @@ def search(spec: ExperimentSpec, splits: Splits, folder: Path, **kwargs: Any) ->
     )
 
 
+@pytest.mark.slow
 def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -183,6 +184,7 @@ def test_hyperband_rounds_are_child_runs_that_continue_earlier_rounds(
     assert table["best val"].tolist() == sorted(table["best val"], reverse=True)
 
 
+@pytest.mark.slow
 def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -199,6 +201,7 @@ def test_failed_trials_are_recorded_like_optuna_and_the_search_goes_on(
     assert parent.data.metrics["trials_failed"] == len(failed)
 
 
+@pytest.mark.slow
 def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits: Splits) -> None:
     continuous = SPACE.replace(
         "categorical, values: [0.003, 0.002]", "float, low: 0.001, high: 0.004"
@@ -218,6 +221,7 @@ def test_random_search_resumes_with_the_same_command(tmp_path: Path, tiny_splits
     assert len(numbers) == len(set(numbers))  # no trial run twice
 
 
+@pytest.mark.slow
 def test_ctrl_c_closes_the_trial_run_and_the_same_command_resumes(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:

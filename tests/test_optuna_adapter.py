@@ -73,6 +73,7 @@ def test_frozen_user_attrs_fail_and_requeue_on_a_real_storage(tmp_path: Path) ->
     assert study.trials[2].system_attrs[adapter.FAILED_TRIAL] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*heartbeat:optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_the_heartbeat_keeps_a_trial_alive_and_a_stopped_one_is_failed_and_retried(
@@ -91,6 +92,7 @@ def test_the_heartbeat_keeps_a_trial_alive_and_a_stopped_one_is_failed_and_retri
     assert adapter.retry_history(study.trials[1]) == [0]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*heartbeat:optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_the_heartbeat_goes_on_beating_after_the_storage_fails_a_write(

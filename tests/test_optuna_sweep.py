@@ -67,6 +67,7 @@ def children_of(tracker: Tracker, parent_id: str) -> list[Any]:
     return tracker.search("tiny", Query.of(parent=parent_id))
 
 
+@pytest.mark.slow
 def test_sweep_records_a_parent_with_nested_complete_pruned_and_failed_trials(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
 ) -> None:
@@ -122,6 +123,7 @@ def test_sweep_records_a_parent_with_nested_complete_pruned_and_failed_trials(
     assert summary.best is not None and summary.best.run_id == parent.data.tags[TagKey.BEST_RUN_ID]
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_into_the_same_parent(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
 ) -> None:
@@ -142,6 +144,7 @@ def test_the_same_command_resumes_into_the_same_parent(
     assert len(children_of(tracker, parents[0].info.run_id)) == len(study.trials)
 
 
+@pytest.mark.slow
 def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +169,7 @@ def test_ctrl_c_fails_the_trial_closes_its_run_and_the_study_resumes(
     assert len(tracker.search("tiny", Query.of(role=Role.SWEEP))) == 1
 
 
+@pytest.mark.slow
 def test_repeated_failures_stop_the_sweep_with_one_line(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str]
 ) -> None:
@@ -181,6 +185,7 @@ def test_repeated_failures_stop_the_sweep_with_one_line(
     assert all(r.info.status != "RUNNING" for r in tracker.search("tiny", Query()))
 
 
+@pytest.mark.slow
 def test_an_exception_in_one_trial_fails_it_and_the_sweep_goes_on(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +200,7 @@ def test_an_exception_in_one_trial_fails_it_and_the_sweep_goes_on(
     assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 2
 
 
+@pytest.mark.slow
 def test_a_missing_pruning_metric_stops_the_sweep_instead_of_never_pruning(
     tmp_path: Path, tiny_splits: Splits, stores: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

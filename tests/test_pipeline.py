@@ -116,6 +116,7 @@ def check_record(folder: Path) -> None:
     assert sorted(TagKey.ENSEMBLE_MEMBERS in r.data.tags for r in exports) == [False, True]
 
 
+@pytest.mark.slow
 def test_run_searches_confirms_and_delivers_then_trains_nothing_the_second_time(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,29 +188,33 @@ def training_run_of(uri: str, role: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("role", [Role.TRIAL, Role.CONFIRMATION, Role.EXPORT])
-def test_run_killed_in_any_stage_resumes_and_completes(
-    tmp_path: Path, tiny_npz: Path, tiny_splits: Splits, role: str
+@pytest.mark.slow
+def test_run_killed_in_every_stage_resumes_each_time_and_completes(
+    tmp_path: Path, tiny_npz: Path, tiny_splits: Splits
 ) -> None:
+    """SIGKILL in the search, then in the confirmation of the relaunch, then in the final refit of
+    the next: each launch continues where the last one died, and the record ends whole."""
     experiment = write(tmp_path)
     uri, storage = stores(tmp_path)
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(experiment), str(tiny_npz), uri, storage],
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: training_run_of(uri, role), process)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    for role in (Role.TRIAL, Role.CONFIRMATION, Role.EXPORT):
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(experiment), str(tiny_npz), uri, storage],
+            cwd=tmp_path,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda stage=role: training_run_of(uri, stage), process)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     result = go(tmp_path, tiny_splits, baseline=False)
     assert result.single is not None and result.ensemble is not None
     check_record(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_refit_that_runs_late_delivers_the_kept_models_instead_of_nothing(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ def reproduced(recorded_sweep: RecordedSweep, tiny_splits: Splits) -> Retraining
     return reproduce(tracker, load_recorded_run(tracker, recorded_sweep.best_run_id), tiny_splits)
 
 
+@pytest.mark.slow
 def test_reproducing_the_best_trial_gives_its_recorded_validation_accuracy(
     recorded_sweep: RecordedSweep, reproduced: Retraining
 ) -> None:

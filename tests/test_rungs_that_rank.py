@@ -55,6 +55,7 @@ def test_a_model_without_batch_norm_is_left_alone() -> None:
     assert recompute_batch_norm(model, np.zeros((10, 4))) == 0
 
 
+@pytest.mark.slow
 def test_a_training_that_never_validates_ends_with_settled_batch_norm(tiny_splits: Splits) -> None:
     """A refit validates nothing, so no validation settles its statistics: the training does
     at its end (they are then what recomputing from the training images gives)."""
@@ -135,6 +136,7 @@ seed: 0
 """
 
 
+@pytest.mark.slow
 def test_every_sweep_records_its_rank_agreement(tmp_path: Path, tiny_splits: Splits) -> None:
     (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
     (tmp_path / "rungs.yaml").write_text(textwrap.dedent(EXPERIMENT))

@@ -62,6 +62,7 @@ def test_the_data_order_is_a_function_of_seed_and_position() -> None:
     assert sorted(pass_order(3, 1, 100)) == list(range(100))
 
 
+@pytest.mark.slow
 def test_enqueued_points_run_first_and_pruning_reports_images_seen(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -92,6 +93,7 @@ def test_an_enqueued_point_outside_the_space_is_refused_before_anything_runs(
         load_experiment(write(tmp_path, missing))
 
 
+@pytest.mark.slow
 def test_warm_start_gives_the_sampler_an_earlier_studys_fitting_trials(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:

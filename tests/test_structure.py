@@ -69,6 +69,7 @@ def test_the_committed_schemas_are_the_generated_ones(name: str) -> None:
     assert committed == json.loads(json.dumps(generated)), "run `make schema` and commit"
 
 
+@pytest.mark.slow
 def test_the_schemas_accept_every_shipped_file() -> None:
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         jsonschema.validate(load(path), experiment_schema())
@@ -132,6 +133,7 @@ def test_validation_names_are_the_registries_and_every_one_builds() -> None:
     assert [engine(name).name for name in ENGINES] == list(ENGINES)
 
 
+@pytest.mark.slow
 def test_compare_and_report_import_neither_tensorflow_nor_keras(
     recorded_sweep: RecordedSweep, tmp_path: Path
 ) -> None:

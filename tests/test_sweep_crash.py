@@ -76,6 +76,7 @@ def wait_for_running_trial(
     raise AssertionError("no trial started in time")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_resume(tmp_path: Path, tiny_npz: Path, tiny_splits: Splits) -> None:
     (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE))
     (tmp_path / "crash.yaml").write_text(textwrap.dedent(EXPERIMENT))
@@ -131,6 +132,7 @@ def wait_for_running_child(uri: str, process: subprocess.Popen[bytes], limit: fl
     raise AssertionError("no trial started in time")
 
 
+@pytest.mark.slow
 def test_keras_tuner_sigkill_mid_trial_then_resume(
     tmp_path: Path, tiny_npz: Path, tiny_splits: Splits
 ) -> None:
@@ -166,6 +168,7 @@ def test_keras_tuner_sigkill_mid_trial_then_resume(
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("saved_epoch", "resumed"), [(1, True), (5, False)])
 def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     tmp_path: Path, tiny_splits: Splits, saved_epoch: int, resumed: bool, monkeypatch: Any
@@ -226,6 +229,7 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     assert not tracker.list_artifacts(run.info.run_id, "checkpoint")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_tune_stopped_by_a_signal_closes_its_runs_and_the_same_command_resumes(
     signum: int, tmp_path: Path, tiny_npz: Path

@@ -33,6 +33,7 @@ def test_the_readme_key_reference_is_the_config_models() -> None:
     assert embedded(README.read_text()) == reference_markdown(), "run `make schema`"
 
 
+@pytest.mark.slow
 def test_the_readme_api_example_runs(
     tmp_path: Path, tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,6 +57,7 @@ def test_the_readme_api_example_runs(
     assert (Path(namespace["bundle"].folder) / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["module", "script"])
 def test_no_tensorflow_start_up_line_reaches_the_terminal(entry: str, tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text("parameters:\n  filters: {type: int, low: 4, high: 8}\n")

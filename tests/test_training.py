@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import pytest
 
 from conftest import flat_config
 from tunelab.define.data import Splits
@@ -16,6 +17,7 @@ from tunelab.training.train import evaluate_test, train_and_validate
 SMALL = flat_config(filters=8, dense_units=32, epochs=2, batch_size=64)
 
 
+@pytest.mark.slow
 def test_history_has_every_epoch_with_wall_time_and_learning_rate(tiny_splits: Splits) -> None:
     seen: list[tuple[int, dict[str, float]]] = []
     result = train_and_validate(
@@ -34,6 +36,7 @@ def test_history_has_every_epoch_with_wall_time_and_learning_rate(tiny_splits: S
     assert result.param_count == result.model.count_params()
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(tiny_splits: Splits) -> None:
     cfg = SMALL.with_epochs(1)
     first = train_and_validate(cfg, tiny_splits, seed=3)
@@ -53,6 +56,7 @@ class PoisonWeights(keras.callbacks.Callback):  # type: ignore[misc]
             layer.set_weights([np.full(w.shape, np.nan, w.dtype) for w in layer.get_weights()])
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_the_training_as_failed_with_its_reason(tiny_splits: Splits) -> None:
     result = train_and_validate(SMALL, tiny_splits, callbacks=[PoisonWeights()])
     assert result.status == FAILED
@@ -61,6 +65,7 @@ def test_nan_loss_ends_the_training_as_failed_with_its_reason(tiny_splits: Split
     assert result.epochs_trained <= 1
 
 
+@pytest.mark.slow
 def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> None:
     result = train_and_validate(SMALL.with_epochs(1), tiny_splits)
     test = evaluate_test(result.model, tiny_splits)
@@ -68,6 +73,7 @@ def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> Non
     assert test.accuracy == float(np.mean(test.predictions == tiny_splits.test.y))
 
 
+@pytest.mark.slow
 def test_a_refit_without_validation_counts_its_epochs(tiny_splits: Splits) -> None:
     cfg = flat_config(filters=4, dense_units=8, epochs=2, batch_size=256)
     result = train_and_validate(cfg, tiny_splits.for_refit(), seed=0)

@@ -139,6 +139,7 @@ def stores(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "engine",
     ["{name: optuna, sampler: random, pruner: none}", "{name: kerastuner, tuner: random}"],
@@ -167,6 +168,7 @@ def test_a_user_factory_tunes_on_a_user_rgb_npz_with_either_engine(
     assert "floats [0, 1]" in parent.params["data_pixel_range"]
 
 
+@pytest.mark.slow
 def test_a_user_folder_runs_end_to_end_with_its_own_baseline_and_exports_verified_formats(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -204,6 +206,7 @@ def test_a_user_folder_runs_end_to_end_with_its_own_baseline_and_exports_verifie
     assert [c.name for c in checks] == ["keras", "onnx"] and all(c.ok for c in checks)
 
 
+@pytest.mark.slow
 def test_a_trial_of_a_user_factory_is_rebuilt_only_through_its_experiment_file(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -228,6 +231,7 @@ print("reproduced", again.best_val_accuracy is not None)
     assert lines[-1] == "reproduced True", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_resuming_a_sweep_on_other_data_or_another_factory_source_is_refused(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -246,6 +250,7 @@ def test_resuming_a_sweep_on_other_data_or_another_factory_source_is_refused(
         tl.tune(path, trials=2, **stores(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_factory_that_compiles_its_model_keeps_its_optimizer(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -402,6 +407,7 @@ def test_a_parameter_the_factory_does_not_take_is_refused(
         tl.validate([path])
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_in_one_line_exit_2_and_creates_nothing(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:
@@ -438,6 +444,7 @@ def test_the_shipped_example_validates(tmp_path: Path) -> None:
     assert "8x8x1" in line and "10 classes" in line and "digits_model:build" in line
 
 
+@pytest.mark.slow
 def test_output_to_a_log_file_has_whole_lines_and_no_terminal_decorations(
     tmp_path: Path, tiny_splits: Splits
 ) -> None:

@@ -175,6 +175,7 @@ def test_workers_share_one_study_with_exact_counts_and_one_parent(
     assert services.password not in text and "tunelab:***@127.0.0.1" in text
 
 
+@pytest.mark.slow
 def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
     from tunelab.engines.optuna.engine import _connect
     from tunelab.engines.sweep import SweepError
@@ -187,6 +188,7 @@ def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path
     assert "make services" in message and len(message.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_database_that_comes_back_during_the_retries_is_connected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

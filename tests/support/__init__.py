@@ -1,0 +1,1 @@
+"""Helpers the suite loads into the processes it starts (see sitecustomize.py)."""

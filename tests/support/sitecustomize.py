@@ -1,0 +1,8 @@
+"""Loaded by every Python process the suite starts (tests/support is first on PYTHONPATH)."""
+
+import os
+
+if os.environ.get("TUNELAB_TEST_MLFLOW_TEMPLATE"):
+    import mlflow_template
+
+    mlflow_template.install()
