@@ -15,6 +15,8 @@ DASHBOARD_PORT ?= 8080
 MODEL ?= tunelab-$(DATASET)
 # the locked runtime: TensorFlow's CPU build (never looks for CUDA); GPU machines use the gpu extra
 LOCK ?= requirements/cpu.lock
+# make test's parallel pytest processes (pytest-xdist; tests sharing servers stay in one of them)
+TEST_WORKERS ?= 3
 
 .PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour
 
@@ -90,7 +92,7 @@ dashboard: install ## optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT): EX
 test: dev ## the whole suite, slow tests included (installs PostgreSQL, Chromium, strace if missing)
 	bash scripts/services.sh install
 	bash scripts/install_test_tools.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: dev ## run the tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -m "not slow"

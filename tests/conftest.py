@@ -31,6 +31,11 @@ from hosts import unavailable as hosts_unavailable
 from support import mlflow_template
 from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: pytest-xdist's processes
+if WORKER:  # one TensorFlow thread per test process, so the suite's processes share the cores
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_NPZ = FIXTURES / "mnist_tiny.npz"
 TINY_VALIDATION = 500
@@ -44,6 +49,18 @@ def fake_images_per_second(
 ) -> float:
     """Fixed training speeds instead of timed steps (tests/test_precision.py times real ones)."""
     return FAKE_SPEEDS[precision]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In a parallel run (`-n`, pytest-xdist), the tests that share a session's servers run in one
+    worker, one after another: the hosts' bridge and services (restarted, cut off and filled by
+    tests/test_hosts.py) in one, `scripts/services.sh`'s own in another."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "network" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("hosts"))
+        elif "services" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("services"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -141,7 +158,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network,
     if reason:
         pytest.skip(reason)
     tag = str(os.getpid() % 10000)
-    net = Network(tag, 20 + os.getpid() % 200).up()
+    worker = int(WORKER.removeprefix("gw") or 0)  # each worker of a parallel run its own subnet
+    net = Network(tag, 20 + (50 * worker + os.getpid() % 50) % 230).up()
     _stop_when_gone(os.getpid(), net.teardown_command())
     try:
         yield from start_services(

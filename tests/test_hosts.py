@@ -27,7 +27,7 @@ from tunelab.record.names import Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("services")]
+pytestmark = pytest.mark.slow
 
 EXPERIMENT = """
 name: NAME
