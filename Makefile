@@ -131,7 +131,7 @@ bench-pruning: install ## the same sampler with and without pruning (images seen
 bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-clock budget
 	$(BIN)/python benchmarks/engines.py
 
-bench-workers: dev ## trials per minute with 1, 2 and 4 workers (starts its own services)
+bench-workers: dev ## trials per minute with 1, 2, 4 and 8 workers (starts its own services)
 	$(BIN)/python benchmarks/workers.py
 
 bench-hour: install ## `make champion` with a 60-minute budget from a clean store; the README's table

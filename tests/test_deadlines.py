@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 import time
 from pathlib import Path
@@ -54,6 +55,52 @@ def test_no_step_starts_that_cannot_finish_before_the_deadline(tiny_splits: Spli
     result = train_and_validate(cfg, tiny_splits, seed=0, deadline=deadline, flop_rate=1e12)
     assert result.paused and result.status == "paused"
     assert result.epochs_trained == 2 and deadline.asked == 3  # asked before every step
+
+
+@pytest.mark.slow
+def test_a_continued_training_sees_exactly_the_images_an_uninterrupted_one_would(
+    tiny_splits: Splits, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step's batches (augmented pixels and labels, in order) are recorded as they are fed
+    to the model: a training paused after two steps and continued from its checkpoint feeds the
+    remaining steps exactly what an uninterrupted training fed them."""
+    from tunelab.training import train
+    from tunelab.training.checkpoints import CheckpointWriter, load_checkpoint
+
+    fed: dict[int, str] = {}
+    build_step = train.step_dataset
+
+    def recorded(split: Any, cfg: Any, plan: Any, step: Any, seed: int) -> Any:
+        data = build_step(split, cfg, plan, step, seed)
+        digest = hashlib.sha256()
+        for x, y in data:
+            digest.update(x.numpy().tobytes())
+            digest.update(y.numpy().tobytes())
+        fed[step.number] = digest.hexdigest()
+        return data
+
+    monkeypatch.setattr(train, "step_dataset", recorded)
+    cfg = flat_config(
+        optimizer="adam", filters=4, dense_units=16, epochs=4, batch_size=128,
+        augment_translation=0.1,
+    )  # fmt: skip
+    train_and_validate(cfg, tiny_splits, seed=3)
+    uninterrupted = dict(fed)
+    assert len(set(uninterrupted.values())) == 4  # every pass is a new order and new shifts
+    fed.clear()
+    tracker = Tracker(tracking_uri)
+    with tracker.run("continued", "training", tags={}) as run:
+        first = train_and_validate(
+            cfg, tiny_splits, seed=3, deadline=ScriptedDeadline([1e6, 1e6, 0.0]),
+            checkpoint=CheckpointWriter(tracker, run.run_id),
+        )  # fmt: skip
+        assert first.paused and first.epochs_trained == 2
+        checkpoint = load_checkpoint(tracker, run.run_id, tmp_path / "checkpoint")
+    assert checkpoint is not None and checkpoint.step == 2
+    fed.clear()
+    rest = train_and_validate(cfg, tiny_splits, seed=3, resume=checkpoint)
+    assert rest.epochs_trained == 4
+    assert fed == {3: uninterrupted[3], 4: uninterrupted[4]}
 
 
 @pytest.mark.slow
