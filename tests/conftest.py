@@ -51,6 +51,7 @@ def fake_images_per_second(
     return FAKE_SPEEDS[precision]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """In a parallel run (`-n`, pytest-xdist), the tests that share a session's servers run in one
     worker, one after another: the hosts' bridge and services (restarted, cut off and filled by

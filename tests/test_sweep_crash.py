@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import quiet_sweep
+from conftest import Services, quiet_sweep
 from tunelab.define.data import Splits
 from tunelab.define.experiment import load_experiment
 from tunelab.record.names import PARENT_RUN_TAG, Role, TagKey
@@ -238,17 +238,46 @@ def test_tune_stopped_by_a_signal_closes_its_runs_and_the_same_command_resumes(
     middle of a trial: it says so in one line and exits 130 (Typer returned that code and the
     process exited 0: job controllers saw success), the trial is failed with its reason, no run
     stays RUNNING, and the same command then meets the budget exactly."""
-    (tmp_path / "space.yaml").write_text(textwrap.dedent(SPACE).replace("30", "300"))
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    stop_and_resume(
+        signum, tmp_path, tiny_npz, uri, storage, ["--tracking-uri", uri, "--storage", storage], {}
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_postgresql_and_the_mlflow_server_closes_its_runs_and_the_same_command_resumes(
+    services: Services, tmp_path: Path, tiny_npz: Path
+) -> None:
+    """The same on the services' PostgreSQL study and MLflow server, reached through the
+    environment as `make services` sets it up."""
+    where = {
+        "TUNELAB_OPTUNA_STORAGE": services.storage_url,
+        "MLFLOW_TRACKING_URI": services.tracking_uri,
+    }
+    stop_and_resume(
+        signal.SIGINT, tmp_path, tiny_npz, services.tracking_uri, services.storage_url, [], where
+    )
+
+
+def stop_and_resume(
+    signum: int,
+    folder: Path,
+    tiny_npz: Path,
+    uri: str,
+    storage: str,
+    store_options: list[str],
+    store_environment: dict[str, str],
+) -> None:
+    """Signal `tunelab tune` mid-trial, check what it closed and said, then run it again."""
+    (folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("30", "300"))
     data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
     experiment = textwrap.dedent(EXPERIMENT) + data
     # 300-epoch trials: the signal comes in the middle of the first one
-    (tmp_path / "crash.yaml").write_text(experiment.replace("max_epochs: 2", "max_epochs: 300"))
-    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    command = [sys.executable, "-m", "tunelab", "tune", "crash.yaml", "--quiet"]
-    command += ["--tracking-uri", uri, "--storage", storage]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    (folder / "crash.yaml").write_text(experiment.replace("max_epochs: 2", "max_epochs: 300"))
+    command = [sys.executable, "-m", "tunelab", "tune", "crash.yaml", "--quiet", *store_options]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **store_environment}
     worker = subprocess.Popen(
-        command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         wait_for_running_trial(storage, worker)
@@ -265,8 +294,8 @@ def test_tune_stopped_by_a_signal_closes_its_runs_and_the_same_command_resumes(
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     stopped = [r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interr")]
     assert len(stopped) == 1 and stopped[0].info.status == "KILLED"  # MLflow's word for it
-    (tmp_path / "crash.yaml").write_text(experiment)  # 2-epoch trials from here: a quick test
-    again = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, timeout=300)
+    (folder / "crash.yaml").write_text(experiment)  # 2-epoch trials from here: a quick test
+    again = subprocess.run(command, cwd=folder, env=environment, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     states = [t.state for t in optuna.load_study(study_name="crash", storage=storage).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
