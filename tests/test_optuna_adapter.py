@@ -116,3 +116,40 @@ def test_the_heartbeat_goes_on_beating_after_the_storage_fails_a_write(
         adapter.fail_stale(study)
         assert study.trials[0].state == TrialState.RUNNING
     assert len(calls) >= 4
+
+
+def test_a_storage_call_that_lost_its_connection_is_tried_again_and_a_data_error_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's report while the database restarts is stored once it answers again; an error
+    about the data itself goes to the caller at once."""
+    import sqlalchemy.exc
+
+    from tunelab.engines.optuna import retrying
+
+    monkeypatch.setattr(retrying, "FIRST_WAIT_SECONDS", 0.01)
+    study = optuna.create_study(
+        storage=retrying.RetryingRDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"), study_name="s"
+    )
+    trial = study.ask()
+    lost = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+    too_long = sqlalchemy.exc.DataError("UPDATE", {}, Exception("value too long for type"))
+    errors: list[Exception] = [lost, lost]
+    calls = []
+    store = optuna.storages.RDBStorage.set_trial_intermediate_value
+
+    def restarting(self: optuna.storages.RDBStorage, *args: object) -> object:
+        calls.append(args)
+        if errors:
+            raise optuna.exceptions.StorageInternalError("during the commit") from errors.pop(0)
+        return store(self, *args)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_intermediate_value", restarting)
+    trial.report(0.5, step=1)
+    assert len(calls) == 3  # two lost connections, then stored
+    assert study.trials[0].intermediate_values == {1: 0.5}
+    errors.append(too_long)
+    calls.clear()
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        trial.report(0.6, step=2)
+    assert len(calls) == 1 and study.trials[0].intermediate_values == {1: 0.5}

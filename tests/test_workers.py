@@ -196,7 +196,7 @@ def test_a_database_that_comes_back_during_the_retries_is_connected(
 
     import tunelab.engines.optuna.engine as engine
 
-    real, calls = optuna.storages.RDBStorage, []
+    real, calls = engine.RetryingRDBStorage, []
 
     def restarting(url: str, **kwargs: Any) -> Any:
         calls.append(time.monotonic())
@@ -204,7 +204,7 @@ def test_a_database_that_comes_back_during_the_retries_is_connected(
             raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
         return real(url, **kwargs)
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", restarting)
+    monkeypatch.setattr(engine, "RetryingRDBStorage", restarting)
     monkeypatch.setattr(engine, "CONNECT_FIRST_WAIT_SECONDS", 0.2)
     storage = engine._connect(f"sqlite:///{tmp_path / 'optuna.db'}")
     assert isinstance(storage, real) and len(calls) == 3

@@ -46,6 +46,7 @@ from tunelab.engines.agreement import checked
 from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
+from tunelab.engines.optuna.retrying import RetryingRDBStorage
 from tunelab.engines.optuna.space import distribution, grid, suggest
 from tunelab.engines.runner import TrialOutcome, TrialRunner, request_runner
 from tunelab.engines.sweep import (
@@ -206,7 +207,8 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
 
 
 def _connect(storage_url: str) -> optuna.storages.RDBStorage:
-    """The study storage, with heartbeats and retries of dead workers' trials.
+    """The study storage, with heartbeats, retries of dead workers' trials, and every call
+    retried while the database restarts (`retrying.RetryingRDBStorage`).
 
     A database that cannot be reached (or is restarting) is tried CONNECT_ATTEMPTS times with
     exponential backoff (tenacity), then refused in one line (the URL's password masked) instead
@@ -219,7 +221,7 @@ def _connect(storage_url: str) -> optuna.storages.RDBStorage:
     def connect() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return RetryingRDBStorage(
                 storage_url,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
