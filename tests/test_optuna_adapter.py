@@ -153,3 +153,28 @@ def test_a_storage_call_that_lost_its_connection_is_tried_again_and_a_data_error
     with pytest.raises(optuna.exceptions.StorageInternalError):
         trial.report(0.6, step=2)
     assert len(calls) == 1 and study.trials[0].intermediate_values == {1: 0.5}
+
+
+def test_a_storage_call_made_inside_a_retried_one_is_retried_only_by_the_outer_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RDBStorage's methods call one another; nested retries would multiply the waits."""
+    import sqlalchemy.exc
+
+    from tunelab.engines.optuna import retrying
+
+    monkeypatch.setattr(retrying, "FIRST_WAIT_SECONDS", 0.001)
+    study = optuna.create_study(
+        storage=retrying.RetryingRDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"), study_name="s"
+    )
+    trial = study.ask()
+    checks = []
+
+    def unreachable(self: optuna.storages.RDBStorage, *args: object) -> None:
+        checks.append(args)
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "check_trial_is_updatable", unreachable)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        study.tell(trial, 0.5)
+    assert len(checks) == retrying.WRITE_ATTEMPTS  # not WRITE_ATTEMPTS squared

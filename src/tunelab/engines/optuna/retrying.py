@@ -16,6 +16,7 @@ apart (the retry then meets Optuna's own "already finished" check, or records th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,17 +40,31 @@ def lost_connection(error: BaseException) -> bool:
     return isinstance(error, CONNECTION_ERRORS)
 
 
+_inside = threading.local()  # set while this thread runs a retried call
+
+
 def _retried(name: str) -> Callable[..., Any]:
-    """RDBStorage's method `name`, tried again while the connection is lost."""
+    """RDBStorage's method `name`, tried again while the connection is lost.
+
+    Only the outermost call retries: RDBStorage's methods call one another (`get_best_trial`
+    calls `get_trial`), and nested retries would multiply the waits.
+    """
 
     def again(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        call = getattr(super(RetryingRDBStorage, self), name)
+        if getattr(_inside, "active", False):
+            return call(*args, **kwargs)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lost_connection),
             stop=tenacity.stop_after_attempt(WRITE_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=FIRST_WAIT_SECONDS),
             reraise=True,
         )
-        return retrying(getattr(super(RetryingRDBStorage, self), name), *args, **kwargs)
+        _inside.active = True
+        try:
+            return retrying(call, *args, **kwargs)
+        finally:
+            _inside.active = False
 
     again.__name__ = name
     again.__doc__ = getattr(optuna.storages.RDBStorage, name).__doc__
