@@ -177,27 +177,50 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     longest = max(v for _, v in tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS))
     # it used its 10 s: it stopped only when the next step (about the longest so far) did not fit
     assert 10.0 - 2 * longest < first.spent_seconds < 16.0
-    again = quiet_sweep(
-        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=10.0
+    steps_before = len(tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS))
+    # a budget the first launch has used up: this launch trains nothing and opens no run
+    spent = quiet_sweep(
+        spec,
+        tiny_splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        timeout_seconds=first.spent_seconds - 0.5,
     )
-    assert "spent by earlier launches" in again.stopped_because  # nothing left: trains nothing
-    assert again.launch_seconds < 5.0
+    assert "spent by earlier launches" in spent.stopped_because
+    assert spent.launch_seconds < 5.0 and spent.spent_seconds == pytest.approx(first.spent_seconds)
+    # half a second left, less than the paused trial's next step: it looks, trains nothing,
+    # and the seconds it took count
+    started = time.monotonic()
+    again = quiet_sweep(
+        spec,
+        tiny_splits,
+        tracking_uri=uri,
+        storage_url=storage,
+        timeout_seconds=first.spent_seconds + 0.5,
+    )
+    again_wall = time.monotonic() - started
+    assert "the time budget is spent" in again.stopped_because
+    assert first.spent_seconds < again.spent_seconds <= first.spent_seconds + again_wall
+    assert steps_before == len(
+        tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS)
+    )
     started = time.monotonic()
     more = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0
     )
     more_wall = time.monotonic() - started
-    assert more.spent_before == pytest.approx(first.spent_seconds)  # it started from the first
+    assert more.spent_before == pytest.approx(again.spent_seconds)  # it started from the others
     # it trains on in the 10 s the first launch left (startup and checkpoint restore included),
     # and stops by the summed budget of 20 s plus at most one step
     assert first.spent_seconds + 3.0 < more.spent_seconds < 30.0
     [parent] = tracker.search("late", Query.of(role=Role.SWEEP))
     ledger = Ledger(tracker, parent.info.run_id, "sweep")
     # the launch that found nothing left opened no run and recorded no interval
-    assert len(ledger.intervals()) == 2 and ledger.spent() == pytest.approx(more.spent_seconds)
+    assert len(ledger.intervals()) == 3
+    assert ledger.spent() == pytest.approx(more.spent_seconds)
     # measured apart from the ledger: the two launches' own wall clocks bound what it counts
-    assert more.spent_seconds <= first_wall + more_wall
-    assert more.spent_seconds - first.spent_seconds <= more_wall
+    assert more.spent_seconds <= first_wall + again_wall + more_wall
+    assert more.spent_seconds - again.spent_seconds <= more_wall
 
 
 def test_overlapping_launches_count_once() -> None:

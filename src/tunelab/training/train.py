@@ -99,15 +99,16 @@ def train_and_validate(
         A TrialResult; status "failed" with a reason for a NaN/inf loss or exhausted memory,
         "paused" when the deadline came first. Exceptions raised by callbacks propagate.
     """
+    started = time.perf_counter()
+    # counted before seeding: a first count builds the model, drawing random numbers
+    timer = StepTimer(training_flops(cfg), len(splits.val), flop_rate)
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    started = time.perf_counter()
     plan = step_plan(cfg, len(splits.train), fidelity)
     last = plan.steps_for_epochs(epochs) if epochs is not None else len(plan.steps)
     first = (resume.step if resume else plan.steps_for_epochs(initial_epoch)) + 1
     history = {k: list(v) for k, v in (resume.history if resume else {}).items()}
     earlier_seconds = resume.seconds if resume else 0.0
-    timer = StepTimer(training_flops(cfg), len(splits.val), flop_rate)
     guard = NonFiniteLossGuard()
     status, reason, model = COMPLETED, None, None
     try:
