@@ -17,6 +17,8 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,8 +51,11 @@ def command_lines(trace: Path) -> list[str]:
     return [m.group(1) for m in EXECVE.finditer(trace.read_text(errors="replace"))]
 
 
-def traced(command: list[str], trace: Path, env: dict[str, str], seconds: float) -> str:
-    """Run `command` under strace for at most `seconds`; its output (stdout and stderr)."""
+def traced(
+    command: list[str], trace: Path, env: dict[str, str], seconds: float, serves: str = ""
+) -> str:
+    """Run `command` under strace for at most `seconds` (a server: until `serves`, its URL,
+    answers); its output (stdout and stderr)."""
     process = subprocess.Popen(
         ["strace", "-f", "-qq", "-e", "trace=execve", "-s", "4096", "-o", str(trace), *command],
         env=env,
@@ -59,11 +64,29 @@ def traced(command: list[str], trace: Path, env: dict[str, str], seconds: float)
         start_new_session=True,
     )
     try:
+        if serves:  # stopped once it serves: every process it needs to serve has started
+            ready = answered(serves, process, seconds)
+            os.killpg(process.pid, signal.SIGTERM)
+            assert ready, f"{' '.join(command[2:4])} did not answer {serves} in {seconds} s"
         output, _ = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     return output.decode(errors="replace")
+
+
+def answered(url: str, process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether a server answered `url` (any HTTP status) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # it answered
+        except OSError:
+            time.sleep(0.3)
+    return False
 
 
 @pytest.fixture()
@@ -89,6 +112,7 @@ def test_no_command_line_carries_the_password(
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     tunelab = [sys.executable, "-m", "tunelab"]
+    ui_port, dashboard_port = free_port(), free_port()
     outputs = {
         # the workers start, then stop on the missing dataset (tests are offline): their
         # command lines are what counts here
@@ -101,21 +125,18 @@ def test_no_command_line_carries_the_password(
         # the URLs come from the environment, as a user passes secrets: the command lines the
         # test types hold no password, so any password found was put there by tunelab
         "ui": traced(
-            [
-                *tunelab,
-                "ui",
-                "--port",
-                str(free_port()),
-            ],
+            [*tunelab, "ui", "--port", str(ui_port)],
             tmp_path / "ui.strace",
             {**env, "MLFLOW_TRACKING_URI": services.storage_url.replace("/optuna", "/mlflow")},
-            25,
+            120,
+            serves=f"http://127.0.0.1:{ui_port}/health",
         ),
         "dashboard": traced(
-            [*tunelab, "dashboard", "--port", str(free_port())],
+            [*tunelab, "dashboard", "--port", str(dashboard_port)],
             tmp_path / "dash.strace",
             env,
-            25,
+            120,
+            serves=f"http://127.0.0.1:{dashboard_port}/",
         ),
     }
     lines = started + [
@@ -131,6 +152,11 @@ def test_no_command_line_carries_the_password(
     assert [line for line in lines if services.password in line] == []
     for name, output in outputs.items():
         assert services.password not in output, name
+    # and the services' own logs hold no password either
+    logs = list(services.folder.rglob("*.log"))
+    assert {"postgres.log", "mlflow.log"} <= {log.name for log in logs}
+    for log in logs:
+        assert services.password.encode() not in log.read_bytes(), log.name
 
 
 def test_no_record_artifact_or_message_carries_the_password(
