@@ -6,6 +6,8 @@ images; see scripts/make_fixture.py); everything that writes goes under tmp_path
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -319,8 +321,46 @@ seed: 5
 
 
 @pytest.fixture(scope="session")
-def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits) -> RecordedSweep:
-    """Recorded once per session, read by the compare/reproduce/confirm/export tests.
+def _recorded_once(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits) -> RecordedSweep:
+    """The recorded sweep, made by the first process of the test run that needs it; the other
+    pytest-xdist workers wait for it and read the same folder."""
+    shared = tmp_path_factory.getbasetemp()
+    if WORKER:  # every worker's base folder sits in the run's own
+        shared = shared.parent
+    with open(shared / "recorded.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = shared / "recorded" / "made.json"
+        if not made.exists():
+            record_sweep(made.parent, tiny_splits)
+        return RecordedSweep(**{**json.loads(made.read_text()), "folder": made.parent})
+
+
+@pytest.fixture()
+def recorded_sweep(_recorded_once: RecordedSweep, tmp_path: Path) -> RecordedSweep:
+    """A tiny recorded baseline and sweep, read by the compare/reproduce/confirm/export tests.
+
+    Recorded once per test run; each test gets its own copy of the stores (what it records,
+    such as a crowned champion or an export, no other test sees), whose artifacts are read from
+    the one recording.
+    """
+    return copy_recorded(_recorded_once, tmp_path / "recorded")
+
+
+def copy_recorded(recorded: RecordedSweep, folder: Path) -> RecordedSweep:
+    """`recorded` with its two stores and experiment files copied into `folder` (created)."""
+    folder.mkdir()
+    for name in ("mlflow.db", "optuna.db", "space.yaml", "recorded.yaml"):
+        shutil.copy(recorded.folder / name, folder / name)
+    return dataclasses.replace(
+        recorded,
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        storage_url=f"sqlite:///{folder / 'optuna.db'}",
+        folder=folder,
+    )
+
+
+def record_sweep(folder: Path, tiny_splits: Splits) -> None:
+    """Record the baseline and the sweep in `folder`; their ids in `made.json` at the end.
 
     The baseline is the classic architecture trained one epoch on the fixture and tagged as the
     reference (the real one trains 12 epochs on 60,000 images); the sweep validates on the same
@@ -332,7 +372,8 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     from tunelab.record.store import Tracker
     from tunelab.training.baseline import baseline_config, run_baseline
 
-    folder = tmp_path_factory.mktemp("recorded")
+    shutil.rmtree(folder, ignore_errors=True)  # a process that died half-way left it
+    folder.mkdir()
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     storage = f"sqlite:///{folder / 'optuna.db'}"
     tracker = Tracker(uri)
@@ -350,12 +391,12 @@ def recorded_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_splits: Splits
     finally:
         os.chdir(here)
     [parent] = tracker.search("recorded", Query.of(role=Role.SWEEP))
-    return RecordedSweep(
-        tracking_uri=uri,
-        storage_url=storage,
-        experiment="recorded",
-        parent_run_id=parent.info.run_id,
-        best_run_id=parent.data.tags[TagKey.BEST_RUN_ID],
-        baseline_run_id=baseline.run_id,
-        folder=folder,
-    )
+    made = {
+        "tracking_uri": uri,
+        "storage_url": storage,
+        "experiment": "recorded",
+        "parent_run_id": parent.info.run_id,
+        "best_run_id": parent.data.tags[TagKey.BEST_RUN_ID],
+        "baseline_run_id": baseline.run_id,
+    }
+    (folder / "made.json").write_text(json.dumps(made))

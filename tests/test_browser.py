@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RecordedSweep, free_port
+from conftest import RecordedSweep, copy_recorded, free_port
 from tunelab.analysis.report import build_report
 from tunelab.define.data import Splits
 from tunelab.delivery.export import export_model, resolve_source
@@ -73,8 +73,12 @@ def wait_for_text(driver: Any, text: str, limit: float = 60) -> str:
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(recorded_sweep: RecordedSweep) -> Iterator[str]:
-    """`mlflow ui` on 127.0.0.1 against the recorded store (a baseline and a tiny sweep)."""
+def mlflow_ui(
+    _recorded_once: RecordedSweep, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`mlflow ui` on 127.0.0.1 against a copy of the recorded store (a baseline and a tiny
+    sweep)."""
+    recorded_sweep = copy_recorded(_recorded_once, tmp_path_factory.mktemp("ui") / "recorded")
     port = free_port()
     server = subprocess.Popen(
         [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RecordedSweep
+from conftest import RecordedSweep, copy_recorded
 from tunelab.analysis.compare import COLUMNS, comparison_table, render
 from tunelab.analysis.stats import wilson_interval
 from tunelab.cli import main
@@ -14,6 +14,14 @@ from tunelab.define.data import Splits
 from tunelab.delivery.export import ExportResult, export_model, resolve_source
 from tunelab.record.recorded import find_sweep
 from tunelab.record.store import Tracker
+
+
+@pytest.fixture(scope="module")
+def recorded_sweep(
+    _recorded_once: RecordedSweep, tmp_path_factory: pytest.TempPathFactory
+) -> RecordedSweep:
+    """This module's own copy of the recording: its tests all read the export made once here."""
+    return copy_recorded(_recorded_once, tmp_path_factory.mktemp("module") / "recorded")
 
 
 @pytest.fixture(scope="module")

@@ -201,9 +201,7 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     again_wall = time.monotonic() - started
     assert "the time budget is spent" in again.stopped_because
     assert first.spent_seconds < again.spent_seconds <= first.spent_seconds + again_wall
-    assert steps_before == len(
-        tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS)
-    )
+    assert steps_before == len(tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS))
     started = time.monotonic()
     more = quiet_sweep(
         spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RecordedSweep
+from conftest import RecordedSweep, copy_recorded
 from tunelab.define.data import Splits
 from tunelab.errors import UserError
 from tunelab.record.names import PARENT_RUN_TAG, MetricName, Role, TagKey
 from tunelab.record.recorded import RunNotFound, load_recorded_run
 from tunelab.record.store import Tracker
 from tunelab.training.retrain import Retraining, reproduce
+
+
+@pytest.fixture(scope="module")
+def recorded_sweep(
+    _recorded_once: RecordedSweep, tmp_path_factory: pytest.TempPathFactory
+) -> RecordedSweep:
+    """This module's own copy of the recording: its tests all read the retraining made once here."""
+    return copy_recorded(_recorded_once, tmp_path_factory.mktemp("module") / "recorded")
 
 
 @pytest.fixture(scope="module")
