@@ -22,6 +22,8 @@ import optuna
 import pytest
 
 from conftest import Services, free_port
+from tunelab.engines.sweep import SWEEP_LEDGER
+from tunelab.record.ledger import Ledger
 from tunelab.record.names import PARENT_RUN_TAG, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
@@ -335,12 +337,14 @@ def test_workers_on_one_machine_hold_the_exact_budget_with_the_file_lock(
     tmp_path: Path, tiny_npz: Path
 ) -> None:
     """`tunelab tune --workers 3` on the embedded SQLite stores: the study's file lock keeps the
-    trial count exact (no trial lost, none beyond the budget), one parent run."""
+    trial count exact (no trial lost, none beyond the budget), one parent run; the workers'
+    launches overlap, and the sweep's clock counts the time they ran together once."""
     experiment = write_experiment(tmp_path, "onemachine", 5, 1, f"sqlite:///{tmp_path / 'o.db'}")
     data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
     experiment.write_text(experiment.read_text() + data)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "tunelab", "tune", str(experiment), "--workers", "3"]
+    started = time.time()
     done = subprocess.run(
         [*command, "--quiet", "--tracking-uri", uri],
         cwd=tmp_path,
@@ -357,3 +361,12 @@ def test_workers_on_one_machine_hold_the_exact_budget_with_the_file_lock(
     trials = tracker.search("onemachine", Query.of(role=Role.TRIAL))
     assert len(parents) == 1 and len(trials) == 5
     assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(5))
+    wall = time.time() - started
+    ledger = Ledger(tracker, parents[0].info.run_id, SWEEP_LEDGER)
+    launches = ledger.intervals()
+    assert len(launches) == 3  # one per worker
+    assert all(started <= begin < end <= started + wall for begin, end in launches)
+    together = sum(end - begin for begin, end in launches)
+    spent = ledger.spent()  # what the time budget is charged
+    assert spent < 0.8 * together  # they ran at the same time ...
+    assert spent <= wall  # ... and the clock counts that time once
