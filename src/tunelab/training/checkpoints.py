@@ -66,12 +66,14 @@ def save_state(model: Any, folder: Path) -> None:
 
 def restore_state(model: Any, folder: Path) -> None:
     """The inverse of `save_state`, into a model with the same layers (and optimizer)."""
-    model.load_weights(folder / WEIGHTS_FILE)
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        # built first: the weights file holds the optimizer's variables too, and Keras skips
+        # them (with a warning) when the optimizer has none yet
+        optimizer.build(model.trainable_variables)
+    model.load_weights(folder / WEIGHTS_FILE)
     if optimizer is None:
         return
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
     with np.load(folder / OPTIMIZER_FILE, allow_pickle=False) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     variables = list(optimizer.variables)

@@ -14,6 +14,7 @@ call it (architecture rule 1).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,11 @@ def train_and_validate(
         if resume is not None:
             resume.restore(model)
         if initial_weights is not None:
-            model.load_weights(initial_weights)
+            with warnings.catch_warnings():
+                # the weights only: a round that continues another starts a fresh optimizer,
+                # as KerasTuner's Hyperband does, so the saved optimizer state is not wanted
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                model.load_weights(initial_weights)
         validation = eval_dataset(splits.val) if len(splits.val) else None
         # a validation a pruner or sampler reads sees settled batch-norm statistics
         settle = splits.train.x[:BATCH_NORM_IMAGES]
