@@ -18,6 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,23 @@ def flat_config(**values: Any) -> Any:
     from tunelab.define.run_config import RunConfig
 
     return RunConfig.from_flat_cnn(values)
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], seconds: float = 180) -> None:
+    """Wait until `url` answers 200 while `process` (the server) runs; AssertionError, with the
+    end of its error output when that is piped, if it exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            errors = process.stderr.read().decode()[-2000:] if process.stderr else ""
+            raise AssertionError(f"{process.args!r} exited with {process.returncode}: {errors}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing answered {url} in {seconds:.0f} s")
 
 
 def free_port() -> int:

@@ -11,14 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import RecordedSweep, copy_recorded, free_port
+from conftest import RecordedSweep, copy_recorded, free_port, wait_until_serving
 from tunelab.analysis.report import build_report
 from tunelab.define.data import Splits
 from tunelab.delivery.export import export_model, resolve_source
@@ -104,15 +103,7 @@ def mlflow_ui(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "mlflow ui exited"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow ui did not come up"
-                time.sleep(1)
+        wait_until_serving(f"{url}/health", server, 120)
         yield url
     finally:
         server.terminate()
@@ -191,15 +182,7 @@ def test_dashboard_serves_the_study_and_its_trials(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "tunelab dashboard exited"
-            try:
-                with urllib.request.urlopen(f"{url}/api/studies", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the dashboard did not come up"
-                time.sleep(1)
+        wait_until_serving(f"{url}/api/studies", server, 120)
         browser.get(f"{url}/dashboard")
         wait_for_text(browser, "recorded")  # the study, by name
         browser.get(f"{url}/dashboard/studies/1/trials")

@@ -185,15 +185,16 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     assert 10.0 - 2 * longest < first.spent_seconds < 16.0
     steps_before = len(tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS))
     # a budget the first launch has used up: this launch trains nothing and opens no run
-    spent = quiet_sweep(
+    used_up = quiet_sweep(
         spec,
         tiny_splits,
         tracking_uri=uri,
         storage_url=storage,
         timeout_seconds=first.spent_seconds - 0.5,
     )
-    assert "spent by earlier launches" in spent.stopped_because
-    assert spent.launch_seconds < 5.0 and spent.spent_seconds == pytest.approx(first.spent_seconds)
+    assert "spent by earlier launches" in used_up.stopped_because
+    assert used_up.launch_seconds < 5.0
+    assert used_up.spent_seconds == pytest.approx(first.spent_seconds)
     # half a second left, less than the paused trial's next step: it looks, trains nothing,
     # and the seconds it took count
     started = time.monotonic()

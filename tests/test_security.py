@@ -17,13 +17,11 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import Services, free_port, quiet_sweep
+from conftest import Services, free_port, quiet_sweep, wait_until_serving
 from tunelab.define.data import Splits
 from tunelab.define.experiment import load_experiment
 from tunelab.record.query import Query
@@ -65,28 +63,15 @@ def traced(
     )
     try:
         if serves:  # stopped once it serves: every process it needs to serve has started
-            ready = answered(serves, process, seconds)
-            os.killpg(process.pid, signal.SIGTERM)
-            assert ready, f"{' '.join(command[2:4])} did not answer {serves} in {seconds} s"
+            try:
+                wait_until_serving(serves, process, seconds)
+            finally:
+                os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     return output.decode(errors="replace")
-
-
-def answered(url: str, process: subprocess.Popen[bytes], seconds: float) -> bool:
-    """Whether a server answered `url` (any HTTP status) within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return True
-        except urllib.error.HTTPError:
-            return True  # it answered
-        except OSError:
-            time.sleep(0.3)
-    return False
 
 
 @pytest.fixture()

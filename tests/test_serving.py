@@ -6,32 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import RecordedSweep, free_port
+from conftest import RecordedSweep, free_port, wait_until_serving
 from tunelab.define.data import Splits
 from tunelab.delivery.export import CHAMPION_ALIAS, export_model, resolve_source
 from tunelab.record.store import Tracker
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], limit: float = 180) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            errors = process.stderr.read().decode()[-2000:] if process.stderr else ""
-            raise AssertionError(f"mlflow models serve exited with {process.returncode}: {errors}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError("the model server did not come up in time")
 
 
 @pytest.mark.slow
@@ -71,7 +55,7 @@ def test_registered_champion_serves_and_answers_with_the_right_classes(
         start_new_session=True,
     )
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
+        wait_until_serving(f"http://127.0.0.1:{port}/ping", server)
         images = tiny_splits.test.x[:64].astype(np.float32)  # raw 0..255 pixels
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
