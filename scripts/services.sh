@@ -13,7 +13,8 @@
 # Settings (environment): TUNELAB_SERVICES_DIR (default tracking/services), TUNELAB_PG_PORT
 # (5433), TUNELAB_MLFLOW_PORT (5050), TUNELAB_SERVICES_HOST (the address the servers listen on and
 # the URLs in $DIR/env name; default 127.0.0.1), TUNELAB_SERVICES_CLIENTS (a network, e.g.
-# 10.0.0.0/24, whose hosts PostgreSQL accepts with the password; default none). The password is generated once into $DIR/pg_password
+# 10.0.0.0/24, whose hosts PostgreSQL accepts with the password; default none),
+# TUNELAB_MLFLOW_WORKERS (the MLflow server's web worker processes; default 2). The password is generated once into $DIR/pg_password
 # (mode 600) and appears only in $DIR/env, which `source` puts into the two URLs tunelab reads.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ PGDATA="$DIR/pgdata"
 PG_USER=tunelab
 HOST="${TUNELAB_SERVICES_HOST:-127.0.0.1}"
 CLIENTS="${TUNELAB_SERVICES_CLIENTS:-}"
+MLFLOW_WORKERS="${TUNELAB_MLFLOW_WORKERS:-2}"
 LISTEN=127.0.0.1
 [ "$HOST" = 127.0.0.1 ] || LISTEN="127.0.0.1,$HOST"
 VENV_BIN="${TUNELAB_VENV_BIN:-$ROOT/.venv/bin}"
@@ -120,9 +122,12 @@ start_mlflow() {
         # the server starts its workers by name: the virtual environment must be on PATH.
         # The store URL carries the password: it goes in the environment (mlflow server reads
         # MLFLOW_BACKEND_STORE_URI), never on a command line that `ps` shows to every user.
+        # MLflow's server-side jobs (GenAI judges, prompt optimisation) are off unless asked
+        # for: tunelab runs none, and they cost five more processes that poll the store.
         MLFLOW_BACKEND_STORE_URI="postgresql://$PG_USER:$pw@127.0.0.1:$PG_PORT/mlflow" \
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
         PATH="$VENV_BIN:$PATH" nohup "$VENV_BIN/mlflow" server \
-            --artifacts-destination "$DIR/artifacts" \
+            --artifacts-destination "$DIR/artifacts" --workers "$MLFLOW_WORKERS" \
             --host "$HOST" --port "$MLFLOW_PORT" >"$DIR/mlflow.log" 2>&1 &
         echo $! > "$DIR/mlflow.pid"
     fi

@@ -6,7 +6,6 @@ Selenium through Debian's chromedriver: no browser download.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from tunelab.delivery.export import export_model, resolve_source
 from tunelab.record.names import MetricName
 from tunelab.record.recorded import find_sweep
 from tunelab.record.store import Tracker
+from tunelab.services import mlflow_ui_command, mlflow_ui_environment
 
 pytestmark = pytest.mark.slow
 
@@ -80,23 +80,8 @@ def mlflow_ui(
     recorded_sweep = copy_recorded(_recorded_once, tmp_path_factory.mktemp("ui") / "recorded")
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "MLFLOW_BACKEND_STORE_URI": recorded_sweep.tracking_uri,  # as `tunelab ui` does
-        },
+        mlflow_ui_command(port),
+        env=mlflow_ui_environment(recorded_sweep.tracking_uri),  # what `tunelab ui` runs
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
