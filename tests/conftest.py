@@ -29,9 +29,13 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # as in the processes tests start
+
+import fixed_speeds
+import mlflow_template
+
 from hosts import Network
 from hosts import unavailable as hosts_unavailable
-from support import mlflow_template
 from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: pytest-xdist's processes
@@ -42,16 +46,6 @@ if WORKER:  # one TensorFlow thread per test process, so the suite's processes s
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_NPZ = FIXTURES / "mnist_tiny.npz"
 TINY_VALIDATION = 500
-
-
-FAKE_SPEEDS = {"float32": 2000.0, "mixed_bfloat16": 1000.0}  # images/s: float32 the faster
-
-
-def fake_images_per_second(
-    build: Any, precision: str, input_shape: Any, num_classes: int, batch_size: int
-) -> float:
-    """Fixed training speeds instead of timed steps (tests/test_precision.py times real ones)."""
-    return FAKE_SPEEDS[precision]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -69,11 +63,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """In-process trainings decide their precision from fixed speeds, cached under tmp."""
+    """Trainings decide their precision from fixed speeds (tests/support/fixed_speeds.py), in
+    this process and in every process it starts."""
     from tunelab.training import precision
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(precision, "images_per_second", fake_images_per_second)
+        patch.setattr(precision, "images_per_second", fixed_speeds.images_per_second)
+        patch.setenv(fixed_speeds.VARIABLE, "1")
         patch.setenv("TUNELAB_DATA_DIR", str(tmp_path_factory.mktemp("session-cache")))
         yield
 

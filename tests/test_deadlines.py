@@ -211,13 +211,19 @@ def test_the_time_budget_is_the_running_time_of_all_launches_together(
     assert steps_before == len(tracker.metric_steps(paused.info.run_id, MetricName.EPOCH_SECONDS))
     started = time.monotonic()
     more = quiet_sweep(
-        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=20.0
+        spec, tiny_splits, tracking_uri=uri, storage_url=storage, timeout_seconds=25.0
     )
     more_wall = time.monotonic() - started
     assert more.spent_before == pytest.approx(again.spent_seconds)  # it started from the others
-    # it trains on in the 10 s the first launch left (startup and checkpoint restore included),
-    # and stops by the summed budget of 20 s plus at most one step
-    assert first.spent_seconds + 3.0 < more.spent_seconds < 30.0
+    # it trains on in the seconds the others left (startup and checkpoint restore included),
+    # and stops by the summed budget plus at most one step
+    steps = [
+        seconds
+        for run in tracker.search("late", Query.of(role=Role.TRIAL))
+        for _, seconds in tracker.metric_steps(run.info.run_id, MetricName.EPOCH_SECONDS)
+    ]
+    assert len(steps) > steps_before
+    assert again.spent_seconds < more.spent_seconds < 25.0 + max(steps)
     [parent] = tracker.search("late", Query.of(role=Role.SWEEP))
     ledger = Ledger(tracker, parent.info.run_id, "sweep")
     # the launch that found nothing left opened no run and recorded no interval

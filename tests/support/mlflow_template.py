@@ -13,16 +13,14 @@ TUNELAB_TEST_MLFLOW_TEMPLATE.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import os
 import sqlite3
-import sys
-from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from on_import import patch_on_import
 
 VARIABLE = "TUNELAB_TEST_MLFLOW_TEMPLATE"
 MODULE = "mlflow.store.db.utils"
@@ -59,31 +57,6 @@ def _copy(source: Path, target: Path) -> None:
         written.replace(target)
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches MLflow's table initialisation right after its module is first imported."""
-
-    def find_spec(
-        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name != MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-        execute = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            execute(module)
-            _patch(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
 def install() -> None:
     """Copy the template into new SQLite stores of this process (now or once MLflow loads)."""
-    if MODULE in sys.modules:
-        _patch(sys.modules[MODULE])
-    elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+    patch_on_import(MODULE, _patch)

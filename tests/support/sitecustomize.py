@@ -6,3 +6,8 @@ if os.environ.get("TUNELAB_TEST_MLFLOW_TEMPLATE"):
     import mlflow_template
 
     mlflow_template.install()
+
+if os.environ.get("TUNELAB_TEST_FIXED_SPEEDS"):
+    import fixed_speeds
+
+    fixed_speeds.install()
