@@ -36,11 +36,12 @@ from tunelab.training.callbacks import EpochSinkCallback
 from tunelab.training.checkpoints import CheckpointWriter
 from tunelab.training.factory import build_model
 from tunelab.training.model import steps_per_epoch
+from tunelab.training.session import fresh_session
 from tunelab.training.train import train_and_validate
 
 
 def bare_fit(cfg: RunConfig, splits: Splits, seed: int) -> float:
-    keras.backend.clear_session()
+    fresh_session()
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     x_train = splits.train.x.astype("float32")

@@ -79,3 +79,29 @@ def test_a_refit_without_validation_counts_its_epochs(tiny_splits: Splits) -> No
     cfg = flat_config(filters=4, dense_units=8, epochs=2, batch_size=256)
     result = train_and_validate(cfg, tiny_splits.for_refit(), seed=0)
     assert result.ok and result.epochs_trained == 2 and result.best_val_accuracy is None
+
+
+def test_a_fresh_session_frees_the_last_model_and_walks_only_what_trainings_made() -> None:
+    import gc
+    import weakref
+
+    from tunelab.training.session import fresh_session
+
+    def trained_model() -> Any:
+        model = keras.Sequential(
+            [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()]
+        )
+        model.add(keras.layers.Dense(3))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(np.zeros((4, 8, 8, 1)), np.zeros(4), verbose=0)
+        return model
+
+    fresh_session()
+    last = weakref.ref(trained_model())
+    assert last() is not None  # kept alive by its own reference cycles until collected
+    fresh_session()
+    assert last() is None  # the next model starts without the last one's memory
+    # the process's long-lived objects were set aside once: a collection walks only the few
+    # thousand objects trainings made since, not the hundreds of thousands TensorFlow brought
+    assert gc.get_freeze_count() > 100_000
+    assert len(gc.get_objects()) < gc.get_freeze_count() / 10

@@ -117,9 +117,9 @@ def images_per_second(
 
     Synthetic pixels and labels of the data's shape; the first calls (tracing) are not timed.
     """
-    import keras
+    from tunelab.training.session import fresh_session
 
-    keras.backend.clear_session()
+    fresh_session()
     model = build(precision)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(batch_size, *input_shape)).astype("float32")
@@ -133,7 +133,7 @@ def images_per_second(
         elapsed = time.perf_counter() - started
         if (steps >= MIN_STEPS and elapsed >= MIN_SECONDS) or elapsed >= MAX_SECONDS:
             break
-    keras.backend.clear_session()
+    fresh_session()
     return steps * batch_size / elapsed
 
 

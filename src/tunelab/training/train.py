@@ -36,6 +36,7 @@ from tunelab.training.deadline import Deadline, StepTimer
 from tunelab.training.factory import Factory, build_model
 from tunelab.training.inputs import StepPlan, eval_dataset, plan_steps, step_dataset
 from tunelab.training.model import steps_per_epoch
+from tunelab.training.session import fresh_session
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def train_and_validate(
     started = time.perf_counter()
     # counted before seeding: a first count builds the model, drawing random numbers
     timer = StepTimer(training_flops(cfg), len(splits.val), flop_rate)
-    keras.backend.clear_session()
+    fresh_session()
     keras.utils.set_random_seed(seed)
     plan = step_plan(cfg, len(splits.train), fidelity)
     last = plan.steps_for_epochs(epochs) if epochs is not None else len(plan.steps)

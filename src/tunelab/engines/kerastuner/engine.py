@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import keras
 import keras_tuner as kt
 
 from tunelab.define.algorithms import TUNERS, TunerContext
@@ -41,6 +40,7 @@ from tunelab.training.deadline import STARTUP_SECONDS, Deadline
 from tunelab.training.factory import build_model
 from tunelab.training.model import steps_per_epoch
 from tunelab.training.progress import SweepProgress
+from tunelab.training.session import fresh_session
 
 OBJECTIVE = kt.Objective(VAL_ACCURACY, direction="max")
 UNBOUNDED_TRIALS = 99_999
@@ -72,7 +72,7 @@ class TunelabHyperModel(kt.HyperModel):  # type: ignore[misc]
         return self.runner.config(chosen_values(self.spec.search_space, hp))
 
     def build(self, hp: kt.HyperParameters) -> Any:
-        keras.backend.clear_session()
+        fresh_session()
         cfg = self.config(hp)
         train = len(self.runner.splits.train)
         return build_model(
