@@ -52,18 +52,13 @@ TINY_VALIDATION = 500
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """In a parallel run (`-n`, pytest-xdist), the tests that share a session's servers run in one
     worker, one after another: the hosts' bridge and services (restarted, cut off and filled by
-    tests/test_hosts.py) in one, `scripts/services.sh`'s own in another.
-
-    Slow tests are handed out before quick ones (pytest-xdist gives each process the next test
-    in this order, the two groups first), so that the quick ones fill the end of the run instead
-    of one long training running alone on an otherwise idle machine."""
+    tests/test_hosts.py) in one, `scripts/services.sh`'s own in another."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "network" in fixtures:
             item.add_marker(pytest.mark.xdist_group("hosts"))
         elif "services" in fixtures:
             item.add_marker(pytest.mark.xdist_group("services"))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files in order
 
 
 @pytest.fixture(scope="session", autouse=True)
