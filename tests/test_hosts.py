@@ -101,7 +101,10 @@ def wait_for_checkpoint(
     tracker = Tracker(services.tracking_uri)
     deadline = time.monotonic() + 240
     while True:
-        assert all(w.poll() is None for w in workers), "a worker ended early"
+        for worker in workers:  # a worker that ended early says why
+            if worker.poll() is not None:
+                _, errors = worker.communicate()
+                raise AssertionError(f"a worker ended ({worker.returncode}): {errors[-3000:]}")
         assert time.monotonic() < deadline, "no trial saved a checkpoint in 240 s"
         running = tracker.search(name, Query.of(role=Role.TRIAL, status="RUNNING"))
         for run in running:
