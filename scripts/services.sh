@@ -119,7 +119,7 @@ start_mlflow() {
     [ -x "$VENV_BIN/mlflow" ] || die "$VENV_BIN/mlflow not found: run \`make install\` first"
     if ! mlflow_running; then
         mkdir -p "$DIR/artifacts"
-        # the server starts its workers by name: the virtual environment must be on PATH.
+        # the virtual environment goes on PATH for whatever the server starts by name.
         # The store URL carries the password: it goes in the environment (mlflow server reads
         # MLFLOW_BACKEND_STORE_URI), never on a command line that `ps` shows to every user.
         # MLflow's server-side jobs (GenAI judges, prompt optimisation) are off unless asked

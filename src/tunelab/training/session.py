@@ -8,7 +8,8 @@ process holds; with TensorFlow, Keras, MLflow and Optuna loaded that is about ha
 objects and 0.2 s of CPU (more in a long-lived process), paid before every training. The objects
 that exist at the first fresh session (modules, classes, the data, the clients) live as long as
 the process, so they are moved out of the collector's sight once (`gc.freeze`): every later
-collection walks only what trainings made since (measured: 0.22 s -> 0.003 s per fresh session).
+collection walks only what trainings made since (measured in a fresh process on 2 cores of an Intel
+Xeon Sapphire Rapids with AVX-512 and BF16: 0.22 s -> 0.003 s per fresh session).
 """
 
 from __future__ import annotations
