@@ -18,7 +18,7 @@ LOCK ?= requirements/cpu.lock
 # make test's parallel pytest processes (pytest-xdist; tests sharing servers stay in one of them)
 TEST_WORKERS ?= 3
 
-.PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour
+.PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour bench-peers
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -133,6 +133,9 @@ bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-
 
 bench-workers: dev ## trials per minute with 1, 2, 4 and 8 workers (starts its own services)
 	$(BIN)/python benchmarks/workers.py
+
+bench-peers: data ## make tune's sweep vs the KerasTuner and Optuna tutorials at 300 s and 600 s
+	$(BIN)/python benchmarks/peers.py --budgets 300,600
 
 bench-hour: install ## `make champion` with a 60-minute budget from a clean store; the README's table
 	$(BIN)/python benchmarks/hour.py --budget 60m

@@ -1,6 +1,6 @@
 """Optuna against KerasTuner on the same search space, data and wall-clock budget.
 
-Usage: python benchmarks/engines.py [--experiment experiments/mnist_quick.yaml] [--minutes 3]
+Usage: python benchmarks/engines.py [--experiment experiments/mnist_small.yaml] [--minutes 3]
                                     [--target 0.97]
 
 Runs Optuna TPE + Hyperband pruning, KerasTuner Hyperband and KerasTuner Bayesian, one after the
@@ -81,7 +81,7 @@ def measure(spec: ExperimentSpec, folder: Path, splits: Any, target: float) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_quick.yaml"))
+    parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_small.yaml"))
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--target", type=float, default=None)
     args = parser.parse_args()

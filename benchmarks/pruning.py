@@ -1,6 +1,6 @@
 """The same sampler with and without pruning, a fixed trial count: images seen and best value.
 
-Usage: python benchmarks/pruning.py [--experiment experiments/mnist_quick.yaml] [--trials 12]
+Usage: python benchmarks/pruning.py [--experiment experiments/mnist_small.yaml] [--trials 12]
                                     [--pruner hyperband] [--min-images 500] [--repeats 1]
 
 Runs the experiment's sampler and seed twice over the same data, once with the pruner (and,
@@ -72,7 +72,7 @@ def sides(spec: ExperimentSpec, pruner: str, min_images: int | None) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_quick.yaml"))
+    parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_small.yaml"))
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--pruner", default="hyperband")
     parser.add_argument("--min-images", type=int, default=None)

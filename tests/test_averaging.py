@@ -1,15 +1,18 @@
-"""Weight averaging (EMA, SWA) as a training option of any factory: the delivered weights are
-the average, not the last ones, and they export with parity."""
+"""Accuracy at no extra training: weight averaging (EMA, SWA) delivers the average, not the last
+weights, with parity; test-time shifts average what the exported model sees; a refit whose
+schedule restarts delivers its earlier cycle ends as distinct ensemble members (snapshots)."""
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import flat_config
+from conftest import RecordedSweep, flat_config
 from tunelab.define.data import Splits
+from tunelab.define.training import TrainingConfig
 from tunelab.delivery.formats import write_and_check
 from tunelab.training.train import train_and_validate
 
@@ -77,3 +80,69 @@ def test_test_time_shifts_average_the_image_and_its_shifts_in_every_format(
     for fmt in FORMATS:
         check = write_and_check(tta, fmt, tmp_path, images, tiny_splits.test.y[:100], got)
         assert check.ok, (fmt, check.problem)
+
+
+def rates(schedule: object, steps: range) -> np.ndarray:
+    return np.array([float(schedule(step)) for step in steps])  # type: ignore[operator]
+
+
+def test_restarts_run_the_whole_schedule_warm_up_included_once_per_cycle() -> None:
+    import keras
+
+    from tunelab.training.model import learning_rate
+
+    base = {"optimizer": "adam", "learning_rate": 0.01, "lr_schedule": "cosine", "epochs": 6}
+    single = learning_rate(TrainingConfig(**base, warmup_epochs=0.6), 10)
+    restarted = learning_rate(TrainingConfig(**base, warmup_epochs=0.6, snapshot_cycles=3), 10)
+    cycle = rates(restarted, range(0, 20))
+    np.testing.assert_allclose(rates(restarted, range(20, 60)), np.tile(cycle, 2), atol=1e-7)
+    # each cycle is the one-cycle schedule compressed: warm-up 2 of 20 steps, then a decay to ~0
+    assert cycle[0] == 0.0 and cycle[2] == pytest.approx(0.01) and cycle[-1] < 1e-4
+    shrunk = learning_rate(TrainingConfig(**{**base, "epochs": 2}, warmup_epochs=0.2), 10)
+    np.testing.assert_allclose(cycle, rates(shrunk, range(20)), atol=1e-7)
+    assert not np.allclose(rates(single, range(20)), cycle)
+    # saved with an optimizer and loaded back, it is the same schedule
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(restarted))
+    np.testing.assert_allclose(rates(again, range(60)), rates(restarted, range(60)), atol=1e-7)
+    # fewer epochs than cycles: a shortened refit keeps at most one cycle per epoch
+    assert TrainingConfig(**base, snapshot_cycles=3).with_epochs(2).snapshot_cycles == 2
+
+
+@pytest.mark.slow
+def test_a_refit_with_restarts_delivers_its_cycle_ends_as_distinct_ensemble_members(
+    recorded_sweep: RecordedSweep, tiny_splits: Splits, tmp_path: Path
+) -> None:
+    from tunelab.delivery.export import export_model, resolve_source
+    from tunelab.pipeline import ensemble_members
+    from tunelab.record.recorded import load_recorded_run
+    from tunelab.record.store import Tracker
+    from tunelab.training.factory import serving_model
+
+    tracker = Tracker(recorded_sweep.tracking_uri)
+    source, sweep = resolve_source(tracker, "recorded")
+    assert sweep is not None
+    single = export_model(
+        tracker,
+        source,
+        tiny_splits,
+        out=tmp_path / "single",
+        formats=("keras",),
+        epochs=3,
+        register=False,
+        snapshot_cycles=3,
+    )
+    label = f"{source.label} refit"
+    assert [m.label for m in single.snapshots] == [f"{label} snapshot 2/3", f"{label} snapshot 1/3"]
+    # the record says how the refit trained
+    assert load_recorded_run(tracker, single.run_id).config.training.snapshot_cycles == 3
+    members = ensemble_members(tracker, sweep, source, single, 3)
+    assert [m.label for m in members] == [label, *(m.label for m in single.snapshots)]
+    images = tiny_splits.test.x[:300].astype(np.float32)
+    labels = tiny_splits.test.y[:300]
+    predicted = [
+        np.asarray(serving_model(m.model, m.config).predict(images, verbose=0)) for m in members
+    ]
+    for first, second in combinations(predicted, 2):  # three different models of one training
+        assert np.abs(first - second).max() > 1e-3
+    for probabilities in predicted:  # each one trained, with settled batch-norm statistics
+        assert np.mean(probabilities.argmax(axis=1) == labels) > 0.5

@@ -99,7 +99,7 @@ def test_a_keras_tuner_sample_is_a_point_optuna_could_suggest(path: Path) -> Non
 
 
 def test_an_undeclared_name_is_an_error_not_a_silent_default() -> None:
-    space = load_search_space(ROOT / "search_spaces" / "mnist_quick.yaml")
+    space = load_search_space(ROOT / "search_spaces" / "mnist_small.yaml")
     oracle = kt.oracles.RandomSearchOracle(
         objective="val_accuracy",
         max_trials=1,

@@ -46,7 +46,7 @@ def test_suggestions_match_the_declared_space(path: Path) -> None:
 
 
 def test_conditional_learning_rates_follow_the_optimizer() -> None:
-    space = load_search_space(ROOT / "search_spaces" / "mnist_quick.yaml")
+    space = load_search_space(ROOT / "search_spaces" / "mnist_small.yaml")
     for optimizer, expected in (
         ("adam", "lr_adam"),
         ("sgd", "lr_sgd"),

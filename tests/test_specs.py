@@ -24,6 +24,15 @@ def test_every_experiment_file_validates(path: Path) -> None:
     assert spec.budget.trials or spec.budget.timeout_seconds
 
 
+def test_make_tunes_experiment_is_given_no_recipe_and_trains_only_complete_schedules() -> None:
+    """benchmarks/peers.py compares this sweep with the tutorials: it must find its model itself."""
+    spec = load_experiment(ROOT / "experiments" / "mnist_quick.yaml")
+    assert spec.enqueue == ()
+    assert spec.engine.pruner in (None, "none")
+    assert spec.search_space.fixed["epochs"] == 1
+    assert spec.train_size is None  # every training image
+
+
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_every_search_space_file_validates(path: Path) -> None:
     space = load_search_space(path)
@@ -53,7 +62,7 @@ def test_the_corpus_covers_both_kinds() -> None:
 
 
 def test_conditional_parameters_and_shared_fields(tmp_path: Path) -> None:
-    space = load_search_space(ROOT / "search_spaces" / "mnist_quick.yaml")
+    space = load_search_space(ROOT / "search_spaces" / "mnist_small.yaml")
     by_name = {p.name: p for p in space.parameters}
     assert by_name["lr_adam"].field == "learning_rate"
     assert by_name["lr_adam"].condition is not None

@@ -355,11 +355,14 @@ def export(
     data_file: Path | None = None,
     experiment: ExperimentRef | None = None,
     test_time_shifts: int = 0,
+    snapshot_cycles: int = 1,
 ) -> ExportResult:
     """Refit the champion, test it once, write and verify every format, register it.
 
-    With `ensemble=K` (K >= 2), the champion's refit and K - 1 confirmation retrainings that
-    kept their models are delivered as one averaged model as well; the ensemble is returned.
+    With `ensemble=K` (K >= 2), the champion's refit and K - 1 more models are delivered as one
+    averaged model as well, and the ensemble is returned: the refit's own snapshots first
+    (`snapshot_cycles=C` restarts its schedule C times and keeps the C - 1 earlier cycles'
+    ends), then confirmation retrainings and trials that kept their models.
     A run of a user's factory is exported through its experiment file (`target`, or
     `experiment` with a run id as `target`): only an experiment file names code to import.
     """
@@ -382,6 +385,8 @@ def export(
         raise UserError(f"--ensemble: 0 for the single champion, or at least 2 (got {ensemble})")
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs: must be a positive integer (got {epochs})")
+    if not 1 <= snapshot_cycles <= 20:
+        raise UserError(f"--snapshot-cycles: 1 (off) to 20 (got {snapshot_cycles})")
     tracker = Tracker(tracking_uri, must_exist=True)
     name = target.name if isinstance(target, ExperimentSpec) else str(target)
     _import_factory(target, experiment)
@@ -400,6 +405,7 @@ def export(
         model_name=model_name,
         register=ensemble < 2,
         test_time_shifts=test_time_shifts,
+        snapshot_cycles=snapshot_cycles,
     )
     if ensemble < 2:
         return single

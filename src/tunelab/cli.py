@@ -424,6 +424,13 @@ def export(
     test_time_shifts: Annotated[
         int, typer.Option(help="average the image and its shifts by this many pixels (0: off)")
     ] = 0,
+    snapshot_cycles: Annotated[
+        int,
+        typer.Option(
+            help="restart the refit's schedule this many times; earlier cycles' ends join "
+            "--ensemble (1: off)"
+        ),
+    ] = 1,
 ) -> None:
     """Refit the champion, test it once, write and verify every format, register it."""
     from tunelab import api
@@ -441,6 +448,7 @@ def export(
         data_file=data_file,
         experiment=experiment,
         test_time_shifts=test_time_shifts,
+        snapshot_cycles=snapshot_cycles,
     )
     line = f"{result.label}: test accuracy {result.test.accuracy:.4f} {result.interval.bracket()}"
     if result.baseline is not None:

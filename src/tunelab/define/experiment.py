@@ -186,6 +186,12 @@ class PipelineSettings(StrictModel):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: _all_formats(), description="exported, each checked for parity"
     )
+    snapshot_cycles: PositiveInt = Field(
+        1,
+        le=20,
+        description="the refit's schedule restarts this many times; each earlier cycle's end "
+        "joins the ensemble (1: off)",
+    )
     test_time_shifts: NonNegativeInt = Field(
         0,
         le=4,

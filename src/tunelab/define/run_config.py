@@ -50,6 +50,11 @@ class RunConfig(BaseModel):
         """Trained for `epochs` (see `TrainingConfig.with_epochs`)."""
         return self.with_training(self.training.with_epochs(epochs))
 
+    def with_snapshot_cycles(self, cycles: int) -> RunConfig:
+        """Its schedule run `cycles` times in a row, at most once per epoch (snapshot members)."""
+        update = {"snapshot_cycles": min(cycles, self.training.epochs)}
+        return self.with_training(self.training.model_copy(update=update))
+
     def with_precision(self, precision: str) -> RunConfig:
         return self.with_training(self.training.model_copy(update={"precision": precision}))
 

@@ -30,6 +30,7 @@ COMPILE_FIELDS = (
     "lr_schedule",
     "warmup_epochs",
     "label_smoothing",
+    "snapshot_cycles",
 )
 
 
@@ -67,6 +68,13 @@ class TrainingConfig(BaseModel):
     swa_share: float = Field(
         0.25, gt=0.0, le=1.0, description="SWA averages the epoch ends of this last share"
     )
+    snapshot_cycles: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="the schedule (warm-up and decay) runs this many times in a row; each "
+        "cycle's end but the last is kept as an ensemble member (snapshot ensemble)",
+    )
     # numerics: an experiment setting (not searched); exported models are always float32
     precision: Precision = Field("float32", description="float32 or mixed_bfloat16")
 
@@ -82,6 +90,11 @@ class TrainingConfig(BaseModel):
                 f"warmup_epochs: must be shorter than the training ({self.epochs} epochs) "
                 f"(got {self.warmup_epochs})"
             )
+        if self.snapshot_cycles > self.epochs:
+            raise ValueError(
+                f"snapshot_cycles: at most one cycle per epoch ({self.epochs} epochs) "
+                f"(got {self.snapshot_cycles})"
+            )
         return self
 
     def with_epochs(self, epochs: int) -> TrainingConfig:
@@ -92,7 +105,15 @@ class TrainingConfig(BaseModel):
         in epochs.
         """
         warmup = self.warmup_epochs * min(1.0, epochs / self.epochs)
-        return parse_training({**self.model_dump(), "epochs": epochs, "warmup_epochs": warmup})
+        cycles = min(self.snapshot_cycles, epochs)
+        return parse_training(
+            {
+                **self.model_dump(),
+                "epochs": epochs,
+                "warmup_epochs": warmup,
+                "snapshot_cycles": cycles,
+            }
+        )
 
 
 def fit_schedule(values: dict[str, Any], most_epochs: int | None) -> dict[str, Any]:
@@ -101,7 +122,10 @@ def fit_schedule(values: dict[str, Any], most_epochs: int | None) -> dict[str, A
     if most_epochs is None or epochs <= most_epochs:
         return values
     warmup = float(values.get("warmup_epochs", 0.0))
-    return {**values, "epochs": most_epochs, "warmup_epochs": warmup * most_epochs / epochs}
+    shortened = {**values, "epochs": most_epochs, "warmup_epochs": warmup * most_epochs / epochs}
+    if "snapshot_cycles" in values:
+        shortened["snapshot_cycles"] = min(int(values["snapshot_cycles"]), most_epochs)
+    return shortened
 
 
 def parse_training(values: dict[str, Any]) -> TrainingConfig:

@@ -52,6 +52,27 @@ def ensemble_model(members: list[Member]) -> Any:
     return keras.Model(inputs, averaged, name="tunelab_ensemble")
 
 
+def snapshot_members(
+    run_id: str, label: str, config: RunConfig, snapshots: list[list[Any]], images: Any
+) -> list[Member]:
+    """The snapshots one training kept (`tunelab.training.snapshots`), newest first, each its
+    own float32 model with batch-norm statistics recomputed for its weights from `images`."""
+    from tunelab.training.batch_norm import recompute_batch_norm
+
+    members = []
+    count = len(snapshots) + 1
+    for cycle, weights in reversed(list(enumerate(snapshots, start=1))):
+        model = call_factory(config, factory_of(config), "float32")
+        model.set_weights(weights)
+        recompute_batch_norm(model, images)
+        members.append(
+            Member(
+                run_id, f"{label} snapshot {cycle}/{count}", config.with_precision("float32"), model
+            )
+        )
+    return members
+
+
 def member_from_run(tracker: Tracker, run_id: str, label: str) -> Member:
     """The model a training kept (`trained/model.weights.h5`), rebuilt from its recorded config
     by its factory in float32."""

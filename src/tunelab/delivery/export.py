@@ -27,7 +27,7 @@ import json
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy.typing as npt
 from tunelab.analysis.stats import Interval, mcnemar_exact, wilson_interval
 from tunelab.define.data import Splits
 from tunelab.define.run_config import RunConfig
-from tunelab.delivery.ensemble import Member, ensemble_model
+from tunelab.delivery.ensemble import Member, ensemble_model, snapshot_members
 from tunelab.delivery.formats import PROBABILITY_TOLERANCE, FormatCheck, write_and_check
 from tunelab.delivery.model_card import ModelCard
 from tunelab.delivery.tta import with_test_time_shifts
@@ -48,6 +48,7 @@ from tunelab.record.query import Query
 from tunelab.record.recorded import RecordedRun, SweepRecord, find_sweep, load_recorded_run
 from tunelab.record.results import TestEvaluation, TrialResult
 from tunelab.record.store import RunHandle, Tracker, package_versions
+from tunelab.training.batch_norm import IMAGES as BATCH_NORM_IMAGES
 from tunelab.training.callbacks import EpochSinkCallback, fan_out
 from tunelab.training.checkpoints import CheckpointWriter, load_checkpoint, remove_checkpoints
 from tunelab.training.deadline import Deadline
@@ -127,6 +128,8 @@ class ExportResult:
     versus_single: PairedComparison | None = None
     model: Any = field(default=None, repr=False)
     config: RunConfig | None = None
+    # the refit's earlier cycle ends (`snapshot_cycles`), newest first: ensemble members
+    snapshots: tuple[Member, ...] = field(default=(), repr=False)
 
 
 def stored_predictions(tracker: Tracker, run_id: str) -> npt.NDArray[np.int64] | None:
@@ -172,10 +175,12 @@ def export_model(
     progress: ProgressFactory = no_progress,
     report: Callable[[str], None] = lambda _: None,
     test_time_shifts: int = 0,
+    snapshot_cycles: int = 1,
 ) -> ExportResult:
     """Train the source again (refit), then deliver it; see the module doc. With
     `test_time_shifts`, the delivered model averages its image and their shifts by that many
-    pixels (`tunelab.delivery.tta`).
+    pixels (`tunelab.delivery.tta`); with `snapshot_cycles` > 1 the refit's schedule restarts
+    that many times and the result carries the earlier cycles' ends as `snapshots`.
 
     Raises:
         ExportPaused: the deadline came first; the export run keeps its checkpoint.
@@ -184,6 +189,8 @@ def export_model(
     check_out_folder(out)
     source.data.check(splits)
     config = source.config if epochs is None else source.config.with_epochs(epochs)
+    if snapshot_cycles > 1:
+        config = config.with_snapshot_cycles(snapshot_cycles)
     tags = {
         TagKey.ROLE: Role.EXPORT,
         TagKey.EXPORTED_FROM_RUN_ID: source.run_id,
@@ -232,7 +239,18 @@ def export_model(
             serving = with_test_time_shifts(serving, test_time_shifts)
         train_images = len(splits.train) + (len(splits.val) if refit else 0)
         card = _card_for_source(source, splits, result, refit, formats, train_images)
-        return deliver(
+        snapshots = (
+            snapshot_members(
+                run.run_id,
+                f"{source.label} refit" if refit else source.label,
+                config,
+                result.snapshots,
+                (splits.for_refit() if refit else splits).train.x[:BATCH_NORM_IMAGES],
+            )
+            if result.snapshots
+            else []
+        )
+        delivered = deliver(
             tracker,
             run,
             serving,
@@ -249,6 +267,7 @@ def export_model(
             report=report,
             config=config,
         )
+        return replace(delivered, snapshots=tuple(snapshots))
 
 
 def _unfinished_export(tracker: Tracker, source: RecordedRun, config: RunConfig) -> str | None:

@@ -66,6 +66,7 @@ def final(state: PipelineState, deadline: Deadline) -> None:
             progress=state.progress,
             report=state.say,
             test_time_shifts=settings.test_time_shifts,
+            snapshot_cycles=settings.snapshot_cycles,
         )
     except ExportPaused as error:
         kept = _kept(state, sweep, champion)

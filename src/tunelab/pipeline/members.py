@@ -64,11 +64,13 @@ def _record_candidate(
 def ensemble_members(
     tracker: Tracker, sweep: SweepRecord, champion: RecordedRun, single: ExportResult, count: int
 ) -> list[Member]:
-    """Up to `count` members: the champion's refit first, then `kept_members`. Nothing is
-    trained for the ensemble."""
+    """Up to `count` members: the champion's refit first, then the snapshots its schedule's
+    restarts left (`snapshot_cycles`, newest first), then `kept_members`. Nothing is trained
+    for the ensemble."""
     assert single.config is not None
     members = [Member(single.run_id, f"{champion.label} refit", single.config, single.model)]
-    return members + kept_members(tracker, sweep, champion, count - 1)
+    members += list(single.snapshots[: count - 1])
+    return members + kept_members(tracker, sweep, champion, count - len(members))
 
 
 def kept_members(

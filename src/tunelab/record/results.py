@@ -40,6 +40,8 @@ class TrialResult:
     model: Any = field(default=None, repr=False)
     resumed_from_epoch: int = 0  # epochs restored from a checkpoint before this training ran
     measured_flop_rate: float | None = None  # training FLOP/s achieved (next estimates use it)
+    # every weight at the end of each learning-rate cycle but the last (`snapshot_cycles`)
+    snapshots: list[list[Any]] = field(default_factory=list, repr=False)
 
     @property
     def epochs_trained(self) -> int:

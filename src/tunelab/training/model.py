@@ -92,14 +92,29 @@ def learning_rate(cfg: TrainingConfig, steps_per_epoch: int | None) -> Any:
     """The rate or schedule of `cfg`: its length is epochs x steps_per_epoch batches.
 
     A warm-up rises linearly from zero (one-cycle: from peak / 25) over `warmup_epochs`; a
-    constant schedule then holds the rate (a cosine whose floor is the rate itself).
+    constant schedule then holds the rate (a cosine whose floor is the rate itself). With
+    `snapshot_cycles` > 1 the whole schedule, warm-up included, is compressed into each of
+    that many equal cycles, run one after another (`Restarts`).
     """
     if cfg.lr_schedule == "constant" and not cfg.warmup_epochs:
         return cfg.learning_rate
     if steps_per_epoch is None:
         raise ValueError(f"the {cfg.lr_schedule} schedule needs steps_per_epoch")
+    cycles = cfg.snapshot_cycles
     total = max(1, steps_per_epoch * cfg.epochs)
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    cycle = cycle_steps(total, cycles)
+    single = _schedule(cfg, cycle, round(cfg.warmup_epochs * steps_per_epoch / cycles))
+    return single if cycles == 1 or isinstance(single, float) else Restarts(single, cycle)
+
+
+def cycle_steps(total: int, cycles: int) -> int:
+    """Steps of one of `cycles` restarts over `total` steps (the last may end a little early,
+    never restart at the very end)."""
+    return max(1, math.ceil(total / cycles))
+
+
+def _schedule(cfg: TrainingConfig, total: int, warmup: int) -> Any:
+    """One warm-up + decay of `total` steps (see `learning_rate`)."""
     if cfg.lr_schedule == "one_cycle":
         return OneCycle(cfg.learning_rate, total, warmup or round(ONE_CYCLE_WARMUP * total))
     if warmup:
@@ -113,6 +128,32 @@ def learning_rate(cfg: TrainingConfig, steps_per_epoch: int | None) -> Any:
     if cfg.lr_schedule == "constant":  # a warm-up shorter than one step
         return cfg.learning_rate
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Restarts(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
+    """`schedule` again every `cycle_steps` steps: warm restarts (Loshchilov & Hutter 2017), the
+    schedule of a snapshot ensemble (Huang et al. 2017), whose members are the cycles' ends."""
+
+    def __init__(self, schedule: Any, cycle_steps: int) -> None:
+        self.schedule, self.cycle_steps = schedule, max(1, cycle_steps)
+
+    def __call__(self, step: Any) -> Any:
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        return self.schedule(step - self.cycle_steps * ops.floor(step / self.cycle_steps))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "cycle_steps": self.cycle_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Restarts:
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, int(config["cycle_steps"]))
 
 
 def build_optimizer(cfg: TrainingConfig, steps_per_epoch: int | None = None) -> Any:

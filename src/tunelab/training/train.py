@@ -37,6 +37,7 @@ from tunelab.training.factory import Factory, build_model
 from tunelab.training.inputs import StepPlan, eval_dataset, plan_steps, step_dataset
 from tunelab.training.model import steps_per_epoch
 from tunelab.training.session import fresh_session
+from tunelab.training.snapshots import SnapshotTaker
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def train_and_validate(
     earlier_seconds = resume.seconds if resume else 0.0
     guard = NonFiniteLossGuard()
     status, reason, model = COMPLETED, None, None
+    snapshots: list[SnapshotTaker] = []
     try:
         model = build_model(
             cfg, steps_per_epoch(len(splits.train), cfg.training.batch_size), factory
@@ -136,6 +138,11 @@ def train_and_validate(
         averaging = (
             [WeightAverage(cfg.training, settle)] if cfg.training.weight_averaging != "none" else []
         )
+        snapshots = (
+            [SnapshotTaker(cfg.training, plan.batches_per_epoch)]
+            if cfg.training.snapshot_cycles > 1
+            else []
+        )
         for step in plan.steps[first - 1 : last]:
             images = step.images_seen - plan.images_before(step)
             if deadline is not None and timer.seconds_for(images) > deadline.remaining():
@@ -155,7 +162,15 @@ def train_and_validate(
                 epochs=step.number,
                 initial_epoch=step.number - 1,
                 shuffle=False,  # the stream is already in its seeded order
-                callbacks=[StopWhenAsked(), clock, *averaging, *precise, guard, *callbacks],
+                callbacks=[
+                    StopWhenAsked(),
+                    clock,
+                    *snapshots,
+                    *averaging,
+                    *precise,
+                    guard,
+                    *callbacks,
+                ],
                 verbose=verbose,
             )
             for key, values in fit.history.items():
@@ -187,6 +202,7 @@ def train_and_validate(
         model=model,
         resumed_from_epoch=resume.step if resume else 0,
         measured_flop_rate=timer.measured_flop_rate(),
+        snapshots=[weights for taker in snapshots for weights in taker.snapshots],
     )
 
 
