@@ -45,6 +45,15 @@ def _splits() -> Any:
     return load_splits("mnist")
 
 
+def best_complete(study: Any) -> dict[str, Any]:
+    """The best value among a study's complete trials, and how many there are."""
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    values = [t.value for t in done if t.value is not None]
+    return {"best": max(values, default=0.0), "trials": len(done)}
+
+
 def _deadline_callback(deadline: float, on_deadline: Any = None) -> Any:
     import keras
 
@@ -174,8 +183,7 @@ def run_optuna_example(budget: float, folder: Path) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective, timeout=budget)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return {"best": max((t.value for t in done if t.value is not None), default=0.0), "trials": len(done)}
+    return best_complete(study)
 
 
 def run_tunelab(budget: float, folder: Path, experiment: Path) -> dict[str, Any]:
@@ -197,8 +205,7 @@ def run_tunelab(budget: float, folder: Path, experiment: Path) -> dict[str, Any]
     storage = f"sqlite:///{folder / 'tracking' / 'optuna.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return {"best": max((t.value for t in done if t.value is not None), default=0.0), "trials": len(done)}
+    return best_complete(study)
 
 
 def contest(name: str, budget: float, experiment: Path) -> dict[str, Any]:
