@@ -51,7 +51,10 @@ class RunConfig(BaseModel):
         return self.with_training(self.training.with_epochs(epochs))
 
     def with_snapshot_cycles(self, cycles: int) -> RunConfig:
-        """Its schedule run `cycles` times in a row, at most once per epoch (snapshot members)."""
+        """Its schedule run `cycles` times in a row, at most once per epoch (snapshot members);
+        unchanged for a constant rate, which has nothing to restart."""
+        if self.training.lr_schedule == "constant":
+            return self
         update = {"snapshot_cycles": min(cycles, self.training.epochs)}
         return self.with_training(self.training.model_copy(update=update))
 

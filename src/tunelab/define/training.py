@@ -90,6 +90,11 @@ class TrainingConfig(BaseModel):
                 f"warmup_epochs: must be shorter than the training ({self.epochs} epochs) "
                 f"(got {self.warmup_epochs})"
             )
+        if self.snapshot_cycles > 1 and self.lr_schedule == "constant":
+            raise ValueError(
+                "snapshot_cycles: restarts need a schedule that decays; set lr_schedule to "
+                f"cosine or one_cycle (got {self.snapshot_cycles})"
+            )
         if self.snapshot_cycles > self.epochs:
             raise ValueError(
                 f"snapshot_cycles: at most one cycle per epoch ({self.epochs} epochs) "
