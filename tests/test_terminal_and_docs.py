@@ -41,6 +41,13 @@ def test_the_readme_api_example_runs(
     code = text.split("```python")[1].split("```")[0]
     for folder in ("experiments", "search_spaces"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
+    space = tmp_path / "search_spaces" / "mnist_quick.yaml"  # the example's code, smaller CNNs
+    smaller = {"filters": "[8]", "batch_size": "[128]"}
+    lines = space.read_text().splitlines()
+    for name, values in smaller.items():
+        [index] = [i for i, line in enumerate(lines) if line.startswith(f"  {name}:")]
+        lines[index] = f"  {name}: {{type: categorical, values: {values}}}"
+    space.write_text("\n".join(lines) + "\n")
     from tunelab.engines import launch
     from tunelab.record import recorded
 
