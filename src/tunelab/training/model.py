@@ -101,16 +101,15 @@ def learning_rate(cfg: TrainingConfig, steps_per_epoch: int | None) -> Any:
     if steps_per_epoch is None:
         raise ValueError(f"the {cfg.lr_schedule} schedule needs steps_per_epoch")
     cycles = cfg.snapshot_cycles
-    total = max(1, steps_per_epoch * cfg.epochs)
-    cycle = cycle_steps(total, cycles)
+    cycle = cycle_steps(cfg, steps_per_epoch)
     single = _schedule(cfg, cycle, round(cfg.warmup_epochs * steps_per_epoch / cycles))
     return single if cycles == 1 or isinstance(single, float) else Restarts(single, cycle)
 
 
-def cycle_steps(total: int, cycles: int) -> int:
-    """Steps of one of `cycles` restarts over `total` steps (the last may end a little early,
-    never restart at the very end)."""
-    return max(1, math.ceil(total / cycles))
+def cycle_steps(cfg: TrainingConfig, steps_per_epoch: int) -> int:
+    """Steps of one of `cfg.snapshot_cycles` restarts over the whole training (the last may
+    end a little early, never restart at the very end)."""
+    return max(1, math.ceil(steps_per_epoch * cfg.epochs / cfg.snapshot_cycles))
 
 
 def _schedule(cfg: TrainingConfig, total: int, warmup: int) -> Any:

@@ -24,15 +24,22 @@ Weights = list[npt.NDArray[Any]]
 
 
 class SnapshotTaker(keras.callbacks.Callback):  # type: ignore[misc]
-    """Copies every weight of the model when the optimizer completes a cycle (not the last)."""
+    """Copies every weight of the model when the optimizer completes a cycle (not the last).
+
+    The optimizer's step count is read once per training step (`fit` call), not per batch:
+    a read waits for the device, and batches only count up from there."""
 
     def __init__(self, training: TrainingConfig, steps_per_epoch: int) -> None:
         super().__init__()
-        total = max(1, steps_per_epoch * training.epochs)
-        cycle = cycle_steps(total, training.snapshot_cycles)
+        cycle = cycle_steps(training, steps_per_epoch)
         self.ends = {cycle * k for k in range(1, training.snapshot_cycles)}
         self.snapshots: list[Weights] = []
+        self.done = 0  # optimizer steps completed
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.done = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if int(self.model.optimizer.iterations.numpy()) in self.ends:
+        self.done += 1
+        if self.done in self.ends:
             self.snapshots.append([np.array(w, copy=True) for w in self.model.get_weights()])
