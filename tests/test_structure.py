@@ -26,6 +26,9 @@ INVALID = Path(__file__).parent / "invalid_specs"
 BEYOND_JSON_SCHEMA = {
     "experiment_bad_space_inside.yaml",  # the error is in the referenced file
     "experiment_missing_space.yaml",  # a file that does not exist
+    "experiment_screens_kerastuner.yaml",  # an option of one engine given to another
+    "experiment_screens_not_longer.yaml",  # comparing the items of one list
+    "experiment_screens_with_pruner.yaml",  # two keys that exclude each other
     "space_condition_unknown_parent.yaml",  # `when:` must name an earlier key
     "space_condition_unknown_value.yaml",  # ... and one of that key's values
     "space_fixed_impossible.yaml",  # geometry: the image shrinks to nothing

@@ -244,6 +244,7 @@ ENGINES: dict[str, EngineTraits] = {
                 "min_images",
                 "reduction_factor",
                 "fidelity_check",
+                "screens",
             }
         ),
         objectives=(1, 2),

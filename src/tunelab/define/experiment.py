@@ -115,6 +115,14 @@ class EngineSettings(StrictModel):
         description="prune at a rung only once its scores are measured to rank like the ends "
         "of the complete trials (Spearman, p < 0.05, at least 8 trials)",
     )
+    screens: list[PositiveInt] = Field(
+        default_factory=list,
+        description="screens over complete schedules, in epochs (e.g. [1, 4]): every new "
+        "configuration trains the first, shortest schedule (warm-up and decay within it); "
+        "whenever a configuration is among the best 1/reduction_factor of those finished at a "
+        "screen, it is trained again from scratch on the next, longer one (asynchronous "
+        "successive halving). Empty: every trial trains the space's schedule",
+    )
 
     @model_validator(mode="after")
     def _options_fit_the_engine(self) -> EngineSettings:
@@ -124,6 +132,19 @@ class EngineSettings(StrictModel):
                 raise ValueError(
                     f"{key}: does not apply to the {self.name} engine, which takes "
                     f"{sorted(traits.options)} (got {getattr(self, key)!r})"
+                )
+        if self.screens:
+            if len(self.screens) < 2 or any(
+                a >= b for a, b in zip(self.screens, self.screens[1:], strict=False)
+            ):
+                raise ValueError(
+                    "screens: give at least two schedules in epochs, each longer than the one "
+                    f"before, e.g. [1, 4] (got {self.screens!r})"
+                )
+            if self.pruner != "none":
+                raise ValueError(
+                    "pruner: screens already stop the weaker configurations after their short "
+                    f"schedule; set pruner: none (got {self.pruner!r})"
                 )
         return self
 
@@ -292,6 +313,11 @@ class ExperimentFile(StrictModel):
         if count not in traits.objectives:
             raise ValueError(f"objectives: the {engine.name} engine searches a single objective")
         if engine.name == "optuna":
+            if engine.screens and count > 1:
+                raise ValueError(
+                    "engine.screens: promotion ranks configurations on val_accuracy alone; "
+                    "use one objective or no screens"
+                )
             if count not in PRUNERS[engine.pruner].objectives:
                 raise ValueError(
                     f"engine.pruner: pruning needs a single objective; use none "
@@ -386,10 +412,13 @@ class ExperimentSpec:
         chosen: Mapping[str, Scalar],
         input_shape: tuple[int, int, int],
         num_classes: int,
+        *,
+        screen_epochs: int | None = None,
     ) -> RunConfig:
         """What a chosen point of the space trains, on data of this shape and classes.
 
-        The precision must be decided first (`with_precision`); a shortened schedule applies.
+        The precision must be decided first (`with_precision`); a shortened schedule applies,
+        and so does `screen_epochs` (the complete schedule of one of `engine.screens`).
 
         Raises:
             ConfigFieldError: the point cannot be built or trained (one line).
@@ -398,7 +427,8 @@ class ExperimentSpec:
             raise ValueError(f"decide the precision first (got {self.precision!r})")
         training, model = split_values(self.search_space.to_config_values(chosen))
         training["precision"] = self.precision
-        settings = parse_training(fit_schedule(training, self.most_epochs()))
+        caps = [c for c in (self.most_epochs(), screen_epochs) if c is not None]
+        settings = parse_training(fit_schedule(training, min(caps) if caps else None))
         params: dict[str, Scalar] = dict(model)
         if self.factory.builtin:
             cnn = parse_cnn(params)

@@ -5,8 +5,10 @@ after an epoch of a long schedule) trusts that the order of configurations there
 at the end. That is measured here, on every sweep, not assumed (architecture rule 9): Spearman's
 rho and Kendall's tau, with their p-values, between each rung and the next, between each rung and
 the end of the training (complete trials), and between the end and the confirmed mean of fresh
-seeds. Below `TOO_FEW` configurations the figures are reported as too few to tell (the 5 %
-critical value of rho is about 0.74 for 8, 0.65 for 10).
+seeds; and with `engine.screens`, between each screen and the next over the configurations
+promoted (a promoted set is the best of its screen: a narrow range, where a rank correlation
+is harder to show than over all configurations). Below `TOO_FEW` configurations the figures are
+reported as too few to tell (the 5 % critical value of rho is about 0.74 for 8, 0.65 for 10).
 
 `rung_curves` reads the record (any engine); `checked` is the same test on an Optuna study's
 intermediate values, so a pruner can refuse to prune at a rung that does not rank
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 TOO_FEW = 8
 SIGNIFICANCE = 0.05
 FINAL = "end"
+SCREEN = "screen"
 CONFIRMED = "confirmed"
 
 
@@ -142,6 +145,28 @@ def rung_agreements(
     if pairs:
         found.append(agreement(FINAL, CONFIRMED, pairs))
     return found
+
+
+def screen_agreements(
+    screens: Mapping[int, tuple[int, int | None]], finals: Mapping[int, float]
+) -> list[Agreement]:
+    """How each screen ranks the configurations it promoted against the next, longer screen
+    (`engine.screens`): one pair per promotion whose two trials both completed.
+
+    Args:
+        screens: trial number -> (the epochs of its screen, the trial that promoted it or None).
+        finals: trial number -> its score at the end of its schedule (complete trials).
+    """
+    pairs: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for number, (epochs, source) in screens.items():
+        if source is None or source not in finals or number not in finals:
+            continue
+        shorter = screens.get(source, (0, None))[0]
+        pairs.setdefault((shorter, epochs), []).append((finals[source], finals[number]))
+    return [
+        agreement(f"{SCREEN} {short} epoch(s)", f"{SCREEN} {long} epoch(s)", found)
+        for (short, long), found in sorted(pairs.items())
+    ]
 
 
 def checked(values_at_step: Sequence[tuple[float, float]]) -> bool:

@@ -109,9 +109,15 @@ class TrialRunner:
         self.flop_rate = sweep.recorded_flop_rate()
         self.shortest_need: float | None = None  # seconds of the cheapest trial not started
 
-    def config(self, chosen: Mapping[str, Scalar]) -> RunConfig:
-        """The run config of a chosen point (raises ConfigFieldError when it cannot be built)."""
-        return self.spec.run_config(chosen, self.splits.input_shape, self.splits.num_classes)
+    def config(self, chosen: Mapping[str, Scalar], screen_epochs: int | None = None) -> RunConfig:
+        """The run config of a chosen point, on the complete schedule of `screen_epochs` if
+        given (raises ConfigFieldError when it cannot be built)."""
+        return self.spec.run_config(
+            chosen,
+            self.splits.input_shape,
+            self.splits.num_classes,
+            screen_epochs=screen_epochs,
+        )
 
     def plan(self, config: RunConfig, part: Round = Round()) -> StepPlan:
         """The validation steps the trial (or its round) trains."""
@@ -132,14 +138,25 @@ class TrialRunner:
         pruned_at: Callable[[], int | None] = lambda: None,
         on_beat: Callable[[int, float], None] = lambda epoch, seconds: None,
         part: Round = Round(),
+        screen_epochs: int | None = None,
     ) -> TrialOutcome:
         """Train trial `number` (a point of the space) on its open MLflow run; record the outcome.
 
         `earlier_runs` are the runs of its earlier attempts, newest first (a retried or continued
-        trial continues from the newest usable checkpoint among them).
+        trial continues from the newest usable checkpoint among them); `screen_epochs`: the
+        trial is a screen, its whole schedule compressed into that many epochs.
         """
         outcome = self._train(
-            number, chosen, seed, run, earlier_runs, callbacks, pruned_at, on_beat, part
+            number,
+            chosen,
+            seed,
+            run,
+            earlier_runs,
+            callbacks,
+            pruned_at,
+            on_beat,
+            part,
+            screen_epochs,
         )
         self.sweep.record_trial(
             run, outcome.result, outcome.state, reason=outcome.reason, pruned_at=outcome.pruned_at
@@ -159,9 +176,10 @@ class TrialRunner:
         pruned_at: Callable[[], int | None],
         on_beat: Callable[[int, float], None],
         part: Round,
+        screen_epochs: int | None,
     ) -> TrialOutcome:
         try:
-            config = self.config(chosen)
+            config = self.config(chosen, screen_epochs)
         except ConfigFieldError as error:
             return TrialOutcome(TrialState.FAILED, reason=f"impossible config: {error}")
         over = over_cost_cap(config, self.spec.budget.max_training_mflop)

@@ -24,7 +24,13 @@ from tunelab.define.data import Splits, published_accuracy
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.define.run_config import RunConfig
 from tunelab.define.space import Scalar
-from tunelab.engines.agreement import FINAL, Agreement, rung_agreements
+from tunelab.engines.agreement import (
+    FINAL,
+    SCREEN,
+    Agreement,
+    rung_agreements,
+    screen_agreements,
+)
 from tunelab.engines.numerics import PRECISION_PARAM, Numerics
 from tunelab.errors import UserError
 from tunelab.record.ledger import Launch, Ledger
@@ -140,6 +146,7 @@ class TrialRecord:
     value: float | None
     run_id: str
     params: Mapping[str, Scalar]
+    screen_epochs: int = 0  # the screen's complete schedule (`engine.screens`); 0: no screens
 
 
 def count_states(records: list[TrialRecord]) -> dict[str, int]:
@@ -303,6 +310,7 @@ class SweepTracker:
         finals: dict[int, float] = {}
         confirmed: dict[int, float] = {}
         seen: dict[int, list[float]] = {}
+        screens: dict[int, tuple[int, int | None]] = {}  # trial -> (its screen, promoted from)
         for run in self.children():
             number = int(run.data.tags.get(TagKey.TRIAL_NUMBER, -1))
             scores = [
@@ -317,8 +325,14 @@ class SweepTracker:
                 finals[number] = scores[-1]
             if MetricName.CONFIRMED_MEAN in run.data.metrics:
                 confirmed[number] = run.data.metrics[MetricName.CONFIRMED_MEAN]
+            tags = run.data.tags
+            if TagKey.SCREEN_EPOCHS in tags:
+                source = tags.get(TagKey.PROMOTED_FROM)
+                screens[number] = (int(tags[TagKey.SCREEN_EPOCHS]), int(source) if source else None)
         positions = {step: int(sorted(v)[len(v) // 2]) for step, v in seen.items()}
-        return rung_agreements(curves, finals, confirmed, positions)
+        return rung_agreements(curves, finals, confirmed, positions) + screen_agreements(
+            screens, finals
+        )
 
     def log_rank_agreements(self, report: Callable[[str], None]) -> list[Agreement]:
         """Measure the rank agreement, keep it on the parent run, say what does not rank."""
@@ -331,7 +345,8 @@ class SweepTracker:
         run.log_metrics(metrics)
         run.log_text(json.dumps([asdict(a) for a in found], indent=1), Artifact.RANK_AGREEMENT)
         for item in found:
-            if item.second == FINAL and not item.significant and not item.too_few:
+            judged = item.second == FINAL or item.first.startswith(SCREEN)
+            if judged and not item.significant and not item.too_few:
                 report(f"rank agreement: {item.line()}")
         return found
 
@@ -370,10 +385,17 @@ class SweepTracker:
         return f"{self.engine} t{number:03d} {text}".strip()
 
     @contextmanager
-    def trial(self, number: int, chosen: Mapping[str, Scalar], seed: int) -> Iterator[RunHandle]:
-        """A child run for one trial, nested under the parent."""
+    def trial(
+        self,
+        number: int,
+        chosen: Mapping[str, Scalar],
+        seed: int,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[RunHandle]:
+        """A child run for one trial, nested under the parent (with the engine's `tags`)."""
         assert self.parent_run_id is not None, "open the parent first"
-        tags = {
+        run_tags = {
+            **(tags or {}),
             TagKey.ROLE: Role.TRIAL,
             TagKey.STUDY: self.study,
             TagKey.ENGINE: self.engine,
@@ -384,7 +406,7 @@ class SweepTracker:
         with self.tracker.run(
             self.experiment,
             self.run_name(number, chosen),
-            tags=tags,
+            tags=run_tags,
             parent_run_id=self.parent_run_id,
         ) as run:
             run.log_params({**chosen, "trial_number": number})

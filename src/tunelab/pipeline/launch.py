@@ -234,7 +234,10 @@ def run_pipeline(
     if recorded.factory_sha256 and recorded.factory_sha256 != prepared.factory.sha256:
         prepare(spec, splits, expected_sha256=recorded.factory_sha256)  # refuses in one line
     spec, numerics = decide_numerics(prepared, recorded, measured, say)
-    reference = representative_config(spec.with_schedule(None), splits, numerics.precision)
+    reference = plan.longest_trial(
+        representative_config(spec.with_schedule(None), splits, numerics.precision),
+        spec.engine.screens,
+    )
     shares = spec.pipeline.shares
     if not recorded.exists:
         spec = spec.with_schedule(
@@ -293,7 +296,13 @@ def _search_plan(
     """One line: how long a trial's schedule takes here, and what the search's share holds."""
     epoch = plan.epoch_seconds(reference, numerics, len(splits.train), len(splits.val))
     full = f"{reference.training.epochs} epochs of about {epoch:.0f} s each on this machine"
+    screens = spec.engine.screens
     if spec.schedule_epochs is None:
+        if screens:
+            return (
+                f"search: screens of complete {', '.join(map(str, screens))}-epoch schedules "
+                f"(the longest: {full}); {share / 60:.1f} min for the search"
+            )
         return f"search: a trial's schedule is {full}; {share / 60:.1f} min for the search"
     if spec.schedule_epochs == 0:
         return (

@@ -12,9 +12,8 @@ from tunelab.record.names import Artifact, MetricName, Role, TagKey, TrialState
 from tunelab.record.recorded import (
     RecordedRun,
     SweepRecord,
-    completed,
+    finalists,
     load_recorded_run,
-    ranked_by_best_val,
 )
 from tunelab.record.store import Tracker
 
@@ -88,7 +87,7 @@ def kept_members(
             -r.data.metrics.get(MetricName.BEST_VAL_ACCURACY, 0.0),
         )
     )
-    trials = ranked_by_best_val(completed(sweep.trial_runs(tracker)))
+    trials = finalists(sweep.trial_runs(tracker))
     for run in [*confirmations, *trials]:
         if len(members) >= count:
             break

@@ -17,6 +17,7 @@ guess of how fast two CPU cores are.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from tunelab.define.run_config import RunConfig
 from tunelab.engines.numerics import Numerics
@@ -51,6 +52,14 @@ def epoch_seconds(
     per_image = numerics.seconds_per_image(cfg)
     validating = validation_images * per_image / TRAINING_PASSES
     return LOOP_OVERHEAD * (train_images * per_image + validating)
+
+
+def longest_trial(cfg: RunConfig, screens: Sequence[int]) -> RunConfig:
+    """The longest schedule a search trial of `cfg` trains: with `engine.screens`, the last
+    screen's complete schedule (if shorter than `cfg`'s own)."""
+    if screens and screens[-1] < cfg.training.epochs:
+        return cfg.with_epochs(screens[-1])
+    return cfg
 
 
 def search_schedule(

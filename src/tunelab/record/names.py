@@ -131,6 +131,8 @@ class TagKey:
     CONTINUES_TRIAL = "tunelab.continues_trial"
     RETRAINS_RUN_ID = "tunelab.retrains_run_id"
     RETRIES_TRIAL = "tunelab.retries_trial"  # a retried or continued trial: the attempt before
+    SCREEN_EPOCHS = "tunelab.screen_epochs"  # a screen's complete schedule (engine.screens)
+    PROMOTED_FROM = "tunelab.promoted_from_trial"  # the trial whose screen promoted this one
     RESUMED_FROM_CHECKPOINT = "tunelab.resumed_from_checkpoint"  # "true": not bit-identical
     CHAMPION_RUN_ID = "tunelab.champion_run_id"
     CHAMPION_PARAMS = "tunelab.champion_params"

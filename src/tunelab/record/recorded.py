@@ -273,8 +273,8 @@ class SweepRecord:
         return tracker.search(self.experiment, Query.of(role=role, parent=self.parent_run_id))
 
     def top_trials(self, tracker: Tracker, k: int) -> list[RecordedRun]:
-        """The `k` complete trials with the highest best validation accuracy."""
-        best = ranked_by_best_val(completed(self.trial_runs(tracker)))[:k]
+        """The `k` best finalists (see `finalists`)."""
+        best = finalists(self.trial_runs(tracker))[:k]
         return [load_recorded_run(tracker, run.info.run_id) for run in best]
 
 
@@ -286,6 +286,25 @@ def completed(runs: list[Any]) -> list[Any]:
         if run.data.tags.get(TagKey.TRIAL_STATE) == TrialState.COMPLETE
         and MetricName.BEST_VAL_ACCURACY in run.data.metrics
     ]
+
+
+def screen_epochs(run: Any) -> int:
+    """The complete schedule a screened trial trained (`engine.screens`); 0 for any other."""
+    return int(run.data.tags.get(TagKey.SCREEN_EPOCHS, 0))
+
+
+def finalists(runs: list[Any]) -> list[Any]:
+    """Complete trials in the order they compete for the crown: a configuration screened on a
+    longer schedule before any screened on a shorter one (a score after one epoch is no match
+    for one after four), then by best validation accuracy; a trial whose configuration was
+    promoted to a longer screen is represented by that promotion alone."""
+    done = completed(runs)
+    promoted = {run.data.tags.get(TagKey.PROMOTED_FROM) for run in done}
+    kept = [run for run in done if run.data.tags.get(TagKey.TRIAL_NUMBER) not in promoted]
+    return sorted(
+        kept,
+        key=lambda run: (-screen_epochs(run), -run.data.metrics[MetricName.BEST_VAL_ACCURACY]),
+    )
 
 
 def ranked_by_best_val(runs: list[Any]) -> list[Any]:

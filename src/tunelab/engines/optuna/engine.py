@@ -47,6 +47,7 @@ from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
 from tunelab.engines.optuna.retrying import RetryingRDBStorage
+from tunelab.engines.optuna.screens import PROMOTED_FROM, SCREEN_EPOCHS, promote, screen_of
 from tunelab.engines.optuna.space import distribution, grid, suggest
 from tunelab.engines.runner import TrialOutcome, TrialRunner, request_runner
 from tunelab.engines.sweep import (
@@ -353,16 +354,36 @@ class OptunaSweep:
         history = adapter.retry_history(adapter.frozen(self.study, trial))
         seed = self.spec.seed + (history[0] if history else trial.number)
         earlier_runs = self._attempt_runs(history)
-        with self.sweep.trial(trial.number, chosen, seed) as run:
+        screen = self._screen(trial)
+        with self.sweep.trial(trial.number, chosen, seed, tags=self._screen_tags(trial)) as run:
             trial.set_user_attr(RUN_ID, run.run_id)
             if history:
                 run.set_tags({TagKey.RETRIES_TRIAL: history[-1]})
-            outcome = self._train_trial(trial, chosen, run, seed, earlier_runs)
+            outcome = self._train_trial(trial, chosen, run, seed, earlier_runs, screen)
         if outcome.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED, True)
             self.paused = trial.number
             raise TrialPaused(f"trial {trial.number} paused at the deadline")
         return self._finish(trial, outcome)
+
+    def _screen(self, trial: optuna.Trial) -> int | None:
+        """The epochs of the complete schedule this trial screens (None: no screens)."""
+        screens = self.spec.engine.screens
+        if not screens:
+            return None
+        epochs = screen_of(trial, screens)
+        trial.set_user_attr(SCREEN_EPOCHS, epochs)
+        return epochs
+
+    @staticmethod
+    def _screen_tags(trial: optuna.Trial) -> dict[str, str]:
+        attrs = trial.user_attrs
+        tags = {}
+        if SCREEN_EPOCHS in attrs:
+            tags[TagKey.SCREEN_EPOCHS] = str(attrs[SCREEN_EPOCHS])
+        if PROMOTED_FROM in attrs:
+            tags[TagKey.PROMOTED_FROM] = str(attrs[PROMOTED_FROM])
+        return tags
 
     def _attempt_runs(self, history: list[int]) -> list[str]:
         """MLflow run ids of the earlier attempts of a trial, newest first."""
@@ -377,10 +398,11 @@ class OptunaSweep:
         run: RunHandle,
         seed: int,
         earlier_runs: list[str],
+        screen: int | None,
     ) -> TrialOutcome:
         """The runner trains it; Optuna hears every step (images seen) and may prune it."""
         try:
-            plan = self.runner.plan(self.runner.config(chosen))
+            plan = self.runner.plan(self.runner.config(chosen, screen))
         except ConfigFieldError:
             plan = None  # the runner records why it cannot be built
         reporter = PruningReporter(
@@ -398,6 +420,7 @@ class OptunaSweep:
             callbacks=[reporter],
             pruned_at=lambda: reporter.pruned_at,
             on_beat=self._on_beat(trial),
+            screen_epochs=screen,
         )
 
     def _on_beat(self, trial: optuna.Trial) -> Callable[[int, float], None]:
@@ -480,6 +503,7 @@ def study_records(study: optuna.Study) -> list[TrialRecord]:
             t.values[0] if t.values else None,
             str(t.user_attrs.get(RUN_ID, "")),
             t.params,
+            int(t.user_attrs.get(SCREEN_EPOCHS, 0)),
         )
         for t in study.get_trials(deepcopy=False)
         if t.state in states and WARM_START not in t.user_attrs
@@ -487,10 +511,14 @@ def study_records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def best_record(study: optuna.Study, records: list[TrialRecord]) -> TrialRecord | None:
-    """Best complete trial on the first objective (val_accuracy)."""
+    """Best complete trial on the first objective (val_accuracy), among those that trained the
+    longest screen any trial has finished (`engine.screens`; all of them without screens): the
+    order `tunelab.record.recorded.finalists` crowns in."""
     complete = [r for r in records if r.state == TrialState.COMPLETE and r.value is not None]
     if not complete:
         return None
+    longest = max(r.screen_epochs for r in complete)
+    complete = [r for r in complete if r.screen_epochs == longest]
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     return (max if maximize else min)(complete, key=lambda r: r.value or 0.0)
 
@@ -742,10 +770,18 @@ def _grid_done(study: optuna.Study) -> bool:
 
 
 def _ask(study: optuna.Study, spec: ExperimentSpec) -> optuna.Trial:
-    """The next trial, from a sampler seeded by the experiment's seed and the trials the study
-    holds now: asks are serialized by the study lock, so workers that ask at the same moment
-    (or launches that resume) never replay one another's random draws, and the same study
-    history still gives the same suggestion."""
+    """The next trial: a promotion to a longer screen if one is due (`engine.screens`), else
+    from a sampler seeded by the experiment's seed and the trials the study holds now: asks are
+    serialized by the study lock, so workers that ask at the same moment (or launches that
+    resume) never replay one another's random draws nor promote a trial twice, and the same
+    study history still gives the same suggestion."""
+    if spec.engine.screens:
+        promote(
+            study,
+            spec.engine.screens,
+            spec.engine.reduction_factor,
+            own=lambda trial: WARM_START not in trial.user_attrs,
+        )
     study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
     with warnings.catch_warnings():  # heartbeats are ours (see _run_trial), not optimize()'s
         warnings.filterwarnings("ignore", "Heartbeat of storage")
