@@ -1,0 +1,208 @@
+"""Does the search earn its keep? TPE with screens vs random search vs KerasTuner's Hyperband.
+
+Usage: python benchmarks/search_value.py [--budget 20m] [--seeds 3]
+                                         [--methods tpe-screens,random,kt-hyperband]
+                                         [--experiment experiments/mnist_cold.yaml]
+                                         [--retrain-epochs 4] [--precision mixed_bfloat16]
+
+Every method searches the same space (the experiment's: by default the hand recipe's
+neighbourhood with nothing enqueued) on the same split, for the same wall-clock budget, once per
+seed, each as `tunelab tune EXPERIMENT --timeout BUDGET` typed by a user, in a fresh process with
+fresh stores:
+
+- tpe-screens: Optuna's TPE, every configuration first on a complete one-epoch schedule, the best
+  third again on a complete four-epoch one (`engine.screens: [1, 4]`);
+- random: Optuna's random sampler, every configuration on the space's full schedule;
+- kt-hyperband: KerasTuner's Hyperband oracle over the same file (epochs up to the space's).
+
+For each run it reads the record: the configuration the sweep would crown (the longest screen
+first, then best validation accuracy) and its validation accuracy as found, the trials finished,
+and the rank agreement the sweep measured. Because the methods train schedules of different
+lengths, what was found is also judged alike: each crowned configuration is trained once more on a
+complete `--retrain-epochs` schedule, with the same seed for every method (0: skip). Prints one
+row per run, then each method's mean, spread (standard deviation) and 95 % t-interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS: dict[str, dict[str, Any]] = {
+    "tpe-screens": {
+        "name": "optuna",
+        "sampler": "tpe",
+        "startup_trials": 5,
+        "screens": [1, 4],
+        "reduction_factor": 3,
+    },
+    "random": {"name": "optuna", "sampler": "random"},
+    "kt-hyperband": {"name": "kerastuner", "tuner": "hyperband"},
+}
+
+
+def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
+    """The experiment file one run searches: `base` with the method's engine and the seed."""
+    data = yaml.safe_load(base.read_text())
+    data["search_space"] = str((base.parent / data["search_space"]).resolve())
+    for key in ("pipeline", "enqueue", "description"):
+        data.pop(key, None)
+    data["name"] = f"{method}-seed{seed}"
+    data["engine"] = METHODS[method]
+    data["seed"] = seed
+    data["budget"] = {**data.get("budget", {}), "trials": 500}
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def search(method: str, seed: int, budget: str, base: Path, folder: Path) -> dict[str, Any]:
+    """One `tunelab tune` run in `folder`; what its record says it found."""
+    from tunelab.engines.agreement import FINAL
+    from tunelab.record.names import Artifact, MetricName
+    from tunelab.record.recorded import completed, finalists, find_sweep
+    from tunelab.record.store import Tracker
+
+    experiment = experiment_for(base, method, seed, folder)
+    started = time.monotonic()
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "tunelab"),
+            "tune",
+            str(experiment),
+            "--timeout",
+            budget,
+        ],
+        cwd=folder,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "TUNELAB_OPTUNA_STORAGE")
+        },
+    )
+    wall = time.monotonic() - started
+    tracker = Tracker(f"sqlite:///{folder / 'tracking' / 'mlflow.db'}")
+    sweep = find_sweep(tracker, str(experiment))
+    runs = sweep.trial_runs(tracker)
+    crowned = finalists(runs)
+    agreements = []
+    path = tracker.download_artifact(sweep.parent_run_id, Artifact.RANK_AGREEMENT, folder)
+    if path is not None:
+        for item in json.loads(path.read_text()):
+            if item["second"] == FINAL or item["first"].startswith("screen"):
+                rho = item["spearman"]
+                shown = "-" if rho is None else f"{rho:.2f}"
+                agreements.append(f"{item['first']} -> {item['second']}: {shown} (n {item['n']})")
+    return {
+        "method": method,
+        "seed": seed,
+        "wall": wall,
+        "complete": len(completed(runs)),
+        "found": crowned[0].data.metrics[MetricName.BEST_VAL_ACCURACY] if crowned else None,
+        "run_id": crowned[0].info.run_id if crowned else None,
+        "tracking": str(folder / "tracking" / "mlflow.db"),
+        "agreement": agreements,
+    }
+
+
+def retrain(found: dict[str, Any], epochs: int, precision: str, base: Path) -> float:
+    """The crowned configuration on a complete `epochs` schedule, seed 1 for every method."""
+    from tunelab.define.experiment import load_experiment
+    from tunelab.record.recorded import load_recorded_run
+    from tunelab.record.store import Tracker
+    from tunelab.training.prepare import load_splits_of
+    from tunelab.training.train import train_and_validate
+
+    splits = load_splits_of(load_experiment(base))
+    recorded = load_recorded_run(Tracker(f"sqlite:///{found['tracking']}"), found["run_id"])
+    config = recorded.config.with_epochs(epochs).with_precision(precision)
+    result = train_and_validate(config, splits, seed=1)
+    return float(result.history["val_accuracy"][-1])
+
+
+def summary(values: list[float]) -> str:
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"mean {mean:.4f} (one run)"
+    spread = statistics.stdev(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * spread / len(values) ** 0.5
+    return f"mean {mean:.4f}, sd {spread:.4f}, 95 % CI [{mean - half:.4f}, {mean + half:.4f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="20m")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_cold.yaml"))
+    parser.add_argument("--retrain-epochs", type=int, default=4)
+    parser.add_argument("--precision", default="mixed_bfloat16")
+    args = parser.parse_args()
+    from tunelab.quiet import quiet_environment
+
+    quiet_environment()
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?"
+    )
+    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu.split()]
+    print(
+        f"CPU: {model} ({', '.join(flags)}), {os.cpu_count()} cores; {args.experiment}, "
+        f"budget {args.budget} a run",
+        flush=True,
+    )
+    methods = args.methods.split(",")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="search-value-") as scratch:
+        for seed in range(1, args.seeds + 1):
+            for method in methods:
+                folder = Path(scratch) / f"{method}-{seed}"
+                folder.mkdir()
+                found = search(method, seed, args.budget, args.experiment.resolve(), folder)
+                results.append(found)
+                print(
+                    f"{method:<13} seed {seed}: found {found['found'] or float('nan'):.4f} "
+                    f"({found['complete']} complete trials, {found['wall']:.0f} s); "
+                    + "; ".join(found["agreement"]),
+                    flush=True,
+                )
+        if args.retrain_epochs:
+            from tunelab.quiet import import_tensorflow
+
+            import_tensorflow()
+            for found in results:
+                if found["run_id"] is None:
+                    continue
+                found["retrained"] = retrain(
+                    found, args.retrain_epochs, args.precision, args.experiment.resolve()
+                )
+                print(
+                    f"{found['method']:<13} seed {found['seed']}: crowned configuration on a "
+                    f"complete {args.retrain_epochs}-epoch schedule: {found['retrained']:.4f}",
+                    flush=True,
+                )
+    for method in methods:
+        mine = [r for r in results if r["method"] == method and r["found"] is not None]
+        line = f"{method:<13} found: {summary([r['found'] for r in mine])}"
+        retrained = [r["retrained"] for r in mine if "retrained" in r]
+        if retrained:
+            line += f"; retrained alike: {summary(retrained)}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
