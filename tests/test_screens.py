@@ -16,7 +16,7 @@ from tunelab.define.experiment import load_experiment
 from tunelab.engines.optuna.screens import PROMOTED_FROM, SCREEN_EPOCHS, promote
 from tunelab.record.names import Artifact, MetricName, Role, TagKey, TrialState
 from tunelab.record.query import Query
-from tunelab.record.recorded import SweepRecord, find_sweep, finalists, load_recorded_run
+from tunelab.record.recorded import SweepRecord, finalists, find_sweep, load_recorded_run
 from tunelab.record.store import Tracker
 
 
@@ -123,8 +123,9 @@ def test_a_screened_sweep_promotes_its_best_configurations_to_longer_complete_sc
         assert len(steps) == epochs
     for number, source in promotions.items():
         assert number > source
-        assert by_number[number].data.params["learning_rate"] == (
-            by_number[source].data.params["learning_rate"]
+        assert (
+            by_number[number].data.params["learning_rate"]
+            == (by_number[source].data.params["learning_rate"])
         )
         # the source was among the best half of the one-epoch screens finished before it
         earlier = sorted(
