@@ -174,8 +174,9 @@ def main() -> None:
                 folder.mkdir()
                 found = search(method, seed, args.budget, args.experiment.resolve(), folder)
                 results.append(found)
+                shown = "nothing" if found["found"] is None else f"{found['found']:.4f}"
                 print(
-                    f"{method:<13} seed {seed}: found {found['found'] or float('nan'):.4f} "
+                    f"{method:<13} seed {seed}: found {shown} "
                     f"({found['complete']} complete trials, {found['wall']:.0f} s); "
                     + "; ".join(found["agreement"]),
                     flush=True,
