@@ -75,23 +75,22 @@ def search(method: str, seed: int, budget: str, base: Path, folder: Path) -> dic
 
     experiment = experiment_for(base, method, seed, folder)
     started = time.monotonic()
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "tunelab"),
-            "tune",
-            str(experiment),
-            "--timeout",
-            budget,
-        ],
+    tunelab = str(Path(sys.executable).parent / "tunelab")
+    child = subprocess.run(
+        [tunelab, "tune", str(experiment), "--timeout", budget],
         cwd=folder,
-        check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         env={
             k: v
             for k, v in os.environ.items()
             if k not in ("MLFLOW_TRACKING_URI", "TUNELAB_OPTUNA_STORAGE")
         },
     )
+    if child.returncode != 0:
+        raise SystemExit(
+            f"{method} seed {seed} failed ({child.returncode}): {child.stderr[-3000:]}"
+        )
     wall = time.monotonic() - started
     tracker = Tracker(f"sqlite:///{folder / 'tracking' / 'mlflow.db'}")
     sweep = find_sweep(tracker, str(experiment))
@@ -135,6 +134,8 @@ def retrain(found: dict[str, Any], epochs: int, precision: str, base: Path) -> f
 def summary(values: list[float]) -> str:
     from scipy import stats
 
+    if not values:
+        return "nothing finished"
     mean = statistics.fmean(values)
     if len(values) < 2:
         return f"mean {mean:.4f} (one run)"
