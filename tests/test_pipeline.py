@@ -247,3 +247,66 @@ def test_a_refit_that_runs_late_delivers_the_kept_models_instead_of_nothing(
     [parent] = tracker.search("onego", Query.of(role=Role.SWEEP))
     assert parent.data.tags[TagKey.EXPORT_RUN_ID] != refit.info.run_id
     assert parent.data.metrics[MetricName.TEST_ACCURACY] == result.ensemble.test_accuracy
+
+
+OPEN_ENDED = """
+name: shares
+search_space: space.yaml
+engine: {name: optuna, sampler: random, pruner: none}
+budget: {trials: 200}
+precision: float32
+seed: 4
+pipeline:
+  shares: {search: 0.4, confirmation: 0.2, final: 0.4}
+  confirm_top: 3
+  confirm_seeds: 3
+  formats: [keras]
+"""
+STEP_SECONDS = 6.0  # the most a deadline may be overrun: one training step and its record
+
+
+@pytest.mark.slow
+def test_every_stage_ends_within_its_share_of_the_budget(
+    tmp_path: Path, tiny_splits: Splits
+) -> None:
+    """Stages that would each take longer than the whole budget (200 trials; 9 retrainings; a
+    refit planned from the time left) end by their cumulative share, read from the runs' own
+    start and end times, and the search filled most of its share before handing on."""
+    (tmp_path / "space.yaml").write_text(
+        textwrap.dedent(SPACE).replace(
+            "{type: categorical, values: [0.004, 0.002, 0.001]}",
+            "{type: float, low: 0.0005, high: 0.005, log: true}",
+        )
+    )
+    (tmp_path / "shares.yaml").write_text(textwrap.dedent(OPEN_ENDED))
+    uri, storage = stores(tmp_path)
+    budget = 75.0
+    started = time.time()
+    result = run_pipeline(
+        load_experiment(tmp_path / "shares.yaml"),
+        budget=budget,
+        tracking_uri=uri,
+        storage_url=storage,
+        baseline=False,
+        splits=tiny_splits,
+        full_splits=tiny_splits,
+        show_progress=False,
+        out=tmp_path / "exports",
+    )
+    ended = time.time()
+    assert result.single is not None
+    tracker = Tracker(uri)
+
+    def last_end(role: str) -> float:
+        runs = tracker.search("shares", Query.of(role=role))
+        assert runs, f"no {role} run"
+        assert all(r.info.end_time for r in runs), f"a {role} run was left open"
+        return float(max(r.info.end_time for r in runs)) / 1000 - started
+
+    trials = tracker.search("shares", Query.of(role=Role.TRIAL))
+    assert len(trials) < 200  # the search was stopped by its share, not by its trial budget
+    searched = last_end(Role.TRIAL)
+    assert 0.5 * 0.4 * budget < searched <= 0.4 * budget + STEP_SECONDS
+    assert last_end(Role.CONFIRMATION) <= 0.6 * budget + STEP_SECONDS
+    assert last_end(Role.EXPORT) <= budget + STEP_SECONDS
+    assert ended - started <= budget + STEP_SECONDS
