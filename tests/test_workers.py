@@ -370,3 +370,52 @@ def test_workers_on_one_machine_hold_the_exact_budget_with_the_file_lock(
     spent = ledger.spent()  # what the time budget is charged
     assert spent < 0.8 * together  # they ran at the same time ...
     assert spent <= wall  # ... and the clock counts that time once
+
+
+@pytest.mark.slow
+def test_a_database_down_longer_than_the_retries_stops_the_sweep_in_one_line_and_it_resumes(
+    services: Services, tmp_path: Path, tiny_splits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL down for 15 s while the retries give up after about 6 s: the sweep stops with
+    one line that says what to do (no traceback, no password); the same command afterwards
+    finishes the budget exactly, the interrupted trial finished once, no run left RUNNING."""
+    from conftest import quiet_sweep
+    from tunelab.define.experiment import load_experiment
+    from tunelab.engines.optuna import retrying
+    from tunelab.errors import UserError
+
+    monkeypatch.setattr(retrying, "FIRST_WAIT_SECONDS", 0.2)  # tries 0.2, 0.4, ... 3.2 s apart
+    path = write_experiment(tmp_path, "outage", 3, 8, services.storage_url)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+
+    def outage() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # once the first trial has trained an epoch
+            runs = tracker.search("outage", Query.of(role=Role.TRIAL))
+            if runs and tracker.metric_steps(runs[0].info.run_id, "loss"):
+                services.script("restart-postgres", "15")
+                return
+            time.sleep(0.2)
+
+    cut = threading.Thread(target=outage)
+    cut.start()
+    with pytest.raises(UserError) as stopped:
+        quiet_sweep(load_experiment(path), tiny_splits, tracking_uri=uri)
+    cut.join()
+    line = str(stopped.value)
+    assert "\n" not in line and "lost the Optuna storage" in line and "resume" in line, line
+    assert services.password not in line
+    quiet_sweep(load_experiment(path), tiny_splits, tracking_uri=uri)
+    study = optuna.load_study(study_name="outage", storage=services.storage_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.RUNNING not in states
+    runs = tracker.search("outage", Query())
+    assert all(r.info.status != "RUNNING" for r in runs)
+    finished = [
+        r.data.tags[TagKey.TRIAL_NUMBER]
+        for r in runs
+        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+    ]
+    assert len(finished) == len(set(finished)) == 3

@@ -22,7 +22,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from tunelab.engines.agreement import checked
 from tunelab.engines.base import SweepOutcome, SweepRequest
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
-from tunelab.engines.optuna.retrying import RetryingRDBStorage
+from tunelab.engines.optuna.retrying import RetryingRDBStorage, lost_connection
 from tunelab.engines.optuna.screens import PROMOTED_FROM, SCREEN_EPOCHS, promote, screen_of
 from tunelab.engines.optuna.space import distribution, grid, suggest
 from tunelab.engines.runner import TrialOutcome, TrialRunner, request_runner
@@ -110,6 +110,24 @@ def still_ours(trial: optuna.Trial) -> Iterator[None]:
             "taken over by another worker: this one was out of reach (no heartbeat) for more "
             f"than {GRACE_SECONDS} s, so the trial was retried elsewhere"
         ) from error
+
+
+class StorageLost(SweepError):
+    """The study's database stayed out of reach for longer than every retry of a call: the
+    sweep stops (the trial is neither failed nor finished; the next launch retries it)."""
+
+
+@contextmanager
+def storage_lost_stops_the_sweep() -> Iterator[None]:
+    """Inside a trial, a lost database is no failure of the trial: stop the sweep instead."""
+    try:
+        yield
+    except StorageLost:
+        raise
+    except Exception as error:
+        if lost_connection(error):
+            raise StorageLost(database_error_line(error.__cause__ or error)) from error
+        raise
 
 
 class PruningMetricMissing(SweepError):
@@ -315,9 +333,10 @@ class PruningReporter(keras.callbacks.Callback):  # type: ignore[misc]
         if not self.pruning or self.plan is None:
             return
         number = epoch + 1
-        with still_ours(self.trial):
+        with storage_lost_stops_the_sweep(), still_ours(self.trial):
             self.trial.report(float(logs[self.monitor]), step=self.plan.step(number).report_images)
-        if number < self.last_step and self.trial.should_prune():  # a finished one is not pruned
+            pruned = number < self.last_step and self.trial.should_prune()
+        if pruned:  # (a finished trial is not pruned)
             self.pruned_at = number
             self.model.stop_training = True
 
@@ -427,7 +446,7 @@ class OptunaSweep:
         """Keep when the trial beat the baseline in the study too (time_to_beat reads it)."""
 
         def record(epoch: int, seconds: float) -> None:
-            with still_ours(trial):
+            with storage_lost_stops_the_sweep(), still_ours(trial):
                 trial.set_user_attr(BEAT_AT_EPOCH, epoch)
                 trial.set_user_attr(BEAT_SECONDS, seconds)
 
@@ -630,7 +649,9 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
                 )
             finally:
                 # other workers still training keep the shared parent open; the last closes it
-                parent.keep_open = bool(_running(study))
+                # (with the database out of reach, this launch's error closes it: FAILED)
+                with suppress(StorageLost), storage_lost_stops_the_sweep():
+                    parent.keep_open = bool(_running(study))
             if runner.aborted:
                 parent.status_on_exit = "FAILED"
             from tunelab.engines.optuna.plots import log_study_plots
@@ -655,14 +676,14 @@ def _load_source(name: str, storage_url: str) -> optuna.Study:
 
 @contextmanager
 def _storage_errors_in_one_line(storage_url: str) -> Iterator[None]:
-    """A storage lost mid-sweep ends it with one line (password masked), not SQLAlchemy's stack."""
-    import sqlalchemy.exc
-
+    """A storage lost mid-sweep (after every retry) ends it with one line, password masked,
+    not SQLAlchemy's or Optuna's stack."""
     try:
-        yield
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as error:
+        with storage_lost_stops_the_sweep():
+            yield
+    except StorageLost as lost:
         raise SweepError(
-            f"lost the Optuna storage {redact_url(storage_url)} ({database_error_line(error)}); "
+            f"lost the Optuna storage {redact_url(storage_url)} ({lost}); "
             "finished trials are recorded: run the same command to resume"
         ) from None
 
@@ -747,9 +768,11 @@ def _run_trial(study: optuna.Study, runner: OptunaSweep, trial: optuna.Trial) ->
         except TrialPaused:
             state, paused = OptunaState.FAIL, True
         except BaseException:
-            # Ctrl-C, or a fatal error: fail it and queue its retry (the same command resumes it)
-            study.tell(trial, state=OptunaState.FAIL)
-            retry_crashed(study, adapter.frozen(study, trial))
+            # Ctrl-C, or a fatal error: fail it and queue its retry (the same command resumes
+            # it); with the database out of reach, the next launch finds its process dead
+            with suppress(StorageLost), storage_lost_stops_the_sweep():
+                study.tell(trial, state=OptunaState.FAIL)
+                retry_crashed(study, adapter.frozen(study, trial))
             raise
     try:
         study.tell(trial, values, state=state)
