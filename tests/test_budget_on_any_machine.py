@@ -141,6 +141,32 @@ def test_explicit_bfloat16_on_a_machine_where_it_is_slower_runs_and_says_how_muc
     assert config.training.precision == "mixed_bfloat16"
 
 
+def test_a_speed_cached_while_the_machine_was_busy_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured under load, bfloat16 was barely faster and float32 won; on the quiet machine the
+    re-measured float32 is 1.8x its cached figure, so the cached bfloat16 is stale too: both are
+    measured again and bfloat16 wins. With the cache in step, the slower one is not re-timed."""
+    now = {precision.FLOAT32: 693.0, precision.BFLOAT16: 727.0}  # both halved by another job
+    timed: list[str] = []
+
+    def measure(_build: Any, chosen: str, *_args: Any) -> float:
+        timed.append(chosen)
+        return now[chosen]
+
+    monkeypatch.setattr(precision, "images_per_second", measure)
+    probe = precision.SpeedProbe(lambda p: None, "m", (28, 28, 1), 10, 128, tmp_path)
+    assert probe.choose(precision.AUTO).precision == precision.FLOAT32  # 727 / 693 < MARGIN
+    now.update({precision.FLOAT32: 1256.0, precision.BFLOAT16: 1447.0})  # the machine is quiet
+    timed.clear()
+    choice = probe.choose(precision.AUTO)
+    assert choice.precision == precision.BFLOAT16 and choice.speeds.bfloat16 == 1447.0
+    assert timed == [precision.FLOAT32, precision.BFLOAT16]
+    timed.clear()
+    assert probe.choose(precision.AUTO).precision == precision.BFLOAT16
+    assert timed == [precision.BFLOAT16]  # in step with the cache: the slower one is kept
+
+
 @pytest.mark.slow
 def test_a_measurement_times_real_steps_once_per_machine_model_and_precision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

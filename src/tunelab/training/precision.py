@@ -29,6 +29,8 @@ import numpy as np
 FLOAT32, BFLOAT16 = "float32", "mixed_bfloat16"
 AUTO = "auto"
 MARGIN = 1.05  # bfloat16 must train at least 5 % more images per second to be chosen
+# a cached speed measured this much faster or slower than now was taken under another load
+STALE = 1.2
 WARMUP_STEPS = 2  # the first calls trace and compile the training function
 MIN_STEPS = 3
 MIN_SECONDS = 1.0  # time at least this long (and MIN_STEPS) after the warm-up
@@ -196,17 +198,25 @@ class SpeedProbe:
         return measured
 
     def speeds(self) -> tuple[Speeds, str]:
-        """Both precisions' speeds and the machine key (the slower one may come from the cache;
-        the faster is measured again, since it is what the first estimates of this launch use)."""
+        """Both precisions' speeds and the machine key. The faster one is measured again (it is
+        what the first estimates of this launch use); the slower one comes from the cache only
+        while the faster one measures within `STALE` of its cached figure: otherwise the
+        machine was busier (or quieter) when the cache was written, and both are measured."""
         machine = machine_key()
         cache = SpeedCache(self.cache_folder)
         cached = {p: cache.get(cache_key(machine, self.model_key, p)) for p in (FLOAT32, BFLOAT16)}
         if all(v is not None for v in cached.values()):
             both = Speeds(float(cached[FLOAT32] or 0), float(cached[BFLOAT16] or 0))
             fresh = self.speed(both.faster, machine=machine, fresh=True)
+            if 1 / STALE <= fresh / both.of(both.faster) <= STALE:
+                if both.faster == BFLOAT16:
+                    return replace(both, bfloat16=fresh), machine
+                return replace(both, float32=fresh), machine
+            slower = FLOAT32 if both.faster == BFLOAT16 else BFLOAT16
+            again = self.speed(slower, machine=machine, fresh=True)
             if both.faster == BFLOAT16:
-                return replace(both, bfloat16=fresh), machine
-            return replace(both, float32=fresh), machine
+                return Speeds(again, fresh), machine
+            return Speeds(fresh, again), machine
         return (
             Speeds(
                 self.speed(FLOAT32, machine=machine, fresh=True),
