@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.quiet import quiet_environment
-
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+from tunelab.training.precision import cpu_description
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
     quiet_environment()
     experiments = args.experiment or [Path("experiments/mnist_hour.yaml")]
     budgets = args.budget or ["20m", "10m"]
-    print(cpu_line(), flush=True)
+    print(f"CPU: {cpu_description()}", flush=True)
     folder = args.folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rows = [refused_row(experiments[0], folder)]
@@ -51,18 +50,9 @@ def main() -> None:
             rows.append(run_one(experiment, budget, folder, one_core=args.one_core, cpu=args.cpu))
             print_table(rows)
     (folder / "results.json").write_text(
-        json.dumps({"cpu": cpu_line(), "rows": rows}, indent=1, default=str)
+        json.dumps({"cpu": cpu_description(), "rows": rows}, indent=1, default=str)
     )
     print_table(rows)
-
-
-def cpu_line() -> str:
-    """The CPU model and the flags that decide bfloat16's speed, as lscpu reports them."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    have = [f for f in FLAGS if f in flags]
-    return f"CPU: {fields.get('Model name', '?').strip()}; flags: {', '.join(have) or 'none'}"
 
 
 def command(experiment: Path, budget: str, folder: Path, one_core: bool, cpu: int = 0) -> list[str]:

@@ -258,12 +258,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.budget, args.folder, args.experiment)))
         return
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?"
-    )
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu.split()]
-    print(f"CPU: {model} ({', '.join(flags)}), {os.cpu_count()} cores; {args.experiment}")
+    from tunelab.training.precision import cpu_description
+
+    print(f"CPU: {cpu_description()}; {args.experiment}")
     header = f"{'budget':>7} {'repeat':>6}  {'contestant':<20} {'best val_acc':>12}"
     print(f"{header} {'trials':>6} {'wall s':>7}  vs tunelab")
     for budget in (float(b) for b in args.budgets.split(",")):

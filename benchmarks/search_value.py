@@ -156,16 +156,9 @@ def main() -> None:
     from tunelab.quiet import quiet_environment
 
     quiet_environment()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?"
-    )
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu.split()]
-    print(
-        f"CPU: {model} ({', '.join(flags)}), {os.cpu_count()} cores; {args.experiment}, "
-        f"budget {args.budget} a run",
-        flush=True,
-    )
+    from tunelab.training.precision import cpu_description
+
+    print(f"CPU: {cpu_description()}; {args.experiment}, budget {args.budget} a run", flush=True)
     methods = args.methods.split(",")
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="search-value-") as scratch:

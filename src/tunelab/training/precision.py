@@ -93,6 +93,15 @@ def machine_key() -> str:
     return f"{model} ({wanted}; {device}; TensorFlow {tf.__version__})"
 
 
+def cpu_description() -> str:
+    """This CPU as every figure is labelled with: its model, the flags that decide bfloat16's
+    speed (`CPU_FLAGS`) and the CPUs this process may use (no TensorFlow needed)."""
+    model, flags = _cpu()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = ", ".join(f for f in CPU_FLAGS if f in flags) or "no avx2"
+    return f"{model} ({wanted}; {cpus} CPU)"
+
+
 def _cpu() -> tuple[str, set[str]]:
     try:
         text = Path("/proc/cpuinfo").read_text()
