@@ -72,10 +72,10 @@ def stores(folder: Path) -> tuple[str, str]:
     return f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'optuna.db'}"
 
 
-def go(folder: Path, splits: Splits, **kwargs: Any) -> PipelineResult:
+def go(folder: Path, splits: Splits, name: str = "onego", **kwargs: Any) -> PipelineResult:
     uri, storage = stores(folder)
     return run_pipeline(
-        load_experiment(folder / "onego.yaml"),
+        load_experiment(folder / f"{name}.yaml"),
         tracking_uri=uri,
         storage_url=storage,
         splits=splits,
@@ -279,20 +279,10 @@ def test_every_stage_ends_within_its_share_of_the_budget(
         )
     )
     (tmp_path / "shares.yaml").write_text(textwrap.dedent(OPEN_ENDED))
-    uri, storage = stores(tmp_path)
+    uri, _ = stores(tmp_path)
     budget = 75.0
     started = time.time()
-    result = run_pipeline(
-        load_experiment(tmp_path / "shares.yaml"),
-        budget=budget,
-        tracking_uri=uri,
-        storage_url=storage,
-        baseline=False,
-        splits=tiny_splits,
-        full_splits=tiny_splits,
-        show_progress=False,
-        out=tmp_path / "exports",
-    )
+    result = go(tmp_path, tiny_splits, "shares", budget=budget, baseline=False)
     ended = time.time()
     assert result.single is not None
     tracker = Tracker(uri)

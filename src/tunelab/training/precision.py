@@ -85,10 +85,8 @@ def machine_key() -> str:
     """What the speeds depend on: CPU model and flags, usable CPUs, accelerators, TensorFlow."""
     import tensorflow as tf
 
-    model, flags = _cpu()
+    model, wanted, cpus = _cpu_facts()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    wanted = ", ".join(f for f in CPU_FLAGS if f in flags) or "no avx2"
     device = f"{len(gpus)} GPU" if gpus else f"{cpus} CPU"
     return f"{model} ({wanted}; {device}; TensorFlow {tf.__version__})"
 
@@ -96,10 +94,15 @@ def machine_key() -> str:
 def cpu_description() -> str:
     """This CPU as every figure is labelled with: its model, the flags that decide bfloat16's
     speed (`CPU_FLAGS`) and the CPUs this process may use (no TensorFlow needed)."""
+    model, wanted, cpus = _cpu_facts()
+    return f"{model} ({wanted}; {cpus} CPU)"
+
+
+def _cpu_facts() -> tuple[str, str, int | None]:
+    """The CPU model, its flags among `CPU_FLAGS` (as text), and the CPUs this process may use."""
     model, flags = _cpu()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    wanted = ", ".join(f for f in CPU_FLAGS if f in flags) or "no avx2"
-    return f"{model} ({wanted}; {cpus} CPU)"
+    return model, ", ".join(f for f in CPU_FLAGS if f in flags) or "no avx2", cpus
 
 
 def _cpu() -> tuple[str, set[str]]:
