@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Services, free_port, quiet_sweep, wait_until_serving
+from conftest import Services, free_port, quiet_sweep, strace_execve, wait_until_serving
 from tunelab.define.data import Splits
 from tunelab.define.experiment import load_experiment
 from tunelab.record.query import Query
@@ -55,7 +55,7 @@ def traced(
     """Run `command` under strace for at most `seconds` (a server: until `serves`, its URL,
     answers); its output (stdout and stderr)."""
     process = subprocess.Popen(
-        ["strace", "-f", "-qq", "-e", "trace=execve", "-s", "4096", "-o", str(trace), *command],
+        [*strace_execve(trace), *command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
