@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent / "support"))  # as in the processe
 
 import fixed_speeds
 import mlflow_template
+import short_refits
 
 from hosts import Network
 from hosts import unavailable as hosts_unavailable
@@ -71,6 +72,18 @@ def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setattr(precision, "images_per_second", fixed_speeds.images_per_second)
         patch.setenv(fixed_speeds.VARIABLE, "1")
         patch.setenv("TUNELAB_DATA_DIR", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _short_refits() -> Iterator[None]:
+    """Final refits of at most four epochs (tests/support/short_refits.py), in this process and
+    in every process it starts."""
+    import tunelab.pipeline.plan
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tunelab.pipeline.plan, "MAX_FINAL_EPOCHS", short_refits.EPOCHS)
+        patch.setenv(short_refits.VARIABLE, "1")
         yield
 
 

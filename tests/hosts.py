@@ -50,8 +50,15 @@ class Host:
         self, argv: list[str], env: Mapping[str, str] | None = None, **kwargs: object
     ) -> subprocess.Popen[str]:
         """Start `argv` on this host: in its namespace, under its host name, in its folder, with
-        only this host's environment (PATH, HOME, its cache) plus `env`."""
+        only this host's environment (PATH, HOME, its cache) plus `env`, and the suite's own
+        settings for the processes it starts (fixed speeds, short refits: tests/support)."""
+        suite = {
+            name: value
+            for name, value in os.environ.items()
+            if name.startswith("TUNELAB_TEST_") or name == "PYTHONPATH"
+        }
         environment = {
+            **suite,
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(self.folder / "home"),
             "TUNELAB_DATA_DIR": str(self.folder / "cache"),

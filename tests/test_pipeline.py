@@ -51,8 +51,13 @@ from pathlib import Path
 from tunelab.define.data import load_npz_splits
 from tunelab.define.experiment import load_experiment
 from tunelab.pipeline import run_pipeline
-import tunelab.pipeline.plan
-tunelab.pipeline.plan.MAX_FINAL_EPOCHS = 40  # the final refit lasts long enough to be killed
+import time
+from tunelab.training.callbacks import StepClock
+begin = StepClock.on_epoch_begin
+def slow_begin(self, epoch, logs=None):  # a pause (no CPU) between epochs, after a checkpoint:
+    time.sleep(1.5)                      # room for the test to see it and kill this process
+    begin(self, epoch, logs)
+StepClock.on_epoch_begin = slow_begin
 splits = load_npz_splits(Path(sys.argv[2]), validation_size=500)
 run_pipeline(load_experiment(sys.argv[1]), tracking_uri=sys.argv[3], storage_url=sys.argv[4],
              baseline=False, splits=splits, full_splits=splits, show_progress=False,
@@ -188,9 +193,10 @@ def wait_until(condition: Any, process: subprocess.Popen[bytes], limit: float = 
 
 
 def training_run_of(uri: str, role: str) -> bool:
-    """A RUNNING run of `role` that has trained at least one epoch (so it has a checkpoint)."""
-    for run in Tracker(uri).search("onego", Query.of(role=role, status="RUNNING")):
-        if Tracker(uri).metric_steps(run.info.run_id, "loss"):
+    """A RUNNING run of `role` that has stored the checkpoint of an epoch."""
+    tracker = Tracker(uri)
+    for run in tracker.search("onego", Query.of(role=role, status="RUNNING")):
+        if tracker.list_artifacts(run.info.run_id, "checkpoint"):
             return True
     return False
 
@@ -219,6 +225,14 @@ def test_run_killed_in_every_stage_resumes_each_time_and_completes(
     result = go(tmp_path, tiny_splits, baseline=False)
     assert result.single is not None and result.ensemble is not None
     check_record(tmp_path)
+    refits = [
+        r
+        for r in Tracker(uri).search("onego", Query.of(role=Role.EXPORT))
+        if TagKey.ENSEMBLE_MEMBERS not in r.data.tags
+    ]
+    assert len(refits) == 1  # the killed refit was continued in its own run, not begun again
+    steps = {step for step, _ in Tracker(uri).metric_steps(refits[0].info.run_id, "loss")}
+    assert steps == {1, 2, 3, 4}  # the killed launch's epochs and the rest, in one record
 
 
 @pytest.mark.slow

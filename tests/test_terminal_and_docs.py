@@ -89,6 +89,8 @@ def test_no_tensorflow_start_up_line_reaches_the_terminal(entry: str, tmp_path: 
         line for line in quiet.stderr.splitlines() if any(noise in line for noise in STARTUP_NOISE)
     ], quiet.stderr
     assert quiet.stderr.count("error:") == 1
+    if entry != "module":
+        return  # the lines exist whichever way tunelab starts: shown once, below
     loud = subprocess.run(
         [*command, "--verbose", "tune", "e.yaml"],
         cwd=tmp_path,

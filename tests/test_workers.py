@@ -147,7 +147,7 @@ def peak_connections(services: Services) -> Iterator[list[int]]:
 def test_workers_share_one_study_with_exact_counts_and_one_parent(
     count: int, services: Services, tiny_npz: Path, tmp_path: Path
 ) -> None:
-    name, budget = f"workers{count}", 2 * count + 1
+    name, budget = f"workers{count}", count + 1  # the last trial: one worker of eight gets it
     experiment = write_experiment(tmp_path / name, name, budget, 1, services.storage_url)
     with peak_connections(services) as peak:
         finish(start_workers(count, experiment, tiny_npz, services))

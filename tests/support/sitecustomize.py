@@ -11,3 +11,8 @@ if os.environ.get("TUNELAB_TEST_FIXED_SPEEDS"):
     import fixed_speeds
 
     fixed_speeds.install()
+
+if os.environ.get("TUNELAB_TEST_SHORT_REFITS"):
+    import short_refits
+
+    short_refits.install()
