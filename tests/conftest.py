@@ -62,6 +62,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("services"))
 
 
+CPU_LOG = os.environ.get("TUNELAB_TEST_CPU_LOG")  # a file: each test's CPU seconds, appended
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """With TUNELAB_TEST_CPU_LOG set, one JSON line per test: the CPU seconds of its pytest
+    process and of the processes it started and waited for, and its wall time. On two shared
+    cores a test's wall time says how busy the others were; its CPU says what it costs."""
+    before = os.times()
+    yield
+    if CPU_LOG:
+        after = os.times()
+        line = {
+            "test": item.nodeid,
+            "own": after.user + after.system - before.user - before.system,
+            "started": after.children_user + after.children_system
+            - before.children_user - before.children_system,
+            "wall": after.elapsed - before.elapsed,
+        }  # fmt: skip
+        with open(CPU_LOG, "a") as log:
+            log.write(json.dumps(line) + "\n")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Trainings decide their precision from fixed speeds (tests/support/fixed_speeds.py), in
