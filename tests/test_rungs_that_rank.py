@@ -16,7 +16,7 @@ from conftest import quiet_sweep
 from tunelab.define.data import Splits
 from tunelab.define.experiment import load_experiment
 from tunelab.engines.agreement import FINAL, TOO_FEW, agreement, rung_agreements
-from tunelab.engines.optuna.engine import CheckedPruner
+from tunelab.engines.optuna.study import CheckedPruner
 from tunelab.record.names import Artifact, Role
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker

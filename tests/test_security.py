@@ -203,10 +203,10 @@ def test_no_error_message_carries_the_password(
             main(arguments)
         error = capsys.readouterr().err
         assert error.strip() and secret not in error, arguments
-    from tunelab.engines.optuna.engine import _connect
+    from tunelab.engines.optuna.study import connect_storage
     from tunelab.engines.sweep import SweepError
 
     started = time.monotonic()
     with pytest.raises(SweepError) as refused:
-        _connect(wrong_port)
+        connect_storage(wrong_port)
     assert secret not in str(refused.value) and time.monotonic() - started < 30

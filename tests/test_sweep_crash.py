@@ -178,7 +178,7 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
     The retry runs in another working directory than the dead attempt: the checkpoint comes
     from the tracking store, not from a local folder.
     """
-    from tunelab.engines.optuna.engine import open_study, retry_crashed
+    from tunelab.engines.optuna.study import open_study, retry_crashed
     from tunelab.training.checkpoints import CheckpointWriter
     from tunelab.training.factory import build_model
 

@@ -179,12 +179,12 @@ def test_workers_share_one_study_with_exact_counts_and_one_parent(
 
 @pytest.mark.slow
 def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
-    from tunelab.engines.optuna.engine import _connect
+    from tunelab.engines.optuna.study import connect_storage
     from tunelab.engines.sweep import SweepError
 
     url = f"postgresql://tunelab:hunter2@127.0.0.1:{free_port()}/optuna"
     with pytest.raises(SweepError) as refused:
-        _connect(url)
+        connect_storage(url)
     message = str(refused.value)
     assert "hunter2" not in message and "tunelab:***@127.0.0.1" in message
     assert "make services" in message and len(message.splitlines()) == 1
@@ -196,9 +196,9 @@ def test_a_database_that_comes_back_during_the_retries_is_connected(
 ) -> None:
     import sqlalchemy.exc
 
-    import tunelab.engines.optuna.engine as engine
+    import tunelab.engines.optuna.study as study
 
-    real, calls = engine.RetryingRDBStorage, []
+    real, calls = study.RetryingRDBStorage, []
 
     def restarting(url: str, **kwargs: Any) -> Any:
         calls.append(time.monotonic())
@@ -206,9 +206,9 @@ def test_a_database_that_comes_back_during_the_retries_is_connected(
             raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
         return real(url, **kwargs)
 
-    monkeypatch.setattr(engine, "RetryingRDBStorage", restarting)
-    monkeypatch.setattr(engine, "CONNECT_FIRST_WAIT_SECONDS", 0.2)
-    storage = engine._connect(f"sqlite:///{tmp_path / 'optuna.db'}")
+    monkeypatch.setattr(study, "RetryingRDBStorage", restarting)
+    monkeypatch.setattr(study, "CONNECT_FIRST_WAIT_SECONDS", 0.2)
+    storage = study.connect_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     assert isinstance(storage, real) and len(calls) == 3
     assert calls[1] - calls[0] >= 0.2 and calls[2] - calls[1] >= 0.4  # backed off, doubling
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tunelab.define.experiment import ExperimentSpec
 from tunelab.engines.launch import STORAGE_ENV
-from tunelab.engines.optuna.engine import check_storage, open_study
+from tunelab.engines.optuna.study import check_storage, open_study
 from tunelab.record.names import TRACKING_URI_ENV
 from tunelab.record.store import Tracker
 
