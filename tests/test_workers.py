@@ -419,3 +419,55 @@ def test_a_database_down_longer_than_the_retries_stops_the_sweep_in_one_line_and
         if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
     ]
     assert len(finished) == len(set(finished)) == 3
+
+
+@pytest.mark.slow
+def test_a_tracking_server_down_longer_than_its_retries_stops_the_sweep_in_one_line_and_it_resumes(
+    services: Services, tmp_path: Path, tiny_npz: Path
+) -> None:
+    """The MLflow server down for 15 s while MLflow's client gives up after about 3 s:
+    `tunelab tune` stops with one error line that says what to do (no traceback, no password),
+    exit 2; once the server is back the same command finishes the budget exactly, each trial
+    recorded complete once, no run left RUNNING on the server."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    path = write_experiment(tmp_path, "trackerdown", 3, 8, storage)
+    path.write_text(path.read_text() + f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n")
+    command = [sys.executable, "-m", "tunelab", "tune", str(path), "--quiet"]
+    environment = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MLFLOW_TRACKING_URI": services.tracking_uri,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",  # 1 s, then 2 s apart: gives up in about 3 s
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+    tracker = Tracker(services.tracking_uri)
+    worker = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 180
+    while True:  # once the first trial has trained an epoch
+        assert worker.poll() is None and time.monotonic() < deadline, "no epoch before the cut"
+        runs = tracker.search("trackerdown", Query.of(role=Role.TRIAL))
+        if runs and tracker.metric_steps(runs[0].info.run_id, "loss"):
+            break
+        time.sleep(0.2)
+    services.script("restart-mlflow", "15")
+    _, errors = worker.communicate(timeout=300)
+    lines = [line for line in errors.decode().splitlines() if line.strip()]
+    assert worker.returncode == 2, errors.decode()[-3000:]
+    assert "Traceback" not in errors.decode() and services.password not in errors.decode()
+    assert lines[-1].startswith("error: ") and "run the same command again" in lines[-1]
+    again = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    study = optuna.load_study(study_name="trackerdown", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.RUNNING not in states
+    runs = tracker.search("trackerdown", Query())
+    assert all(r.info.status != "RUNNING" for r in runs), [r.info.run_name for r in runs]
+    finished = [
+        r.data.tags[TagKey.TRIAL_NUMBER]
+        for r in runs
+        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+    ]
+    assert len(finished) == len(set(finished)) == 3
