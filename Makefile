@@ -59,7 +59,8 @@ example: install ## a user project: your own model factory on your own image fol
 champion: install ## search, confirm and export HOUR's champion within BUDGET (tunelab run; resumes)
 	$(BIN)/tunelab run $(HOUR) --budget $(BUDGET)
 
-validate: install ## check every experiment and search-space file without running anything
+validate: install ## check every experiment and search-space file (loads their data) without training
+	bash scripts/install_fashion_mnist.sh
 	$(BIN)/tunelab validate experiments/*.yaml search_spaces/*.yaml
 
 compare: install ## the best trials of EXP and its finalists against the baseline (intervals, McNemar)
