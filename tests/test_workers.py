@@ -115,6 +115,28 @@ def mlflow_record(services: Services, experiment: str) -> tuple[list, list]:  # 
     return parents, trials
 
 
+def first_epoch_logged(tracker: Tracker, experiment: str) -> bool:
+    """Whether the experiment's first trial run has logged an epoch (a fault may come now)."""
+    runs = tracker.search(experiment, Query.of(role=Role.TRIAL))
+    return bool(runs and tracker.metric_steps(runs[0].info.run_id, "loss"))
+
+
+def assert_resumed_exactly(study: optuna.Study, tracker: Tracker, budget: int) -> None:
+    """After an outage and a relaunch: the budget complete, no trial or run left RUNNING, each
+    trial recorded complete once."""
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == budget
+    assert optuna.trial.TrialState.RUNNING not in states
+    runs = tracker.search(study.study_name, Query())
+    assert all(r.info.status != "RUNNING" for r in runs), [r.info.run_name for r in runs]
+    finished = [
+        r.data.tags[TagKey.TRIAL_NUMBER]
+        for r in runs
+        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
+    ]
+    assert len(finished) == len(set(finished)) == budget
+
+
 @contextmanager
 def peak_connections(services: Services) -> Iterator[list[int]]:
     """Sample PostgreSQL's open connections (every client: workers, locks, the MLflow server)
@@ -391,9 +413,8 @@ def test_a_database_down_longer_than_the_retries_stops_the_sweep_in_one_line_and
 
     def outage() -> None:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # once the first trial has trained an epoch
-            runs = tracker.search("outage", Query.of(role=Role.TRIAL))
-            if runs and tracker.metric_steps(runs[0].info.run_id, "loss"):
+        while time.monotonic() < deadline:
+            if first_epoch_logged(tracker, "outage"):
                 services.script("restart-postgres", "15")
                 return
             time.sleep(0.2)
@@ -408,17 +429,7 @@ def test_a_database_down_longer_than_the_retries_stops_the_sweep_in_one_line_and
     assert services.password not in line
     quiet_sweep(load_experiment(path), tiny_splits, tracking_uri=uri)
     study = optuna.load_study(study_name="outage", storage=services.storage_url)
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
-    assert optuna.trial.TrialState.RUNNING not in states
-    runs = tracker.search("outage", Query())
-    assert all(r.info.status != "RUNNING" for r in runs)
-    finished = [
-        r.data.tags[TagKey.TRIAL_NUMBER]
-        for r in runs
-        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
-    ]
-    assert len(finished) == len(set(finished)) == 3
+    assert_resumed_exactly(study, tracker, 3)
 
 
 @pytest.mark.slow
@@ -445,11 +456,8 @@ def test_a_tracking_server_down_longer_than_its_retries_stops_the_sweep_in_one_l
         command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 180
-    while True:  # once the first trial has trained an epoch
+    while not first_epoch_logged(tracker, "trackerdown"):
         assert worker.poll() is None and time.monotonic() < deadline, "no epoch before the cut"
-        runs = tracker.search("trackerdown", Query.of(role=Role.TRIAL))
-        if runs and tracker.metric_steps(runs[0].info.run_id, "loss"):
-            break
         time.sleep(0.2)
     services.script("restart-mlflow", "15")
     _, errors = worker.communicate(timeout=300)
@@ -460,14 +468,4 @@ def test_a_tracking_server_down_longer_than_its_retries_stops_the_sweep_in_one_l
     again = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True)
     assert again.returncode == 0, again.stderr.decode()[-3000:]
     study = optuna.load_study(study_name="trackerdown", storage=storage)
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
-    assert optuna.trial.TrialState.RUNNING not in states
-    runs = tracker.search("trackerdown", Query())
-    assert all(r.info.status != "RUNNING" for r in runs), [r.info.run_name for r in runs]
-    finished = [
-        r.data.tags[TagKey.TRIAL_NUMBER]
-        for r in runs
-        if r.data.tags.get(TagKey.TRIAL_STATE) == "complete"
-    ]
-    assert len(finished) == len(set(finished)) == 3
+    assert_resumed_exactly(study, tracker, 3)
