@@ -128,12 +128,12 @@ def _reserve(state: PipelineState, champion: RecordedRun, formats: int) -> float
 
 def refit_seconds_per_image(run: RecordedRun, estimate: float) -> float:
     """What one training image will cost a refit of `run`'s configuration (every training
-    image, no validation): the training throughput `run` measured, with the loop's overhead,
-    else `estimate` (this machine's measured speed) for a run that has not trained. Not its
-    wall time per image: a trial validated after every rung (data-size fidelity) or epoch, and
-    that cost would shorten the refit's plan for nothing."""
+    image, no validation): the inverse of the training throughput `run` measured, else
+    `estimate` (this machine's measured speed, with the loop's overhead) for a run that has not
+    trained. Not its wall time per image: a trial validated after every rung or epoch, and that
+    cost would shorten the refit's plan for nothing."""
     speed = run.metrics.get(MetricName.IMAGES_PER_SECOND)
-    return plan.LOOP_OVERHEAD / float(speed) if speed else estimate
+    return 1.0 / float(speed) if speed else estimate
 
 
 def wall_seconds_per_image(run: RecordedRun, estimate: float) -> float:
