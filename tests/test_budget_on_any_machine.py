@@ -380,3 +380,14 @@ def test_the_refit_planned_from_a_measured_throughput_fills_its_share_and_ends_i
     training = epochs * (epoch_seconds + plan.REFIT_EPOCH_SECONDS)
     assert training <= share
     assert share - training < 300, f"{epochs} epochs of {epoch_seconds} s leave {share - training}"
+
+
+def test_models_of_a_search_shortened_a_little_join_the_ensemble_and_screening_models_do_not() -> (
+    None
+):
+    """The hour's search shortened to fit its share (13 of 15 epochs) keeps models of the
+    refit's class, worth averaging; screens and two-epoch schedules keep screening models."""
+    assert plan.kept_models_join_the_ensemble(None, 15)
+    assert plan.kept_models_join_the_ensemble(13, 15)
+    assert not plan.kept_models_join_the_ensemble(4, 15)  # the cold start's longest screen
+    assert not plan.kept_models_join_the_ensemble(2, 4)
