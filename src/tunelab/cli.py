@@ -594,6 +594,37 @@ def dashboard(
     serve_dashboard(url, port)
 
 
+@app.command("storage-proxy")
+def storage_proxy(
+    storage: StorageOption = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on (0.0.0.0: every interface)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 13000,
+) -> None:
+    """Serve a study storage to workers on other hosts through Optuna's gRPC proxy.
+
+    Workers then give --storage grpc://HOST:PORT. The database URL comes from --storage or
+    $TUNELAB_OPTUNA_STORAGE (put a password there, not on a command line)."""
+    from tunelab.define.urls import check_storage_url, missing_driver
+    from tunelab.engines.launch import STORAGE_ENV
+    from tunelab.engines.optuna.proxy import serve
+    from tunelab.redact import redact_url
+
+    url = storage or os.environ.get(STORAGE_ENV) or "sqlite:///tracking/optuna.db"
+    problem = check_storage_url(url) or missing_driver(url)
+    if not problem and url.startswith("grpc://"):
+        problem = "the proxy serves a database, not another proxy: give a database URL"
+    if problem:
+        raise ConfigError("--storage", "value", problem)
+    server = serve(url, host, port)
+    _say(f"Optuna storage proxy on grpc://{host}:{port} for {redact_url(url)}; Ctrl-C stops")
+    try:
+        server.wait_for_termination()
+    finally:
+        server.stop(grace=5)
+
+
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C or SIGTERM
 
 

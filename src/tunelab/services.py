@@ -17,11 +17,11 @@ def serve_dashboard(storage_url: str, port: int) -> None:
     The server is given a storage object, not the URL on a command line: the password stays in
     this process's memory. Blocks until Ctrl-C.
     """
-    import optuna
     import optuna_dashboard
 
-    storage = optuna.storages.RDBStorage(storage_url)
-    optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
+    from tunelab.engines.optuna.study import connect_storage
+
+    optuna_dashboard.run_server(connect_storage(storage_url), host="127.0.0.1", port=port)
 
 
 def landing_url(base: str, experiment_id: str) -> str:

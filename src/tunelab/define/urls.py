@@ -1,9 +1,11 @@
 """Storage and tracking URLs a user types: refused in one line before anything connects.
 
 tunelab keeps its promises about studies (an exact trial budget across workers, one parent run)
-with a lock it knows how to take on two databases only: a PostgreSQL advisory lock (workers on
-many machines) and a file lock beside a SQLite file (one machine). Any other Optuna storage is
-refused here rather than run with a weaker lock. Messages never repeat a password.
+with a lock it knows how to take on three storages only: a PostgreSQL advisory lock (workers on
+many machines), a file lock beside a SQLite file (one machine), and a lock built on the storage's
+own atomic operations through Optuna's gRPC storage proxy (`grpc://host:port`, many machines;
+`tunelab.engines.optuna.proxy`). Any other Optuna storage is refused here rather than run with a
+weaker lock. Messages never repeat a password.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from urllib.parse import urlsplit
 from tunelab.redact import redact_url
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-STORAGE_EXAMPLES = "sqlite:///tracking/optuna.db or postgresql://user:password@host:5432/optuna"
+POSTGRESQL_EXAMPLE = "postgresql://user:password@host:5432/optuna"
+STORAGE_EXAMPLES = (
+    f"sqlite:///tracking/optuna.db, {POSTGRESQL_EXAMPLE} or grpc://host:13000 "
+    "(`tunelab storage-proxy`)"
+)
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https")
 
 
@@ -51,18 +57,48 @@ def check_storage_url(url: str) -> str | None:
             return f"is not a valid URL ({error}) (got {shown!r})"
         if not parts.hostname or not parts.path.strip("/"):
             return (
-                f"a PostgreSQL URL names a host and a database, like {STORAGE_EXAMPLES} "
+                f"a PostgreSQL URL names a host and a database, like {POSTGRESQL_EXAMPLE} "
                 f"(got {shown!r})"
             )
         return None
+    if dialect == "grpc":
+        return _check_proxy_url(url, shown)
     return (
-        f"tunelab locks studies on PostgreSQL (many machines) or SQLite (one machine); "
-        f"{dialect} is neither (got {shown!r})"
+        f"tunelab locks studies on PostgreSQL or Optuna's gRPC proxy (many machines) or SQLite "
+        f"(one machine); {dialect} is none of them (got {shown!r})"
     )
+
+
+def _check_proxy_url(url: str, shown: str) -> str | None:
+    """Why `url` is not `grpc://host:port` (Optuna's gRPC storage proxy), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return f"is not a valid URL ({error}) (got {shown!r})"
+    if not parts.hostname or port is None or parts.path.strip("/") or parts.query:
+        return (
+            "a gRPC storage proxy URL is grpc://host:port, nothing after the port "
+            f"(got {shown!r})"
+        )
+    return None
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """(host, port) of a checked `grpc://host:port` URL."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
 
 
 def missing_driver(url: str) -> str | None:
     """Why the database driver of `url` cannot be loaded, or None (imports SQLAlchemy)."""
+    if url.lower().startswith("grpc://"):
+        from importlib.util import find_spec
+
+        if find_spec("grpc") is None:
+            return "the gRPC client (grpcio) is not installed; install it or use another URL"
+        return None
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 

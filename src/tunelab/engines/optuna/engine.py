@@ -49,6 +49,7 @@ from tunelab.engines.optuna.study import (
     PID,
     RUN_ID,
     WARM_START,
+    connect_storage,
     make_sampler,
     open_study,
     retry_crashed,
@@ -502,7 +503,7 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
 
 def _load_source(name: str, storage_url: str) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=name, storage=storage_url)
+        return optuna.load_study(study_name=name, storage=connect_storage(storage_url))
     except KeyError:
         raise SweepError(
             f"--warm-start-from: no study {name!r} in {redact_url(storage_url)}"

@@ -3,8 +3,10 @@
 Two decisions must be made by one worker at a time: whether the trial budget still has room
 for another trial (and creating it), and whether the sweep's MLflow parent run exists (and
 creating it). On PostgreSQL the lock is a session-level advisory lock keyed by the study name,
-so workers on several machines exclude each other through the database they share. On SQLite
-(one machine) it is an exclusive `flock` on a file beside the database.
+so workers on several machines exclude each other through the database they share. Through
+Optuna's gRPC storage proxy (`grpc://host:port`, many machines) it is a lock study only one
+worker can create (`proxy.StudyMutex`). On SQLite (one machine) it is an exclusive `flock` on a
+file beside the database.
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ class StudyLock:
     def __init__(self, storage_url: str, study: str) -> None:
         self.storage_url, self.study = storage_url, study
         self._engine: Any = None
-        if storage_url.startswith("postgresql"):
+        self._mutex: Any = None
+        self._path: Path | None = None
+        if storage_url.startswith("grpc://"):
+            from tunelab.engines.optuna.proxy import StudyMutex
+            from tunelab.engines.optuna.study import connect_storage
+
+            self._mutex = StudyMutex(connect_storage(storage_url), study)
+        elif storage_url.startswith("postgresql"):
             import sqlalchemy
             from sqlalchemy.pool import NullPool
 
             self._engine = sqlalchemy.create_engine(
                 storage_url, poolclass=NullPool, pool_pre_ping=True
             )
-            self._path: Path | None = None
         elif storage_url.startswith("sqlite:///"):
             self._path = Path(storage_url.removeprefix("sqlite:///") + f".{study}.lock")
         else:  # another database: exclusive on this machine only
@@ -44,7 +52,10 @@ class StudyLock:
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        if self._engine is not None:
+        if self._mutex is not None:
+            with self._mutex.held():
+                yield
+        elif self._engine is not None:
             with self._postgres():
                 yield
         else:

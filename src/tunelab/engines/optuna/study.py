@@ -125,7 +125,8 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
     check_storage(storage_url)
     import sqlalchemy.exc
 
-    # workers starting together on a fresh database would race to create Optuna's tables
+    # workers starting together on a fresh database would race to create Optuna's tables (the
+    # proxy's own server creates them, once)
     try:
         with StudyLock(storage_url, SCHEMA_LOCK)():
             storage = connect_storage(storage_url)
@@ -146,15 +147,18 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
     return study
 
 
-def connect_storage(storage_url: str) -> optuna.storages.RDBStorage:
+def connect_storage(storage_url: str) -> optuna.storages.BaseStorage:
     """The study storage, with heartbeats, retries of dead workers' trials, and every call
-    retried while the database restarts (`retrying.RetryingRDBStorage`).
+    retried while the database restarts (`retrying.RetryingRDBStorage`); through Optuna's gRPC
+    storage proxy for a `grpc://host:port` URL (`proxy.HeartbeatProxy`).
 
     A database that cannot be reached (or is restarting) is tried CONNECT_ATTEMPTS times with
     exponential backoff (tenacity), then refused in one line (the URL's password masked) instead
     of a stack of SQLAlchemy internals. Once connected, SQLAlchemy's `pool_pre_ping` replaces
     connections a restarted server dropped.
     """
+    if storage_url.startswith("grpc://"):
+        return _connect_proxy(storage_url)
     import sqlalchemy.exc
     import tenacity
 
@@ -188,6 +192,23 @@ def connect_storage(storage_url: str) -> optuna.storages.RDBStorage:
         raise SweepError(
             f"cannot reach the Optuna storage {redact_url(storage_url)} after {CONNECT_ATTEMPTS} "
             f"attempts ({database_error_line(error)}); is the database running (`make services`)?"
+        ) from None
+
+
+def _connect_proxy(storage_url: str) -> optuna.storages.BaseStorage:
+    from tunelab.engines.optuna.proxy import READY_SECONDS, connect_proxy
+
+    try:
+        return connect_proxy(
+            storage_url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            stale_trial_callback=retry_crashed,
+        )
+    except ConnectionError:
+        raise SweepError(
+            f"no gRPC storage proxy answered at {redact_url(storage_url)} in "
+            f"{READY_SECONDS:.0f} s; is `tunelab storage-proxy` running there?"
         ) from None
 
 
