@@ -36,6 +36,7 @@ EXPERIMENTS = {
     "storage_relative_sqlite": "storage: sqlite:/x.db",
     "storage_bad_port": "storage: postgresql://u:secret@h:notaport/db",
     "storage_no_scheme": "storage: tracking/optuna.db",
+    "storage_proxy_without_port": "storage: grpc://optuna-proxy",
     "kerastuner_with_sampler": "engine: {name: kerastuner, sampler: tpe}",
     "unknown_engine": "engine: {name: ray}",
     "enqueue_outside": "enqueue: [{learning_rate: 5.0}]",
@@ -122,6 +123,9 @@ FLAG_CASES = {
     "missing_experiment": ["tune", "FOLDER/nope.yaml"],
     "storage_garbage": ["tune", "EXP", "--storage", "not a url"],
     "storage_missing_driver": ["tune", "EXP", "--storage", "postgresql+psycopg2://u:secret@h/d"],
+    "storage_proxy_with_a_path": ["tune", "EXP", "--storage", "grpc://h:13000/optuna"],
+    "proxy_of_a_proxy": ["storage-proxy", "--storage", "grpc://h:13000"],
+    "proxy_of_garbage": ["storage-proxy", "--storage", "not a url"],
     "tracking_unknown_scheme": ["tune", "EXP", "--tracking-uri", "ftp://u:secret@h/x"],
     "data_file_missing": ["tune", "EXP", "--data-file", "FOLDER/none.npz"],
     "budget_zero": ["run", "EXP", "--budget", "0"],
@@ -154,7 +158,7 @@ def test_a_hostile_flag_or_argument_is_one_line_before_anything_runs(
     arguments = [
         a.replace("EXP", str(experiment)).replace("FOLDER", str(tmp_path)) for a in FLAG_CASES[case]
     ]
-    if "--tracking-uri" not in arguments:
+    if "--tracking-uri" not in arguments and arguments[0] != "storage-proxy":
         arguments += ["--tracking-uri", f"sqlite:///{tmp_path / 'store' / 'm.db'}"]
     if arguments[0] == "data" or arguments[0] == "baseline":
         arguments = [a for a in arguments if "store" not in a and a != "--tracking-uri"]

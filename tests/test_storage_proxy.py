@@ -187,3 +187,18 @@ def test_workers_through_the_proxy_hold_the_exact_budget_with_one_parent(
     assert len(parents) == 1 and len(trials) == 4
     assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(4))
     assert b"Traceback" not in errors, errors.decode()[-2000:]
+
+
+def test_a_proxy_nobody_answers_at_is_one_line_and_nothing_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_hostile_inputs import good_experiment, run
+
+    monkeypatch.setattr(proxy, "READY_SECONDS", 2.0)
+    experiment = good_experiment(tmp_path)
+    store = tmp_path / "store" / "m.db"
+    arguments = ["tune", str(experiment), "--storage", f"grpc://127.0.0.1:{free_port()}"]
+    code, error = run([*arguments, "--tracking-uri", f"sqlite:///{store}"], capsys)
+    assert code == 2 and len(error.splitlines()) == 1, error
+    assert "no gRPC storage proxy answered at grpc://127.0.0.1:" in error
+    assert "tunelab storage-proxy" in error

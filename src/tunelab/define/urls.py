@@ -78,8 +78,7 @@ def _check_proxy_url(url: str, shown: str) -> str | None:
         return f"is not a valid URL ({error}) (got {shown!r})"
     if not parts.hostname or port is None or parts.path.strip("/") or parts.query:
         return (
-            "a gRPC storage proxy URL is grpc://host:port, nothing after the port "
-            f"(got {shown!r})"
+            f"a gRPC storage proxy URL is grpc://host:port, nothing after the port (got {shown!r})"
         )
     return None
 

@@ -125,13 +125,16 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
     check_storage(storage_url)
     import sqlalchemy.exc
 
-    # workers starting together on a fresh database would race to create Optuna's tables (the
-    # proxy's own server creates them, once)
-    try:
-        with StudyLock(storage_url, SCHEMA_LOCK)():
-            storage = connect_storage(storage_url)
-    except sqlalchemy.exc.OperationalError:
-        storage = connect_storage(storage_url)  # unreachable: retries, then one line
+    # workers starting together on a fresh database would race to create Optuna's tables (a
+    # gRPC proxy's server created them when it started)
+    if storage_url.startswith("grpc://"):
+        storage = connect_storage(storage_url)
+    else:
+        try:
+            with StudyLock(storage_url, SCHEMA_LOCK)():
+                storage = connect_storage(storage_url)
+        except sqlalchemy.exc.OperationalError:
+            storage = connect_storage(storage_url)  # unreachable: retries, then one line
     with StudyLock(storage_url, study_name)():
         study = optuna.create_study(
             storage=storage,
