@@ -190,15 +190,23 @@ def test_workers_through_the_proxy_hold_the_exact_budget_with_one_parent(
 
 
 def test_a_proxy_nobody_answers_at_is_one_line_and_nothing_is_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_npz: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from test_hostile_inputs import good_experiment, run
+    from test_hostile_inputs import run
 
     monkeypatch.setattr(proxy, "READY_SECONDS", 2.0)
-    experiment = good_experiment(tmp_path)
+    experiment = write_experiment(tmp_path, "alone", 2, 1, f"grpc://127.0.0.1:{free_port()}")
+    data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
+    experiment.write_text(experiment.read_text() + data)
     store = tmp_path / "store" / "m.db"
-    arguments = ["tune", str(experiment), "--storage", f"grpc://127.0.0.1:{free_port()}"]
-    code, error = run([*arguments, "--tracking-uri", f"sqlite:///{store}"], capsys)
-    assert code == 2 and len(error.splitlines()) == 1, error
-    assert "no gRPC storage proxy answered at grpc://127.0.0.1:" in error
+    arguments = ["tune", str(experiment), "--tracking-uri", f"sqlite:///{store}"]
+    code, error = run(arguments, capsys)
+    errors = [line for line in error.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in error, error
+    assert error.splitlines()[-1] == errors[0]
+    assert "no gRPC storage proxy answered at grpc://127.0.0.1:" in errors[0]
     assert "tunelab storage-proxy" in error
+    assert not Tracker(f"sqlite:///{store}").search_all(Query())  # no sweep, no run

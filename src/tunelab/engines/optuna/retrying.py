@@ -61,9 +61,9 @@ def _retried(base: type, name: str) -> Callable[..., Any]:
     Only the outermost call retries: a storage's methods call one another (`get_best_trial`
     calls `get_trial`), and nested retries would multiply the waits.
     """
-    method = getattr(base, name)
 
     def again(self: Any, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(base, name)  # looked up at each call, as `super()` would
         if getattr(_inside, "active", False):
             return method(self, *args, **kwargs)
         retrying = tenacity.Retrying(
@@ -79,7 +79,7 @@ def _retried(base: type, name: str) -> Callable[..., Any]:
             _inside.active = False
 
     again.__name__ = name
-    again.__doc__ = method.__doc__
+    again.__doc__ = getattr(base, name).__doc__
     return again
 
 
