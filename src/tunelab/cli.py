@@ -590,8 +590,10 @@ def dashboard(
         raise ConfigError("--storage", "value", problem)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no study storage at {url} yet: run `tunelab tune` first")
+    from tunelab.engines.optuna.study import connect_storage
+
     _say(f"optuna-dashboard on http://127.0.0.1:{port} (storage {redact_url(url)}); Ctrl-C stops")
-    serve_dashboard(url, port)
+    serve_dashboard(connect_storage(url), port)
 
 
 @app.command("storage-proxy")
@@ -620,7 +622,8 @@ def storage_proxy(
     server = serve(url, host, port)
     _say(f"Optuna storage proxy on grpc://{host}:{port} for {redact_url(url)}; Ctrl-C stops")
     try:
-        server.wait_for_termination()
+        while server.wait_for_termination(timeout=1.0):  # True: timed out; Ctrl-C comes between
+            pass
     finally:
         server.stop(grace=5)
 

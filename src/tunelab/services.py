@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
-def serve_dashboard(storage_url: str, port: int) -> None:
+def serve_dashboard(storage: Any, port: int) -> None:
     """optuna-dashboard on 127.0.0.1:`port` for a study storage, in this process.
 
-    The server is given a storage object, not the URL on a command line: the password stays in
-    this process's memory. Blocks until Ctrl-C.
+    The server is given a storage object (`engines.optuna.study.connect_storage`), not the URL on
+    a command line: the password stays in this process's memory. Blocks until Ctrl-C.
     """
     import optuna_dashboard
 
-    from tunelab.engines.optuna.study import connect_storage
-
-    optuna_dashboard.run_server(connect_storage(storage_url), host="127.0.0.1", port=port)
+    optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
 
 
 def landing_url(base: str, experiment_id: str) -> str:
