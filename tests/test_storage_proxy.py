@@ -24,7 +24,7 @@ import tunelab.engines.optuna.proxy as proxy
 import tunelab.engines.optuna.study as study_module
 from conftest import free_port
 from test_workers import write_experiment
-from tunelab.define.urls import check_storage_url
+from tunelab.define.urls import check_storage_url, is_proxy_url
 from tunelab.engines.optuna.adapter import fail_stale, heartbeat
 from tunelab.engines.optuna.lock import StudyLock
 from tunelab.record.names import Role, TagKey
@@ -45,6 +45,7 @@ def proxy_url(tmp_path: Path) -> Iterator[str]:
 
 def test_a_proxy_url_is_a_storage_and_one_without_its_port_is_refused_in_one_line() -> None:
     assert check_storage_url("grpc://optuna-proxy.internal:13000") is None
+    assert is_proxy_url("GRPC://optuna-proxy.internal:13000")  # as the check reads the scheme
     for wrong in ("grpc://optuna-proxy.internal", "grpc://h:13000/db", "grpc://:13000"):
         problem = check_storage_url(wrong)
         assert problem is not None and "\n" not in problem and "grpc://host:port" in problem

@@ -574,20 +574,16 @@ def dashboard(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8080,
 ) -> None:
     """Watch studies live in optuna-dashboard on 127.0.0.1 (trials, history, importances)."""
-    from tunelab.define.urls import check_storage_url, missing_driver
-    from tunelab.engines.launch import STORAGE_ENV, resolve_storage
     from tunelab.redact import redact_url
     from tunelab.services import serve_dashboard
 
     if experiment is not None:
         from tunelab.define.experiment import load_experiment
+        from tunelab.engines.launch import resolve_storage
 
-        url = resolve_storage(storage, load_experiment(experiment))
+        url = _checked_storage(resolve_storage(storage, load_experiment(experiment)))
     else:
-        url = storage or os.environ.get(STORAGE_ENV) or "sqlite:///tracking/optuna.db"
-    problem = check_storage_url(url) or missing_driver(url)
-    if problem:
-        raise ConfigError("--storage", "value", problem)
+        url = _checked_storage(storage)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no study storage at {url} yet: run `tunelab tune` first")
     from tunelab.engines.optuna.study import connect_storage
@@ -608,17 +604,15 @@ def storage_proxy(
 
     Workers then give --storage grpc://HOST:PORT. The database URL comes from --storage or
     $TUNELAB_OPTUNA_STORAGE (put a password there, not on a command line)."""
-    from tunelab.define.urls import check_storage_url, missing_driver
-    from tunelab.engines.launch import STORAGE_ENV
+    from tunelab.define.urls import is_proxy_url
     from tunelab.engines.optuna.proxy import serve
     from tunelab.redact import redact_url
 
-    url = storage or os.environ.get(STORAGE_ENV) or "sqlite:///tracking/optuna.db"
-    problem = check_storage_url(url) or missing_driver(url)
-    if not problem and url.startswith("grpc://"):
-        problem = "the proxy serves a database, not another proxy: give a database URL"
-    if problem:
-        raise ConfigError("--storage", "value", problem)
+    url = _checked_storage(storage)
+    if is_proxy_url(url):
+        raise ConfigError(
+            "--storage", "value", "the proxy serves a database, not another proxy: give one"
+        )
     server = serve(url, host, port)
     _say(f"Optuna storage proxy on grpc://{host}:{port} for {redact_url(url)}; Ctrl-C stops")
     try:
@@ -626,6 +620,18 @@ def storage_proxy(
             pass
     finally:
         server.stop(grace=5)
+
+
+def _checked_storage(storage: str | None) -> str:
+    """`storage`, else $TUNELAB_OPTUNA_STORAGE, else the embedded SQLite; one line if unusable."""
+    from tunelab.define.urls import check_storage_url, missing_driver
+    from tunelab.engines.launch import DEFAULT_STORAGE, STORAGE_ENV
+
+    url = storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    problem = check_storage_url(url) or missing_driver(url)
+    if problem:
+        raise ConfigError("--storage", "value", problem)
+    return url
 
 
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C or SIGTERM

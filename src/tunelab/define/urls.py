@@ -83,6 +83,12 @@ def _check_proxy_url(url: str, shown: str) -> str | None:
     return None
 
 
+def is_proxy_url(url: str) -> bool:
+    """Whether `url` names Optuna's gRPC storage proxy (any case of the scheme, as checked)."""
+    scheme = _scheme(url)
+    return scheme is not None and scheme[0] == "grpc"
+
+
 def proxy_address(url: str) -> tuple[str, int]:
     """(host, port) of a checked `grpc://host:port` URL."""
     parts = urlsplit(url)
@@ -92,7 +98,7 @@ def proxy_address(url: str) -> tuple[str, int]:
 
 def missing_driver(url: str) -> str | None:
     """Why the database driver of `url` cannot be loaded, or None (imports SQLAlchemy)."""
-    if url.lower().startswith("grpc://"):
+    if is_proxy_url(url):
         from importlib.util import find_spec
 
         if find_spec("grpc") is None:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunelab.define.urls import is_proxy_url
+
 
 def _advisory_key(study: str) -> int:
     """A signed 64-bit key from the study name (PostgreSQL's advisory-lock key type)."""
@@ -33,7 +35,7 @@ class StudyLock:
         self._engine: Any = None
         self._mutex: Any = None
         self._path: Path | None = None
-        if storage_url.startswith("grpc://"):
+        if is_proxy_url(storage_url):
             from tunelab.engines.optuna.proxy import StudyMutex
             from tunelab.engines.optuna.study import connect_storage
 

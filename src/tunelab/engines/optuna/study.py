@@ -24,7 +24,7 @@ from tunelab.define.algorithms import (
     SamplerContext,
 )
 from tunelab.define.experiment import ExperimentSpec
-from tunelab.define.urls import check_storage_url, missing_driver
+from tunelab.define.urls import check_storage_url, is_proxy_url, missing_driver
 from tunelab.engines.agreement import checked
 from tunelab.engines.optuna import adapter
 from tunelab.engines.optuna.lock import StudyLock
@@ -127,7 +127,7 @@ def open_study(spec: ExperimentSpec, study_name: str, storage_url: str, train_si
 
     # workers starting together on a fresh database would race to create Optuna's tables (a
     # gRPC proxy's server created them when it started)
-    if storage_url.startswith("grpc://"):
+    if is_proxy_url(storage_url):
         storage = connect_storage(storage_url)
     else:
         try:
@@ -160,7 +160,7 @@ def connect_storage(storage_url: str) -> optuna.storages.BaseStorage:
     of a stack of SQLAlchemy internals. Once connected, SQLAlchemy's `pool_pre_ping` replaces
     connections a restarted server dropped.
     """
-    if storage_url.startswith("grpc://"):
+    if is_proxy_url(storage_url):
         return _connect_proxy(storage_url)
     import sqlalchemy.exc
     import tenacity
