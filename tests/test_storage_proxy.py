@@ -190,6 +190,34 @@ def test_workers_through_the_proxy_hold_the_exact_budget_with_one_parent(
     assert b"Traceback" not in errors, errors.decode()[-2000:]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_proxy_command_stops_at_once_on_ctrl_c_and_sigterm(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A serving proxy ends within seconds of the signal, with the interrupted status (130) and
+    its one closing line, not a traceback (a Ctrl-C swallowed by a server callback left it
+    running)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "storage-proxy", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'behind.db'}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        study_module.connect_storage(f"grpc://127.0.0.1:{port}").get_all_studies()
+        signalled = time.monotonic()
+        server.send_signal(stop)
+        output, errors = server.communicate(timeout=20)
+        assert time.monotonic() - signalled < 10
+    finally:
+        server.kill()
+    assert server.returncode == 130, errors.decode()[-2000:]
+    assert b"interrupted" in output + errors
+    assert b"Traceback" not in errors, errors.decode()[-2000:]
+
+
 def test_a_proxy_nobody_answers_at_is_one_line_and_nothing_is_recorded(
     tmp_path: Path,
     tiny_npz: Path,

@@ -606,6 +606,7 @@ def storage_proxy(
     $TUNELAB_OPTUNA_STORAGE (put a password there, not on a command line)."""
     from tunelab.define.urls import is_proxy_url
     from tunelab.engines.optuna.proxy import serve
+    from tunelab.interrupts import wait_for_stop_signal
     from tunelab.redact import redact_url
 
     url = _checked_storage(storage)
@@ -616,8 +617,7 @@ def storage_proxy(
     server = serve(url, host, port)
     _say(f"Optuna storage proxy on grpc://{host}:{port} for {redact_url(url)}; Ctrl-C stops")
     try:
-        while server.wait_for_termination(timeout=1.0):  # True: timed out; Ctrl-C comes between
-            pass
+        wait_for_stop_signal(server.wait_for_termination)  # its result: True while it runs
     finally:
         server.stop(grace=5)
 

@@ -9,6 +9,8 @@ training loop raises it at its next batch (`tunelab.training.callbacks.StopWhenA
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Callable
 from types import FrameType
 
 _asked = False
@@ -30,3 +32,25 @@ def stop_on_signals() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def wait_for_stop_signal(still_running: Callable[[float], bool]) -> None:
+    """Block until SIGINT or SIGTERM, then raise KeyboardInterrupt from here, in the caller.
+
+    For a command that only serves (a gRPC proxy): its handlers merely set a flag, so the
+    interrupt cannot land in one of the server's callbacks and be swallowed there, which left a
+    proxy running after Ctrl-C. `still_running(timeout)` waits up to `timeout` seconds and says
+    whether the server still runs; the wait also ends when the server stops by itself."""
+    stop = threading.Event()
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        global _asked
+        _asked = True
+        stop.set()
+
+    signal.signal(signal.SIGTERM, remember)
+    signal.signal(signal.SIGINT, remember)
+    while not stop.is_set() and still_running(1.0):
+        pass
+    if stop.is_set():
+        raise KeyboardInterrupt
