@@ -1,13 +1,18 @@
-"""Trials per minute with 1, 2, 4 and 8 workers on one study, on the tiny fixture, in one run.
+"""Trials per minute with 1, 2, 4 and 8 workers on one study, on PostgreSQL directly and
+through Optuna's gRPC storage proxy, on the tiny fixture, in one run.
 
 Starts the project's services (PostgreSQL + MLflow server, `scripts/services.sh`) in a
-temporary folder on free ports, then for each worker count runs a fresh study with the same
-budget of tiny trials (filters 4, 2 epochs on 2,500 images) in real worker processes, and prints
-trials per minute and the ratio to one worker. On a 2-core machine, more than 2 workers only
-add contention; the point is that the counts stay exact while they do (each line says how many
-trials the study holds against the budget).
+temporary folder on free ports, and `tunelab storage-proxy` in front of the same database; then
+for each storage and worker count runs a fresh study with the same budget of tiny trials
+(filters 4, 2 epochs on 2,500 images) in real worker processes, and prints trials per minute,
+the ratio to one worker on the same storage, the ratio of the proxy to PostgreSQL at the same
+count, and the most PostgreSQL connections open meanwhile (every client: workers, locks, the
+proxy, the MLflow server). On a 2-core machine, more than 2 workers only add contention; the
+point is that the counts stay exact while they do (each line says how many trials the study
+holds against the budget).
 
     python benchmarks/workers.py [--trials 16] [--epochs 2] [--workers 1,2,4,8]
+                                 [--storages postgresql,proxy]
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_tiny.npz"
@@ -54,13 +63,108 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@contextmanager
+def peak_connections(database: str) -> Iterator[list[int]]:
+    """The most connections PostgreSQL held while the block ran (sampled twice a second)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            with engine.connect() as probe:
+                count = probe.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity"))
+                peak[0] = max(peak[0], int(count.scalar_one()))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join()
+        engine.dispose()
+
+
+@contextmanager
+def storage_proxy(database: str, env: dict[str, str], folder: Path) -> Iterator[str]:
+    """`tunelab storage-proxy` in front of `database` (its URL in the environment, not argv),
+    answering at the returned grpc:// URL until the block ends."""
+    import optuna
+
+    port = free_port()
+    log = (folder / "proxy.log").open("wb")
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "storage-proxy", "--port", str(port)],
+        env={**env, "TUNELAB_OPTUNA_STORAGE": database},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        client.wait_server_ready(timeout=60)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+        log.close()
+
+
+def run_workers(
+    name: str, count: int, storage: str, database: str, env: dict[str, str], args: Any
+) -> tuple[float, str]:
+    """Trials per minute of `count` workers sharing a fresh study of `args.trials` trials on
+    `storage`, and the line that says what happened (the peak of PostgreSQL connections too)."""
+    import optuna
+
+    run_dir = Path(env["TUNELAB_SERVICES_DIR"]).parent / name
+    run_dir.mkdir()
+    (run_dir / "space.yaml").write_text(textwrap.dedent(SPACE).replace("EPOCHS", str(args.epochs)))
+    (run_dir / f"{name}.yaml").write_text(
+        textwrap.dedent(EXPERIMENT)
+        .replace("NAME", name)
+        .replace("TRIALS", str(args.trials))
+        .replace("EPOCHS", str(args.epochs))
+    )
+    command = [sys.executable, "-c", WORKER, str(run_dir / f"{name}.yaml"), str(FIXTURE)]
+    started = time.perf_counter()
+    with peak_connections(database) as peak:
+        workers = [
+            subprocess.Popen(
+                [*command, env["MLFLOW_TRACKING_URI"]],
+                cwd=run_dir,
+                env={**env, "TUNELAB_OPTUNA_STORAGE": storage},
+                stdout=subprocess.DEVNULL,
+                stderr=(run_dir / "workers.log").open("wb"),
+            )
+            for _ in range(count)
+        ]
+        codes = [w.wait() for w in workers]
+    seconds = time.perf_counter() - started
+    study = optuna.load_study(study_name=name, storage=database)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    rate = complete / seconds * 60
+    line = (
+        f"{complete} of {args.trials} trials complete ({len(study.trials)} in the study, exit "
+        f"codes {codes}) in {seconds:.1f} s: {rate:.1f} trials/min; at most {peak[0]} "
+        "PostgreSQL connections"
+    )
+    return rate, line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--storages", default="postgresql,proxy")
     args = parser.parse_args()
-    import optuna
+    counts = [int(n) for n in args.workers.split(",")]
+    storages = args.storages.split(",")
+    unknown = set(storages) - {"postgresql", "proxy"}
+    if unknown:
+        parser.error(f"--storages: {', '.join(sorted(unknown))}: give postgresql and/or proxy")
 
     folder = Path(tempfile.mkdtemp(prefix="tunelab-bench-workers-"))
     for parent in [folder, *folder.parents]:  # PostgreSQL runs as user postgres under root
@@ -81,52 +185,23 @@ def main() -> None:
         for line in (folder / "services" / "env").read_text().splitlines()
         if line.startswith("export ")
     )
-    storage, tracking = values["TUNELAB_OPTUNA_STORAGE"], values["MLFLOW_TRACKING_URI"]
-    rates: dict[int, float] = {}
+    database = values["TUNELAB_OPTUNA_STORAGE"]
+    env["MLFLOW_TRACKING_URI"] = values["MLFLOW_TRACKING_URI"]
+    rates: dict[tuple[str, int], float] = {}
     try:
-        for count in (int(n) for n in args.workers.split(",")):
-            name = f"bench{count}"
-            run_dir = folder / name
-            run_dir.mkdir()
-            (run_dir / "space.yaml").write_text(
-                textwrap.dedent(SPACE).replace("EPOCHS", str(args.epochs))
-            )
-            (run_dir / f"{name}.yaml").write_text(
-                textwrap.dedent(EXPERIMENT)
-                .replace("NAME", name)
-                .replace("TRIALS", str(args.trials))
-                .replace("EPOCHS", str(args.epochs))
-            )
-            started = time.perf_counter()
-            workers = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        WORKER,
-                        str(run_dir / f"{name}.yaml"),
-                        str(FIXTURE),
-                        tracking,
-                    ],
-                    cwd=run_dir,
-                    env={**env, "TUNELAB_OPTUNA_STORAGE": storage},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for _ in range(count)
-            ]
-            codes = [w.wait() for w in workers]
-            seconds = time.perf_counter() - started
-            study = optuna.load_study(study_name=name, storage=storage)
-            complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            rates[count] = complete / seconds * 60
-            print(
-                f"{count} worker(s): {complete} of {args.trials} trials complete "
-                f"({len(study.trials)} in the study, exit codes {codes}) in {seconds:.1f} s: "
-                f"{rates[count]:.1f} trials/min, x{rates[count] / rates[min(rates)]:.2f} vs "
-                f"{min(rates)} worker",
-                flush=True,
-            )
+        for kind in storages:
+            with (
+                storage_proxy(database, env, folder)
+                if kind == "proxy"
+                else nullcontext(database) as storage
+            ):
+                for count in counts:
+                    rate, line = run_workers(f"{kind}{count}", count, storage, database, env, args)
+                    rates[kind, count] = rate
+                    versus = f"x{rate / rates[kind, counts[0]]:.2f} vs {counts[0]} worker(s)"
+                    if kind == "proxy" and ("postgresql", count) in rates:
+                        versus += f", x{rate / rates['postgresql', count]:.2f} vs PostgreSQL"
+                    print(f"{kind}, {count} worker(s): {line}; {versus}", flush=True)
     finally:
         subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "stop"], env=env)
     print(f"(wall time includes each worker's TensorFlow start-up; services in {folder})")
