@@ -7,7 +7,9 @@ on each machine of a cluster; the storage URL and the tracking URI come from the
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,9 +22,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import Services
+from conftest import Services, free_port
 from hosts import Host, Network
 from test_workers import SPACE
+from tunelab.engines.optuna.proxy import LOCK_PREFIX
 from tunelab.record.names import MetricName, Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
@@ -224,6 +227,48 @@ def test_two_hosts_share_one_study_exactly_while_postgresql_and_then_the_mlflow_
     for output in outputs:
         assert "Traceback" not in output, output[-3000:]
     # nothing was written through a shared folder: each host holds only what it was given
+    for host in (first, second):
+        assert not list(host.folder.rglob("*.db")) and not checkpoints(host)
+
+
+def test_two_hosts_share_one_study_exactly_through_the_storage_proxy(
+    two_hosts: tuple[Host, Host, Services], network: tuple[Network, Services], tiny_npz: Path
+) -> None:
+    """`tunelab storage-proxy` serves the PostgreSQL study on the bridge's address (its URL in
+    the proxy's environment); each host reaches the study only at grpc://bridge:port, its
+    study lock and heartbeats through the proxy too. A budget of 4 trials holds exactly across
+    the hosts, both train, one sweep parent records them, nothing stays RUNNING."""
+    first, second, services = two_hosts
+    net, _ = network
+    name, budget, port = "proxied", 4, free_port()
+    command = [sys.executable, "-m", "tunelab", "storage-proxy", "--host", net.gateway]
+    proxy = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": services.storage_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        through = {"TUNELAB_OPTUNA_STORAGE": f"grpc://{net.gateway}:{port}"}
+        workers = [
+            tune(h, place(h, name, budget, 3, tiny_npz), services, **through)
+            for h in (first, second)
+        ]
+        outputs = [finish(worker) for worker in workers]
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        _, proxy_errors = proxy.communicate(timeout=30)
+    study = study_of(name, services)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * budget
+    assert {t.user_attrs["host"] for t in study.trials} == {"host-a", "host-b"}  # both worked
+    trials = runs(name, services, Role.TRIAL)
+    assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(budget))
+    assert all(r.info.status == "FINISHED" for r in trials)
+    [parent] = runs(name, services, Role.SWEEP)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == budget
+    assert not [s for s in optuna.get_all_study_names(services.storage_url) if LOCK_PREFIX in s]
+    for output in [*outputs, proxy_errors.decode()]:
+        assert "Traceback" not in output, output[-3000:]
     for host in (first, second):
         assert not list(host.folder.rglob("*.db")) and not checkpoints(host)
 

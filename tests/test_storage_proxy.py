@@ -27,7 +27,6 @@ from test_workers import write_experiment
 from tunelab.define.urls import check_storage_url, is_proxy_url
 from tunelab.engines.optuna.adapter import fail_stale, heartbeat
 from tunelab.engines.optuna.lock import StudyLock
-from tunelab.record.names import Role, TagKey
 from tunelab.record.query import Query
 from tunelab.record.store import Tracker
 
@@ -144,50 +143,6 @@ def test_a_trial_whose_worker_stopped_beating_behind_the_proxy_is_failed_and_que
     assert trials[alive.number].state == TrialState.RUNNING
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert len(retries) == 1 and retries[0].params == dead.params
-
-
-@pytest.mark.slow
-def test_workers_through_the_proxy_hold_the_exact_budget_with_one_parent(
-    tmp_path: Path, tiny_npz: Path
-) -> None:
-    """`tunelab storage-proxy` serves the study's database (its URL from the environment);
-    `tunelab tune --workers 2 --storage grpc://...` shares a budget of 4 trials through it."""
-    port = free_port()
-    database = f"sqlite:///{tmp_path / 'behind.db'}"
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "storage-proxy", "--port", str(port)],
-        cwd=tmp_path,
-        env={**environment, "TUNELAB_OPTUNA_STORAGE": database},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        url = f"grpc://127.0.0.1:{port}"
-        experiment = write_experiment(tmp_path, "proxied", 4, 1, url)
-        data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
-        experiment.write_text(experiment.read_text() + data)
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        command = [sys.executable, "-m", "tunelab", "tune", str(experiment), "--workers", "2"]
-        done = subprocess.run(
-            [*command, "--quiet", "--tracking-uri", uri],
-            cwd=tmp_path,
-            env=environment,
-            capture_output=True,
-            timeout=420,
-        )
-        assert done.returncode == 0, done.stderr.decode()[-3000:]
-    finally:
-        server.send_signal(signal.SIGINT)
-        _, errors = server.communicate(timeout=30)
-    study = optuna.load_study(study_name="proxied", storage=database)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    tracker = Tracker(uri)
-    parents = tracker.search("proxied", Query.of(role=Role.SWEEP))
-    trials = tracker.search("proxied", Query.of(role=Role.TRIAL))
-    assert len(parents) == 1 and len(trials) == 4
-    assert sorted(int(r.data.tags[TagKey.TRIAL_NUMBER]) for r in trials) == list(range(4))
-    assert b"Traceback" not in errors, errors.decode()[-2000:]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
