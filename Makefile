@@ -132,7 +132,7 @@ bench-pruning: install ## the same sampler with and without pruning (images seen
 bench-engines: install ## Optuna vs KerasTuner on the same space, data and wall-clock budget
 	$(BIN)/python benchmarks/engines.py
 
-bench-workers: dev ## trials per minute with 1, 2, 4 and 8 workers (starts its own services)
+bench-workers: dev ## trials per minute with 1, 2, 4 and 8 workers on PostgreSQL and through the gRPC proxy (starts its own services)
 	$(BIN)/python benchmarks/workers.py
 
 bench-peers: data ## make tune's sweep vs the KerasTuner and Optuna tutorials at 300 s and 600 s
