@@ -391,3 +391,29 @@ def test_models_of_a_search_shortened_a_little_join_the_ensemble_and_screening_m
     assert plan.kept_models_join_the_ensemble(13, 15)
     assert not plan.kept_models_join_the_ensemble(4, 15)  # the cold start's longest screen
     assert not plan.kept_models_join_the_ensemble(2, 4)
+
+
+def test_the_time_kept_for_the_export_covers_every_shifted_view_of_the_test_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With test-time shifts the delivered models look at each test image 1 + 4 times, in the
+    test and in every format's check: the final stage keeps that much more time after the refit
+    (the refit is planned shorter), or the export would run past the deadline."""
+    from tunelab.delivery.tta import SHIFTS
+
+    monkeypatch.setattr(final, "ensemble_size", lambda state: 3)
+    champion = cast(RecordedRun, SimpleNamespace(config=flat_config(epochs=15)))
+
+    def reserve(shifts: int) -> float:
+        state = SimpleNamespace(
+            spec=SimpleNamespace(pipeline=SimpleNamespace(test_time_shifts=shifts)),
+            numerics=SimpleNamespace(flop_rate=1e9),
+            full_splits=SimpleNamespace(test=range(10_000)),
+        )
+        return final._reserve(cast(Any, state), champion, formats=4)
+
+    passes = plan.export_seconds(champion.config, 4, 3, 1e9, 10_000) - plan.export_seconds(
+        champion.config, 4, 3, 1e9, 0
+    )
+    assert passes > 0
+    assert reserve(1) - reserve(0) == pytest.approx(len(SHIFTS) * passes)

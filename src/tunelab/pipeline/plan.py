@@ -80,13 +80,19 @@ def search_schedule(
 
 
 def export_seconds(
-    cfg: RunConfig, formats: int, members: int, flop_rate: float, test_images: int
+    cfg: RunConfig,
+    formats: int,
+    members: int,
+    flop_rate: float,
+    test_images: int,
+    views: int = 1,
 ) -> float:
     """Time to reserve after the refit for testing and exporting (single and ensemble): per
     format a fixed cost plus one that grows with the parameters written (an ensemble writes all
-    its members' at once), and a test pass per format check and per member."""
+    its members' at once), and a test pass per format check and per member, each pass looking
+    at every test image `views` times (1 + the shifts of test-time augmentation)."""
     passes = formats + 1  # a test pass per format check, and the test evaluation
-    per_pass = test_images * forward_flops(cfg) / flop_rate
+    per_pass = views * test_images * forward_flops(cfg) / flop_rate
 
     def per_format(weights: float) -> float:
         return EXPORT_SECONDS_PER_FORMAT + EXPORT_SECONDS_PER_PARAMETER * weights
