@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's sampler of PostgreSQL's connections
+from test_workers import peak_connections  # noqa: E402
+
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_tiny.npz"
 SPACE = """
 parameters:
@@ -61,30 +63,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@contextmanager
-def peak_connections(database: str) -> Iterator[list[int]]:
-    """The most connections PostgreSQL held while the block ran (sampled twice a second)."""
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.5):
-            with engine.connect() as probe:
-                count = probe.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity"))
-                peak[0] = max(peak[0], int(count.scalar_one()))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        thread.join()
-        engine.dispose()
 
 
 @contextmanager

@@ -138,12 +138,13 @@ def assert_resumed_exactly(study: optuna.Study, tracker: Tracker, budget: int) -
 
 
 @contextmanager
-def peak_connections(services: Services) -> Iterator[list[int]]:
-    """Sample PostgreSQL's open connections (every client: workers, locks, the MLflow server)
-    twice a second while the block runs; the list holds the peak and the server's limit."""
+def peak_connections(database: str) -> Iterator[list[int]]:
+    """Sample PostgreSQL's open connections (every client: workers, locks, the MLflow server,
+    a storage proxy) twice a second while the block runs; the list holds the peak and the
+    server's limit. Also read by benchmarks/workers.py."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(services.storage_url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as probe:
         limit = int(probe.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
     peak, done = [0, limit], threading.Event()
@@ -171,7 +172,7 @@ def test_workers_share_one_study_with_exact_counts_and_one_parent(
 ) -> None:
     name, budget = f"workers{count}", count + 1  # the last trial: one worker of eight gets it
     experiment = write_experiment(tmp_path / name, name, budget, 1, services.storage_url)
-    with peak_connections(services) as peak:
+    with peak_connections(services.storage_url) as peak:
         finish(start_workers(count, experiment, tiny_npz, services))
     print(f"{count} workers: at most {peak[0]} PostgreSQL connections of {peak[1]}")
     assert 0 < peak[0] < peak[1]  # the load never reached PostgreSQL's limit
