@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -61,7 +62,9 @@ class HeartbeatProxy(GrpcStorageProxy, BaseHeartbeat):
         stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
         host, port = proxy_address(url)
-        super().__init__(host=host, port=port)
+        with warnings.catch_warnings():  # "experimental": not the user's concern, every launch
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(host=host, port=port)
         self.url = url
         self._interval, self._grace = heartbeat_interval, grace_period
         self._callback = stale_trial_callback
