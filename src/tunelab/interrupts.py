@@ -38,9 +38,9 @@ def wait_for_stop_signal(still_running: Callable[[float], bool]) -> None:
     """Block until SIGINT or SIGTERM, then raise KeyboardInterrupt from here, in the caller.
 
     For a command that only serves (a gRPC proxy): its handlers merely set a flag, so the
-    interrupt cannot land in one of the server's callbacks and be swallowed there, which left a
-    proxy running after Ctrl-C. `still_running(timeout)` waits up to `timeout` seconds and says
-    whether the server still runs; the wait also ends when the server stops by itself."""
+    interrupt cannot land in one of the server's callbacks and be swallowed there while the
+    server goes on. `still_running(timeout)` waits up to `timeout` seconds and says whether the
+    server still runs; the wait also ends when the server stops by itself."""
     stop = threading.Event()
 
     def remember(signum: int, frame: FrameType | None) -> None:
