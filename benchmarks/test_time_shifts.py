@@ -16,6 +16,7 @@ its 95 % t-interval.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 
@@ -44,28 +45,29 @@ def main() -> None:
     changes: list[int] = []
     print("| model | validation | with shifts | errors | change | McNemar p |")
     print("|---|---|---|---|---|---|")
-    for name in names:
-        for role in (Role.TRIAL, Role.CONFIRMATION):
-            for run in tracker.search(name, Query.of(role=role)):
-                run_id = run.info.run_id
-                if not tracker.has_artifact(run_id, Artifact.TRAINED_MODEL):
-                    continue
-                recorded = load_recorded_run(tracker, run_id)
-                splits = recorded.data.load()
-                model = member_from_run(tracker, run_id, recorded.label).model
-                labels = splits.val.y
-                plain = _correct(model, eval_dataset(splits.val), labels)
-                shifted_model = with_test_time_shifts(model, args.pixels)
-                shifted = _correct(shifted_model, eval_dataset(splits.val), labels)
-                change = int((~shifted).sum() - (~plain).sum())
-                changes.append(change)
-                test = mcnemar_exact(plain, shifted)
-                print(
-                    f"| {name} {recorded.label} ({role}) | {plain.mean():.4f} | "
-                    f"{shifted.mean():.4f} | {(~plain).sum()} -> {(~shifted).sum()} | "
-                    f"{change:+d} | {test.p_value:.3g} |",
-                    flush=True,
-                )
+    splits_of = functools.cache(lambda data: data.load())  # each recorded split loaded once
+    runs = [
+        (name, role, run.info.run_id)
+        for name in names
+        for role in (Role.TRIAL, Role.CONFIRMATION)
+        for run in tracker.search(name, Query.of(role=role))
+        if tracker.has_artifact(run.info.run_id, Artifact.TRAINED_MODEL)
+    ]
+    for name, role, run_id in runs:
+        recorded = load_recorded_run(tracker, run_id)
+        validation = splits_of(recorded.data).val
+        model = member_from_run(tracker, run_id, recorded.label).model
+        images = eval_dataset(validation)
+        plain = _correct(model, images, validation.y)
+        shifted = _correct(with_test_time_shifts(model, args.pixels), images, validation.y)
+        change = int((~shifted).sum() - (~plain).sum())
+        changes.append(change)
+        print(
+            f"| {name} {recorded.label} ({role}) | {plain.mean():.4f} | {shifted.mean():.4f} | "
+            f"{(~plain).sum()} -> {(~shifted).sum()} | {change:+d} | "
+            f"{mcnemar_exact(plain, shifted).p_value:.3g} |",
+            flush=True,
+        )
     if not changes:
         raise SystemExit("no run with a kept trained model in the named experiments")
     summary = seed_summary([float(c) for c in changes])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the suite's sampler of PostgreSQL's connections
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: ports, the proxy, connections
+from conftest import free_port, storage_proxy_process  # noqa: E402
 from test_workers import peak_connections  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "mnist_tiny.npz"
@@ -59,34 +59,21 @@ run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], show_progress=False)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
-def storage_proxy(database: str, env: dict[str, str], folder: Path) -> Iterator[str]:
+def storage_proxy(database: str, folder: Path) -> Iterator[str]:
     """`tunelab storage-proxy` in front of `database` (its URL in the environment, not argv),
     answering at the returned grpc:// URL until the block ends."""
-    import optuna
+    from tunelab.engines.optuna.study import connect_storage
 
     port = free_port()
-    log = (folder / "proxy.log").open("wb")
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "storage-proxy", "--port", str(port)],
-        env={**env, "TUNELAB_OPTUNA_STORAGE": database},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
-        client.wait_server_ready(timeout=60)
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
-        log.close()
+    with (folder / "proxy.log").open("wb") as log:
+        proxy = storage_proxy_process(database, port, output=log)
+        try:
+            connect_storage(f"grpc://127.0.0.1:{port}")  # waits until it answers
+            yield f"grpc://127.0.0.1:{port}"
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=30)
 
 
 def run_workers(
@@ -107,14 +94,14 @@ def run_workers(
     )
     command = [sys.executable, "-c", WORKER, str(run_dir / f"{name}.yaml"), str(FIXTURE)]
     started = time.perf_counter()
-    with peak_connections(database) as peak:
+    with peak_connections(database) as peak, (run_dir / "workers.log").open("wb") as log:
         workers = [
             subprocess.Popen(
                 [*command, env["MLFLOW_TRACKING_URI"]],
                 cwd=run_dir,
                 env={**env, "TUNELAB_OPTUNA_STORAGE": storage},
                 stdout=subprocess.DEVNULL,
-                stderr=(run_dir / "workers.log").open("wb"),
+                stderr=log,
             )
             for _ in range(count)
         ]
@@ -169,7 +156,7 @@ def main() -> None:
     try:
         for kind in storages:
             with (
-                storage_proxy(database, env, folder)
+                storage_proxy(database, folder)
                 if kind == "proxy"
                 else nullcontext(database) as storage
             ):

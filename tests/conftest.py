@@ -342,6 +342,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def storage_proxy_process(
+    database: str, port: int, host: str = "127.0.0.1", output: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """`tunelab storage-proxy` serving `database` at host:port, as a user starts it: the URL in
+    its environment, never on its command line; its stdout and stderr together into `output`."""
+    command = [sys.executable, "-m", "tunelab", "storage-proxy", "--host", host]
+    return subprocess.Popen(
+        [*command, "--port", str(port)],
+        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": database},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def quiet_sweep(spec: Any, splits: Splits, **kwargs: Any) -> Any:
     """`run_sweep` on given splits with no display: how every test runs a sweep in-process."""
     from rich.console import Console

@@ -7,7 +7,6 @@ on each machine of a cluster; the storage URL and the tracking URI come from the
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import Services, free_port
+from conftest import Services, free_port, storage_proxy_process
 from hosts import Host, Network
 from test_workers import SPACE
 from tunelab.engines.optuna.proxy import LOCK_PREFIX
@@ -241,13 +240,7 @@ def test_two_hosts_share_one_study_exactly_through_the_storage_proxy(
     first, second, services = two_hosts
     net, _ = network
     name, budget, port = "proxied", 4, free_port()
-    command = [sys.executable, "-m", "tunelab", "storage-proxy", "--host", net.gateway]
-    proxy = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": services.storage_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proxy = storage_proxy_process(services.storage_url, port, host=net.gateway)
     try:
         through = {"TUNELAB_OPTUNA_STORAGE": f"grpc://{net.gateway}:{port}"}
         workers = [
@@ -257,7 +250,7 @@ def test_two_hosts_share_one_study_exactly_through_the_storage_proxy(
         outputs = [finish(worker) for worker in workers]
     finally:
         proxy.send_signal(signal.SIGINT)
-        _, proxy_errors = proxy.communicate(timeout=30)
+        proxy_output, _ = proxy.communicate(timeout=30)
     study = study_of(name, services)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * budget
     assert {t.user_attrs["host"] for t in study.trials} == {"host-a", "host-b"}  # both worked
@@ -267,7 +260,7 @@ def test_two_hosts_share_one_study_exactly_through_the_storage_proxy(
     [parent] = runs(name, services, Role.SWEEP)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == budget
     assert not [s for s in optuna.get_all_study_names(services.storage_url) if LOCK_PREFIX in s]
-    for output in [*outputs, proxy_errors.decode()]:  # no traceback, no library's "experimental"
+    for output in [*outputs, proxy_output.decode()]:  # no traceback, no library's "experimental"
         assert "Traceback" not in output and "Warning" not in output, output[-3000:]
     for host in (first, second):
         assert not list(host.folder.rglob("*.db")) and not checkpoints(host)

@@ -6,10 +6,7 @@ SQLite file under tmp_path; every worker reaches the study only through `grpc://
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from optuna.trial import TrialState
 
 import tunelab.engines.optuna.proxy as proxy
 import tunelab.engines.optuna.study as study_module
-from conftest import free_port
+from conftest import free_port, storage_proxy_process
 from test_workers import write_experiment
 from tunelab.define.urls import check_storage_url, is_proxy_url
 from tunelab.engines.optuna.adapter import fail_stale, heartbeat
@@ -153,24 +150,18 @@ def test_the_proxy_command_stops_at_once_on_ctrl_c_and_sigterm(
     its one closing line, not a traceback (a Ctrl-C swallowed by a server callback left it
     running)."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "storage-proxy", "--port", str(port)],
-        cwd=tmp_path,
-        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'behind.db'}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    server = storage_proxy_process(f"sqlite:///{tmp_path / 'behind.db'}", port)
     try:
         study_module.connect_storage(f"grpc://127.0.0.1:{port}").get_all_studies()
         signalled = time.monotonic()
         server.send_signal(stop)
-        output, errors = server.communicate(timeout=20)
+        output, _ = server.communicate(timeout=20)
         assert time.monotonic() - signalled < 10
     finally:
         server.kill()
-    assert server.returncode == 130, errors.decode()[-2000:]
-    assert b"interrupted" in output + errors
-    assert b"Traceback" not in errors, errors.decode()[-2000:]
+    assert server.returncode == 130, output.decode()[-2000:]
+    assert b"interrupted" in output
+    assert b"Traceback" not in output, output.decode()[-2000:]
 
 
 def test_a_proxy_nobody_answers_at_is_one_line_and_nothing_is_recorded(

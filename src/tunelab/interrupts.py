@@ -9,7 +9,6 @@ training loop raises it at its next batch (`tunelab.training.callbacks.StopWhenA
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -41,16 +40,14 @@ def wait_for_stop_signal(still_running: Callable[[float], bool]) -> None:
     interrupt cannot land in one of the server's callbacks and be swallowed there while the
     server goes on. `still_running(timeout)` waits up to `timeout` seconds and says whether the
     server still runs; the wait also ends when the server stops by itself."""
-    stop = threading.Event()
 
     def remember(signum: int, frame: FrameType | None) -> None:
         global _asked
         _asked = True
-        stop.set()
 
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
-    while not stop.is_set() and still_running(1.0):
+    while not _asked and still_running(1.0):
         pass
-    if stop.is_set():
+    if _asked:
         raise KeyboardInterrupt

@@ -24,6 +24,12 @@ def _shift(x: Any, down: int, right: int, name: str) -> Any:
     return keras.layers.Cropping2D(crop, name=f"{name}_crop")(padded)
 
 
+def views_per_image(pixels: int) -> int:
+    """How many times a delivered model looks at each image: once, or (with shifts of `pixels`)
+    the image and each of its shifts."""
+    return 1 + len(SHIFTS) if pixels else 1
+
+
 def with_test_time_shifts(model: Any, pixels: int = 1) -> Any:
     """`model` averaged over the unshifted image and its four shifts by `pixels`."""
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="image")

@@ -18,7 +18,7 @@ import json
 
 from tunelab.delivery.ensemble import Member
 from tunelab.delivery.export import ExportPaused, ExportResult, export_ensemble, export_model
-from tunelab.delivery.tta import SHIFTS
+from tunelab.delivery.tta import views_per_image
 from tunelab.engines.numerics import representative_config
 from tunelab.errors import UserError
 from tunelab.pipeline import plan
@@ -117,15 +117,15 @@ def _short(state: PipelineState) -> int | None:
 
 
 def _reserve(state: PipelineState, champion: RecordedRun, formats: int) -> float:
-    """Seconds kept after the refit for testing and exporting (each test image seen once more
-    per shift when the delivered models average test-time shifts)."""
+    """Seconds kept after the refit for testing and exporting (every view of each test image
+    when the delivered models average test-time shifts)."""
     return plan.export_seconds(
         champion.config,
         formats,
         ensemble_size(state),
         state.numerics.flop_rate,
         len(state.full_splits.test),
-        views=1 + len(SHIFTS) if state.spec.pipeline.test_time_shifts else 1,
+        views=views_per_image(state.spec.pipeline.test_time_shifts),
     )
 
 
