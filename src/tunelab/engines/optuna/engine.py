@@ -490,11 +490,12 @@ def run_optuna_sweep(request: SweepRequest) -> SweepOutcome:
                     parent.keep_open = bool(_running(study))
             if runner.aborted:
                 parent.status_on_exit = "FAILED"
-            from tunelab.engines.optuna.plots import log_study_plots
+            if not parent.keep_open:  # the launch that closes the parent draws the whole study
+                from tunelab.engines.optuna.plots import log_study_plots
 
-            log_study_plots(
-                study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None
-            )
+                log_study_plots(
+                    study, parent, baseline=sweep.baseline.val_accuracy if sweep.baseline else None
+                )
         records = study_records(study)
         if runner.aborted:
             raise SweepError(runner.aborted)

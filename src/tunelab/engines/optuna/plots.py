@@ -1,5 +1,9 @@
 """Optuna's plots of a study, logged as PNG artifacts of the sweep's parent run.
 
+The launch that closes the parent draws them, once, from the whole study: with several workers,
+the last to finish (the others leave the parent open and draw nothing, so N workers do not draw
+and upload the same plots N times over).
+
 Optuna's matplotlib plots draw through pyplot; each figure is closed after logging so that a long
 sweep does not accumulate figures. A plot that cannot be drawn yet (importances need two complete
 trials, say) is skipped with a note in `plots/skipped.txt`.
