@@ -87,8 +87,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """After a test that used a second of CPU, settle the heap (`settle_the_heap`).
 
     With TUNELAB_TEST_CPU_LOG set, one JSON line per test: the CPU seconds of its pytest
-    process and of the processes it started and waited for, and its wall time. On two shared
-    cores a test's wall time says how busy the others were; its CPU says what it costs."""
+    process and of the processes it started and waited for, its wall time, when it ended and in
+    which of pytest-xdist's processes. On two shared cores a test's wall time says how busy the
+    others were; its CPU says what it costs."""
     before = os.times()
     yield
     after = os.times()
@@ -101,6 +102,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             "started": after.children_user + after.children_system
             - before.children_user - before.children_system,
             "wall": after.elapsed - before.elapsed,
+            "ended": time.time(),  # when, and in which process: the suite's timeline
+            "process": WORKER,
         }  # fmt: skip
         with open(CPU_LOG, "a") as log:
             log.write(json.dumps(line) + "\n")
