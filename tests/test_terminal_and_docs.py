@@ -66,40 +66,51 @@ def test_the_readme_api_example_runs(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["module", "script"])
-def test_no_tensorflow_start_up_line_reaches_the_terminal(entry: str, tmp_path: Path) -> None:
+def test_no_tensorflow_start_up_line_reaches_the_terminal(
+    entry: str, tmp_path: Path, tiny_npz: Path
+) -> None:
     (tmp_path / "space.yaml").write_text("parameters:\n  filters: {type: int, low: 4, high: 8}\n")
-    (tmp_path / "e.yaml").write_text("search_space: space.yaml\nbudget: {trials: 1}\n")
+    (tmp_path / "e.yaml").write_text(
+        f"search_space: space.yaml\nbudget: {{trials: 1}}\ndataset: {{npz: {tiny_npz}}}\n"
+        "validation_size: 500\n"
+    )
     command = (
         [sys.executable, "-m", "tunelab"]
         if entry == "module"
         else [str(Path(sys.executable).parent / "tunelab")]
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    quiet = subprocess.run(
-        [*command, "tune", "e.yaml"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    # TensorFlow was imported (tune needs it), the data is missing offline: one error line
-    assert quiet.returncode == 2
-    assert not [
-        line for line in quiet.stderr.splitlines() if any(noise in line for noise in STARTUP_NOISE)
-    ], quiet.stderr
-    assert quiet.stderr.count("error:") == 1
+
+    def tunelab(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *arguments], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+
+    def noise(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if any(n in line for n in STARTUP_NOISE)]
+
+    # validate builds the model: TensorFlow is loaded, and its start-up lines are kept out
+    quiet = tunelab("validate", "e.yaml")
+    assert quiet.returncode == 0 and quiet.stdout.startswith("ok e.yaml"), quiet.stderr
+    assert not noise(quiet.stderr), quiet.stderr
     if entry != "module":
         return  # the lines exist whichever way tunelab starts: shown once, below
-    loud = subprocess.run(
-        [*command, "--verbose", "tune", "e.yaml"],
+    loud = tunelab("--verbose", "validate", "e.yaml")
+    assert "oneDNN custom operations" in loud.stderr  # they exist; the quiet run hid them
+    # a command refused in one line answers before it would load TensorFlow
+    (tmp_path / "missing.yaml").write_text("search_space: space.yaml\nbudget: {trials: 1}\n")
+    refused = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tunelab", "tune", "missing.yaml"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
     )
-    assert "oneDNN custom operations" in loud.stderr  # they exist; the quiet run hid them
+    errors = [line for line in refused.stderr.splitlines() if not line.startswith("import time")]
+    assert refused.returncode == 2 and errors[-1].startswith("error: no verified mnist data")
+    assert refused.stderr.count("error:") == 1
+    imported = {line.rsplit("|", 1)[-1].strip() for line in refused.stderr.splitlines()}
+    assert "mlflow" in imported and not {"tensorflow", "keras"} & imported
 
 
 def test_version() -> None:

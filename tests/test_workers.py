@@ -279,19 +279,6 @@ def test_tune_workers_passes_the_storage_in_the_environment_not_argv(
     assert env["MLFLOW_TRACKING_URI"] == tracking
 
 
-def test_the_command_that_starts_workers_does_not_load_tensorflow_itself() -> None:
-    """`tune --workers N` waits for N processes: its own 5 s of TensorFlow import would buy
-    nothing; a single `tune` (it trains) and a refused `--workers 0` still load it first."""
-    from tunelab.cli import loads_tensorflow
-
-    assert not loads_tensorflow(["tune", "e.yaml", "--workers", "3"])
-    assert not loads_tensorflow(["tune", "--workers=2", "e.yaml", "--quiet"])
-    assert loads_tensorflow(["tune", "e.yaml"]) and loads_tensorflow(["tune", "e.yaml", "--quiet"])
-    assert loads_tensorflow(["tune", "e.yaml", "--workers", "1"])
-    assert loads_tensorflow(["run", "e.yaml", "--budget", "1h"])
-    assert not loads_tensorflow(["tune", "--help"]) and not loads_tensorflow(["compare", "x"])
-
-
 def test_workers_are_refused_for_a_keras_tuner_experiment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,7 +20,7 @@ from tunelab.console import user_console
 from tunelab.define.data import DATASETS
 from tunelab.define.files import ConfigError
 from tunelab.errors import UserError
-from tunelab.quiet import import_tensorflow, quiet_environment
+from tunelab.quiet import quiet_environment, quiet_tensorflow_import
 
 app = typer.Typer(
     add_completion=False,
@@ -553,33 +553,6 @@ def ui(
     exec_mlflow_ui(tracker.tracking_uri, port)
 
 
-TENSORFLOW_COMMANDS = {
-    "tune",
-    "run",
-    "baseline",
-    "export",
-    "confirm",
-    "reproduce",
-    "data",
-    "validate",
-}
-
-
-def loads_tensorflow(arguments: list[str]) -> bool:
-    """Whether the command trains or loads models in this process: TensorFlow is then imported
-    first, quietly. `tune --workers N` only starts N processes that do (and `--help` nothing)."""
-    command = next((a for a in arguments if not a.startswith("-")), "")
-    if command not in TENSORFLOW_COMMANDS or "--help" in arguments:
-        return False
-    for index, argument in enumerate(arguments):
-        value = argument.partition("=")[2] if argument.startswith("--workers=") else None
-        if argument == "--workers" and index + 1 < len(arguments):
-            value = arguments[index + 1]
-        if value is not None and value.isdigit() and int(value) > 1:
-            return False
-    return True
-
-
 @app.command()
 def dashboard(
     experiment: Annotated[
@@ -656,8 +629,7 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point: quiet start-up, user errors as one line (exit 2), Ctrl-C as a note."""
     arguments = argv if argv is not None else sys.argv[1:]
     quiet_environment(verbose="--verbose" in arguments)
-    if loads_tensorflow(arguments):
-        import_tensorflow()
+    quiet_tensorflow_import()  # loaded when a command first needs it, its start-up lines kept out
     try:
         code = app(args=argv, standalone_mode=False)
     except UserError as error:

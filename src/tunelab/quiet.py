@@ -2,21 +2,32 @@
 
 TensorFlow 2.21 prints its C++ start-up notices (oneDNN, "Could not find cuda drivers", a failed
 cuInit on a machine without a GPU, absl's "All log messages before absl::InitializeLog()") before
-any logging setting is read, so no environment variable silences them. The entry points (`tunelab`,
-`python -m tunelab`, `tunelab.api`) therefore import TensorFlow with the process's stderr captured
-at the file-descriptor level, drop the lines known to be start-up noise and write every other
-line back. `--verbose` (or TUNELAB_VERBOSE=1) shows everything.
+any logging setting is read, so no environment variable silences them. TensorFlow is therefore
+imported with the process's stderr captured at the file-descriptor level: the lines known to be
+start-up noise are dropped and every other line is written back. `--verbose` (or
+TUNELAB_VERBOSE=1) shows everything.
+
+The command line does not import TensorFlow up front: it installs `quiet_tensorflow_import`, so
+that whichever module first imports `keras` or `tensorflow` loads it this way, when it is first
+needed. A command refused in one line (a bad option, a missing dataset) or one that never trains
+(`tune --workers N` starts the processes that do) answers without the 5 s that loading
+TensorFlow costs.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
 
 VERBOSE_ENV = "TUNELAB_VERBOSE"
 NOISE = re.compile(
@@ -26,7 +37,7 @@ NOISE = re.compile(
     r"|TF-TRT Warning|This TensorFlow binary is optimized to use available CPU instructions"
     r"|rebuild TensorFlow with the appropriate compiler flags|absl::InitializeLog"
 )
-_STATE = {"imported": False}
+TENSORFLOW_MODULES = ("tensorflow", "keras")  # whichever is imported first loads TensorFlow
 
 
 def verbose() -> bool:
@@ -80,14 +91,54 @@ def filtered_stderr() -> Iterator[None]:
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow and Keras and touch the devices once, quietly (idempotent)."""
-    if _STATE["imported"]:
-        return
-    with filtered_stderr():
-        import keras  # noqa: F401
-        import tensorflow as tf
+    """Import TensorFlow and Keras now, quietly (idempotent)."""
+    quiet_tensorflow_import()
+    import keras  # noqa: F401
 
-        tf.config.list_physical_devices()
-    if not verbose():  # tf.function retracing notes and friends: tunelab's business, not the user's
-        tf.get_logger().setLevel(logging.ERROR)
-    _STATE["imported"] = True
+
+def quiet_tensorflow_import() -> None:
+    """Have the first import of TensorFlow or Keras, wherever it happens, load quietly and touch
+    the devices once (idempotent; nothing to do once TensorFlow is loaded)."""
+    if any(name in sys.modules for name in TENSORFLOW_MODULES):
+        return
+    if not any(isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds the first of `TENSORFLOW_MODULES` to be imported the usual way, then removes itself
+    and has the module's own loader run it with stderr filtered."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name not in TENSORFLOW_MODULES:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """A module's own loader, executing it with stderr filtered (everything it imports in turn,
+    TensorFlow's C++ libraries included, loads inside), then touching the devices once."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like: the real loader's
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with filtered_stderr():
+            self._loader.exec_module(module)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # a GPU's start-up lines come at its first use
+        if not verbose():  # tf.function retracing notes and friends: tunelab's, not the user's
+            tf.get_logger().setLevel(logging.ERROR)
