@@ -230,17 +230,23 @@ def test_a_retried_trial_resumes_from_its_checkpoint_unless_past_the_epoch_cap(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_tune_stopped_by_a_signal_closes_its_runs_and_the_same_command_resumes(
-    signum: int, tmp_path: Path, tiny_npz: Path
+def test_tune_stopped_by_sigterm_then_by_ctrl_c_closes_its_runs_and_the_same_command_resumes(
+    tmp_path: Path, tiny_npz: Path
 ) -> None:
-    """`tunelab tune` (the command line and its signal handler) gets SIGTERM or SIGINT in the
-    middle of a trial: it says so in one line and exits 130 (Typer returned that code and the
-    process exited 0: job controllers saw success), the trial is failed with its reason, no run
-    stays RUNNING, and the same command then meets the budget exactly."""
+    """`tunelab tune` (the command line and its signal handler) gets SIGTERM in the middle of a
+    trial, and the same command, relaunched, gets SIGINT in the middle of the next: each time
+    it says so in one line and exits 130 (Typer returned that code and the process exited 0:
+    job controllers saw success), the trial is failed with its reason, no run stays RUNNING;
+    the same command then meets the budget exactly."""
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     stop_and_resume(
-        signum, tmp_path, tiny_npz, uri, storage, ["--tracking-uri", uri, "--storage", storage], {}
+        [signal.SIGTERM, signal.SIGINT],
+        tmp_path,
+        tiny_npz,
+        uri,
+        storage,
+        ["--tracking-uri", uri, "--storage", storage],
+        {},
     )
 
 
@@ -255,12 +261,12 @@ def test_ctrl_c_on_postgresql_and_the_mlflow_server_closes_its_runs_and_the_same
         "MLFLOW_TRACKING_URI": services.tracking_uri,
     }
     stop_and_resume(
-        signal.SIGINT, tmp_path, tiny_npz, services.tracking_uri, services.storage_url, [], where
+        [signal.SIGINT], tmp_path, tiny_npz, services.tracking_uri, services.storage_url, [], where
     )
 
 
 def stop_and_resume(
-    signum: int,
+    signals: list[int],
     folder: Path,
     tiny_npz: Path,
     uri: str,
@@ -268,32 +274,37 @@ def stop_and_resume(
     store_options: list[str],
     store_environment: dict[str, str],
 ) -> None:
-    """Signal `tunelab tune` mid-trial, check what it closed and said, then run it again."""
+    """Signal `tunelab tune` mid-trial, once per launch, check what it closed and said each
+    time, then run it again to the end."""
     (folder / "space.yaml").write_text(textwrap.dedent(SPACE).replace("30", "300"))
     data = f"dataset: {{npz: {tiny_npz}}}\nvalidation_size: 500\n"
     experiment = textwrap.dedent(EXPERIMENT) + data
-    # 300-epoch trials: the signal comes in the middle of the first one
+    # 300-epoch trials: the signal comes in the middle of one
     (folder / "crash.yaml").write_text(experiment.replace("max_epochs: 2", "max_epochs: 300"))
     command = [sys.executable, "-m", "tunelab", "tune", "crash.yaml", "--quiet", *store_options]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **store_environment}
-    worker = subprocess.Popen(
-        command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for_running_trial(storage, worker)
-        time.sleep(2)  # into the training
-        worker.send_signal(signum)
-        out, errors = worker.communicate(timeout=60)
-    finally:
-        worker.kill()
-    assert worker.returncode == 130, errors.decode()[-2000:]
-    said = (out + errors).decode()
-    assert "interrupted: finished work is recorded; the same command resumes" in said
     tracker = Tracker(uri)
-    runs = tracker.search("crash", Query())
-    assert runs and all(r.info.status != "RUNNING" for r in runs)
-    stopped = [r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interr")]
-    assert len(stopped) == 1 and stopped[0].info.status == "KILLED"  # MLflow's word for it
+    for launch, signum in enumerate(signals, start=1):
+        worker = subprocess.Popen(
+            command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_running_trial(storage, worker)
+            time.sleep(2)  # into the training
+            worker.send_signal(signum)
+            out, errors = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
+        assert worker.returncode == 130, errors.decode()[-2000:]
+        said = (out + errors).decode()
+        assert "interrupted: finished work is recorded; the same command resumes" in said
+        runs = tracker.search("crash", Query())
+        assert runs and all(r.info.status != "RUNNING" for r in runs)
+        stopped = [
+            r for r in runs if r.data.tags.get(TagKey.FAILURE_REASON, "").startswith("interr")
+        ]
+        assert len(stopped) == launch  # one trial a launch, failed with its reason
+        assert all(r.info.status == "KILLED" for r in stopped)  # MLflow's word for it
     (folder / "crash.yaml").write_text(experiment)  # 2-epoch trials from here: a quick test
     again = subprocess.run(command, cwd=folder, env=environment, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
