@@ -69,10 +69,10 @@ SETTLE_AFTER_CPU_SECONDS = 1.0
 def settle_the_heap() -> None:
     """Collect what the last test left, then hide the survivors from the garbage collector.
 
-    Every training leaves its traced graphs behind for good (about 15,000 objects that
-    TensorFlow's C++ side keeps in cycles no collection can break), and each later full
-    collection (`fresh_session` runs one before every model) walks all of them again: late in a
-    suite process that was 0.4 s a training. What survives a test's end lives as long as the
+    Every training leaves its traced graphs behind for good (about 15,000 objects that no
+    collection frees and no module refers to: TensorFlow's C++ side holds them), and each later
+    full collection (`fresh_session` runs one before every model) walks all of them again: late
+    in a suite process that was 0.4 s a training. What survives a test's end lives as long as the
     process, so it is frozen (`gc.freeze`), as `fresh_session` freezes what exists at its first
     call. Only after tests that used a second of CPU: the others leave little to walk."""
     gc.collect()
