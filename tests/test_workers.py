@@ -195,7 +195,7 @@ def test_workers_share_one_study_with_exact_counts_and_one_parent(
         assert not any(services.password in str(value) for value in fields)
     tracker = Tracker(services.tracking_uri)
     parent_id = parents[0].info.run_id
-    # the study's plots, drawn by the worker that closed the parent, the others drew none
+    # the study's plots are on the parent (drawn by the worker that closed it)
     assert "plots/optimization_history.png" in tracker.list_artifacts(parent_id, "plots")
     logged = tracker.client.download_artifacts(parent_id, f"experiment/{name}.yaml", str(tmp_path))
     text = Path(logged).read_text()

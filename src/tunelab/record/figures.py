@@ -95,7 +95,7 @@ def misclassified_examples(
     per image: laying out and drawing 48 axes took over a second per export."""
     wrong = np.flatnonzero(labels != predictions)[:limit]
     rows = max(1, int(np.ceil(len(wrong) / columns)))
-    mosaic, (cell_height, cell_width), (height, width) = _mosaic(images, wrong, rows, columns)
+    mosaic, origins, width = _mosaic(images, wrong, rows, columns)
     grid_width = columns * 0.9  # inches; the height follows the images' shape
     grid_height = grid_width * mosaic.shape[0] / mosaic.shape[1]
     figure = Figure(figsize=(grid_width, grid_height + 0.6))
@@ -105,11 +105,10 @@ def misclassified_examples(
         axes.imshow(mosaic, cmap="gray_r", interpolation="nearest")  # grey: dark ink on white
     else:
         axes.imshow(mosaic, interpolation="nearest")  # colour as it is
-    for slot, index in enumerate(wrong):
-        row, column = divmod(slot, columns)
+    for (top, left), index in zip(origins, wrong, strict=True):
         axes.text(
-            column * cell_width + width / 2,
-            row * cell_height + (cell_height - height) * 0.9,
+            left + width / 2,
+            top - 1,
             f"{class_names[int(labels[index])]}→{class_names[int(predictions[index])]}",
             fontsize=7,
             ha="center",
@@ -122,9 +121,9 @@ def misclassified_examples(
 
 def _mosaic(
     images: npt.NDArray[np.generic], chosen: npt.NDArray[np.intp], rows: int, columns: int
-) -> tuple[npt.NDArray[np.generic], tuple[int, int], tuple[int, int]]:
+) -> tuple[npt.NDArray[np.generic], list[tuple[int, int]], int]:
     """The chosen images tiled row by row on a blank background, a caption band above each and
-    a margin beside it; the mosaic, the cell's (height, width) and the image's."""
+    a margin beside it; the mosaic, each image's (top, left) in it and the images' width."""
     sample = np.asarray(images[:1])
     height, width = sample.shape[1], sample.shape[2]
     grey = sample.ndim == 3 or sample.shape[-1] == 1
@@ -138,8 +137,10 @@ def _mosaic(
         tiles = np.clip(np.asarray(images[chosen]), 0, 255).astype(np.uint8)
         blank = 255.0
     mosaic = np.full(shape, blank, dtype=tiles.dtype)
-    for slot, tile in enumerate(tiles):
-        row, column = divmod(slot, columns)
-        top, left = row * cell_height + band, column * cell_width + margin // 2
+    origins = [
+        (row * cell_height + band, column * cell_width + margin // 2)
+        for row, column in (divmod(slot, columns) for slot in range(len(tiles)))
+    ]
+    for (top, left), tile in zip(origins, tiles, strict=True):
         mosaic[top : top + height, left : left + width] = tile
-    return mosaic, (cell_height, cell_width), (height, width)
+    return mosaic, origins, width
