@@ -4,6 +4,7 @@ Usage: python benchmarks/search_value.py [--budget 20m] [--seeds 3]
                                          [--methods tpe-screens,random,kt-hyperband]
                                          [--experiment experiments/mnist_cold.yaml]
                                          [--retrain-epochs 4] [--precision mixed_bfloat16]
+                                         [--out benchmarks/results/search_value]
 
 Every method searches the same space (the experiment's: by default the hand recipe's
 neighbourhood with nothing enqueued) on the same split, for the same wall-clock budget, once per
@@ -21,6 +22,12 @@ and the rank agreement the sweep measured. Because the methods train schedules o
 lengths, what was found is also judged alike: each crowned configuration is trained once more on a
 complete `--retrain-epochs` schedule, with the same seed for every method (0: skip). Prints one
 row per run, then each method's mean, spread (standard deviation) and 95 % t-interval.
+
+Three seeds of three methods at 20 minutes take about three and a half hours, so each run's
+stores and result are kept under `--out` (one folder per method and seed, `result.json` written
+when its search and retraining are done): the same command run again reports the runs recorded
+for the same experiment, budget and retraining and does only the missing ones, so the benchmark
+can be stopped and continued, or grown one seed at a time (`--seeds 1`, later `--seeds 3`).
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -144,6 +151,38 @@ def summary(values: list[float]) -> str:
     return f"mean {mean:.4f}, sd {spread:.4f}, 95 % CI [{mean - half:.4f}, {mean + half:.4f}]"
 
 
+def recorded(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The result kept in `folder` by an earlier run with the same settings, if there is one."""
+    path = folder / "result.json"
+    if not path.exists():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result if result.get("settings") == settings else None
+
+
+def run_once(
+    method: str, seed: int, args: argparse.Namespace, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """One method and seed: searched, its crowned configuration retrained, the result kept."""
+    folder = args.out.resolve() / f"{method}-seed{seed}"
+    earlier = recorded(folder, settings)
+    if earlier is not None:
+        return {**earlier, "earlier": True}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    found = search(method, seed, args.budget, args.experiment.resolve(), folder)
+    if args.retrain_epochs and found["run_id"] is not None:
+        from tunelab.quiet import import_tensorflow
+
+        import_tensorflow()
+        found["retrained"] = retrain(
+            found, args.retrain_epochs, args.precision, args.experiment.resolve()
+        )
+    found["settings"] = settings
+    (folder / "result.json").write_text(json.dumps(found, indent=1))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="20m")
@@ -152,6 +191,7 @@ def main() -> None:
     parser.add_argument("--experiment", type=Path, default=Path("experiments/mnist_cold.yaml"))
     parser.add_argument("--retrain-epochs", type=int, default=4)
     parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_value"))
     args = parser.parse_args()
     from tunelab.quiet import quiet_environment
 
@@ -160,36 +200,29 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}; {args.experiment}, budget {args.budget} a run", flush=True)
     methods = args.methods.split(",")
+    settings = {
+        "experiment": str(args.experiment.resolve()),
+        "budget": args.budget,
+        "retrain_epochs": args.retrain_epochs,
+        "precision": args.precision,
+    }
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="search-value-") as scratch:
-        for seed in range(1, args.seeds + 1):
-            for method in methods:
-                folder = Path(scratch) / f"{method}-{seed}"
-                folder.mkdir()
-                found = search(method, seed, args.budget, args.experiment.resolve(), folder)
-                results.append(found)
-                shown = "nothing" if found["found"] is None else f"{found['found']:.4f}"
-                print(
-                    f"{method:<13} seed {seed}: found {shown} "
-                    f"({found['complete']} complete trials, {found['wall']:.0f} s); "
-                    + "; ".join(found["agreement"]),
-                    flush=True,
-                )
-        if args.retrain_epochs:
-            from tunelab.quiet import import_tensorflow
-
-            import_tensorflow()
-            for found in results:
-                if found["run_id"] is None:
-                    continue
-                found["retrained"] = retrain(
-                    found, args.retrain_epochs, args.precision, args.experiment.resolve()
-                )
-                print(
-                    f"{found['method']:<13} seed {found['seed']}: crowned configuration on a "
-                    f"complete {args.retrain_epochs}-epoch schedule: {found['retrained']:.4f}",
-                    flush=True,
-                )
+    for seed in range(1, args.seeds + 1):
+        for method in methods:
+            found = run_once(method, seed, args, settings)
+            results.append(found)
+            shown = "nothing" if found["found"] is None else f"{found['found']:.4f}"
+            again = ""
+            if "retrained" in found:
+                again = f"; complete {args.retrain_epochs}-epoch schedule {found['retrained']:.4f}"
+            print(
+                f"{method:<13} seed {seed}: found {shown}{again} "
+                f"({found['complete']} complete trials, {found['wall']:.0f} s"
+                + (", recorded earlier" if found.get("earlier") else "")
+                + "); "
+                + "; ".join(found["agreement"]),
+                flush=True,
+            )
     for method in methods:
         mine = [r for r in results if r["method"] == method and r["found"] is not None]
         line = f"{method:<13} found: {summary([r['found'] for r in mine])}"
