@@ -130,11 +130,12 @@ def _mosaic(
     band, margin = max(4, height // 3), max(2, width // 8)
     cell_height, cell_width = height + band, width + margin
     shape = (rows * cell_height, columns * cell_width) + (() if grey else (sample.shape[-1],))
+    tiles: npt.NDArray[np.generic]
     if grey:  # gray_r: the smallest value is white
         tiles = np.asarray(images[chosen]).reshape(len(chosen), height, width).astype(np.float32)
         blank = float(tiles.min()) if len(chosen) else 0.0
     else:
-        tiles = np.clip(np.asarray(images[chosen]), 0, 255).astype(np.uint8)
+        tiles = _colour_bytes(np.asarray(images[chosen]))
         blank = 255.0
     mosaic = np.full(shape, blank, dtype=tiles.dtype)
     origins = [
@@ -144,3 +145,17 @@ def _mosaic(
     for (top, left), tile in zip(origins, tiles, strict=True):
         mosaic[top : top + height, left : left + width] = tile
     return mosaic, origins, width
+
+
+def _colour_bytes(tiles: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+    """Colour images as 0-255 bytes, whatever their scale: integers as they are (clipped), floats
+    in [0, 1] scaled up, floats in [0, 255] as they are, anything else (standardised images)
+    stretched from its minimum to its maximum."""
+    values: npt.NDArray[np.float32] = tiles.astype(np.float32)
+    if values.size and not np.issubdtype(tiles.dtype, np.integer):
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            values = values * 255.0
+        elif low < 0.0 or high > 255.0:
+            values = (values - low) * (255.0 / max(high - low, 1e-12))
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
