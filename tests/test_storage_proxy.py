@@ -113,6 +113,7 @@ def test_a_lock_whose_holder_died_is_broken_after_the_lease_and_a_live_holder_is
     thread.join()
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() as the engine does
 def test_a_trial_whose_worker_stopped_beating_behind_the_proxy_is_failed_and_queued_again(
     proxy_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
