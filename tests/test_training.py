@@ -7,11 +7,13 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import flat_config
 from tunelab.define.data import Splits
 from tunelab.record.results import FAILED
 from tunelab.training.callbacks import EpochSinkCallback
+from tunelab.training.inputs import Augmenter
 from tunelab.training.train import evaluate_test, train_and_validate
 
 SMALL = flat_config(filters=8, dense_units=32, epochs=2, batch_size=64)
@@ -104,3 +106,59 @@ def test_a_fresh_session_frees_the_last_model_and_walks_only_what_trainings_made
     # the objects the process held at its first fresh session (TensorFlow's, Keras', the
     # clients': hundreds of thousands) were set aside once: no collection walks them again
     assert gc.get_freeze_count() > 100_000
+
+
+def augmented(
+    images: np.ndarray[Any, Any], number: int = 5, seed: int = 3, **settings: Any
+) -> np.ndarray[Any, Any]:
+    """One training batch (`number` of the training) as the augmentation hands it to the model."""
+    training = flat_config(**settings).training
+    augment = Augmenter(training, images.shape[1:3], seed)
+    x, _ = augment(tf.constant(number, tf.int64), (tf.constant(images), tf.zeros(len(images))))
+    return np.asarray(x)
+
+
+def digits(tiny_splits: Splits, count: int = 64) -> np.ndarray[Any, Any]:
+    return np.asarray(tiny_splits.train.x[:count])
+
+
+def test_mirroring_turns_about_half_the_images_and_leaves_the_shifts_as_they_were(
+    tiny_splits: Splits,
+) -> None:
+    images, settings = digits(tiny_splits), {"augment_translation": 0.1, "augment_flip": True}
+    shifted = augmented(images, augment_translation=0.1)
+    both = augmented(images, **settings)
+    mirrored = [
+        bool(np.array_equal(b, s[:, ::-1])) and not np.array_equal(b, s)
+        for b, s in zip(both, shifted, strict=True)
+    ]
+    kept = [bool(np.array_equal(b, s)) for b, s in zip(both, shifted, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))  # the same shift, or mirrored
+    assert 16 <= sum(mirrored) <= 48  # about half of 64
+    assert np.array_equal(both, augmented(images, **settings))  # a function of seed and batch
+    assert not np.array_equal(both, augmented(images, 6, **settings))
+
+
+def test_cutout_blacks_out_one_square_of_the_asked_side_in_each_image() -> None:
+    white = np.full((64, 28, 28, 1), 255, dtype=np.uint8)
+    cut = augmented(white, augment_cutout=0.25)[..., 0]  # a 7x7 square: 0.25 of 28
+    for image in cut:
+        rows, columns = np.nonzero(image == 0)
+        assert len(rows) > 0
+        top, bottom, left, right = rows.min(), rows.max(), columns.min(), columns.max()
+        assert np.all(image[top : bottom + 1, left : right + 1] == 0)  # one solid rectangle
+        assert len(rows) == (bottom - top + 1) * (right - left + 1) <= 49
+        assert np.all(image[image != 0] == 255)  # the rest untouched
+    whole = [int(np.sum(image == 0)) == 49 for image in cut]  # away from the borders
+    assert sum(whole) >= 16
+    places = {tuple(np.argwhere(image == 0)[0]) for image in cut}
+    assert len(places) > 16  # the square moves from image to image
+
+
+@pytest.mark.slow
+def test_a_training_with_mirrors_and_cutout_learns(tiny_splits: Splits) -> None:
+    config = flat_config(
+        filters=8, dense_units=32, epochs=2, batch_size=64, augment_flip=True, augment_cutout=0.2
+    )
+    result = train_and_validate(config, tiny_splits, seed=1)
+    assert result.ok and result.best_val_accuracy > 0.3

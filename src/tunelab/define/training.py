@@ -59,6 +59,15 @@ class TrainingConfig(BaseModel):
     augment_translation: float = Field(0.0, ge=0.0, le=0.5, description="max shift, image fraction")
     augment_rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation, degrees")
     augment_zoom: float = Field(0.0, ge=0.0, lt=0.5, description="max zoom in or out, fraction")
+    augment_flip: bool = Field(
+        False, description="mirror half the images left to right (clothes, scenes; not digits)"
+    )
+    augment_cutout: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.75,
+        description="side of a square zeroed at a random place in each image, image fraction",
+    )
     weight_averaging: Literal["none", "ema", "swa"] = Field(
         "none",
         description="the model delivered and scored: the last weights, their moving average "

@@ -13,7 +13,8 @@ Keras epoch (one `fit` call), so every callback and the history see steps as epo
 
 Pixels stay uint8 until a batch is formed; augmentation (translation, rotation, zoom) is one
 vectorised projective transform per batch, or an integer pad-and-crop when only translation is
-asked for. Neither is a layer of the model, so exported models contain none of it.
+asked for, then the optional left-right mirror and cutout. None of it is a layer of the model,
+so exported models contain none of it.
 """
 
 from __future__ import annotations
@@ -160,12 +161,17 @@ def _plain(x: Any, y: Any) -> tuple[Any, Any]:
 
 
 class Augmenter:
-    """Per batch: uint8 -> float32 and the config's random shifts, rotations and zooms.
+    """Per batch: uint8 -> float32 and the config's random shifts, rotations, zooms, mirrors
+    and cutouts.
 
     Translation alone is an integer pad-and-crop (the shift in pixels is the fraction times the
     side, rounded); with rotation or zoom, one bilinear projective transform does all three.
+    Then each image is mirrored left to right with probability 1/2 (`augment_flip`), and a
+    square of `augment_cutout` times the sides is set to 0 (black) around a centre drawn
+    anywhere in the image, so it may hang over the border (DeVries and Taylor's cutout).
     Random numbers are stateless, seeded by (seed, global batch number): reproducible and
-    resumable.
+    resumable; the mirror and the cutout draw from streams of their own (folded from that
+    seed), so turning them on leaves the shifts a training sees as they were.
     """
 
     def __init__(self, cfg: TrainingConfig, size: tuple[int, int], seed: int) -> None:
@@ -176,11 +182,16 @@ class Augmenter:
         )
         self.rotation = math.radians(cfg.augment_rotation)
         self.zoom = cfg.augment_zoom
+        self.flip = cfg.augment_flip
+        self.cutout = (
+            round(cfg.augment_cutout * self.height),
+            round(cfg.augment_cutout * self.width),
+        )
         self.seed = seed
 
     @property
     def active(self) -> bool:
-        return bool(any(self.shift) or self.rotation or self.zoom)
+        return bool(any(self.shift) or self.rotation or self.zoom or self.flip or any(self.cutout))
 
     def __call__(self, number: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
         x, y = batch
@@ -188,9 +199,28 @@ class Augmenter:
         if not self.active:
             return x, y
         seed = tf.stack([tf.constant(self.seed, tf.int64), number])
-        if self.rotation or self.zoom:
-            return self._transform(x, seed), y
-        return self._pad_and_crop(x, seed), y
+        transform = self._transform if self.rotation or self.zoom else self._pad_and_crop
+        x = transform(x, seed)
+        if self.flip:
+            x = self._mirror(x, tf.random.experimental.stateless_fold_in(seed, 1))
+        if any(self.cutout):
+            x = self._cut_out(x, tf.random.experimental.stateless_fold_in(seed, 2))
+        return x, y
+
+    def _mirror(self, x: Any, seed: Any) -> Any:
+        heads = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed=seed) < 0.5
+        return tf.where(heads, tf.reverse(x, axis=[2]), x)
+
+    def _cut_out(self, x: Any, seed: Any) -> Any:
+        tall, wide = self.cutout
+        centres = tf.random.stateless_uniform([tf.shape(x)[0], 2], seed=seed)
+        top = tf.cast(centres[:, 0:1] * self.height, tf.int32) - tall // 2
+        left = tf.cast(centres[:, 1:2] * self.width, tf.int32) - wide // 2
+        rows, columns = tf.range(self.height)[tf.newaxis], tf.range(self.width)[tf.newaxis]
+        in_rows = (rows >= top) & (rows < top + tall)  # [images, height]
+        in_columns = (columns >= left) & (columns < left + wide)  # [images, width]
+        square = in_rows[:, :, tf.newaxis, tf.newaxis] & in_columns[:, tf.newaxis, :, tf.newaxis]
+        return tf.where(square, tf.zeros_like(x), x)
 
     def _pad_and_crop(self, x: Any, seed: Any) -> Any:
         down, across = round(self.shift[0]), round(self.shift[1])
