@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/free_accuracy.py [--epochs 6] [--seeds 2] [--cycles 3]
                                           [--variants plain,ema,swa,snapshots]
-                                          [--precision mixed_bfloat16]
+                                          [--precision mixed_bfloat16] [--dataset mnist]
+                                          [--cutout 0.25]
 
 Trains the recipe (`tunelab.define.cnn.RECIPE`, its schedule shortened to `--epochs`; pass
 `--precision float32` on a CPU without native bfloat16) on the usual 50,000 / 10,000 split
@@ -11,7 +12,9 @@ once per variant and seed, with the same seed, data order and epochs for every v
 - plain: the recipe as it is;
 - ema / swa: `weight_averaging` (batch norm recomputed after averaging);
 - snapshots: `snapshot_cycles: --cycles`; scored twice: its last model alone, and the averaged
-  softmax of its cycle ends (the ensemble `tunelab run` would deliver from one refit).
+  softmax of its cycle ends (the ensemble `tunelab run` would deliver from one refit);
+- flip / cutout / flip+cutout: the augmentations for clothes and scenes (`augment_flip`,
+  `augment_cutout: --cutout`), meant for `--dataset fashion_mnist` (mirrored digits are wrong).
 
 Scores are validation accuracy (the test split is read only by the baseline and exports), and
 the table gives each variant's mean over seeds, its spread, and its gain over plain paired by
@@ -37,6 +40,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--variants", default="plain,ema,swa,snapshots")
     parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
+    parser.add_argument("--cutout", type=float, default=0.25)
     args = parser.parse_args()
     quiet_environment()
     import_tensorflow()
@@ -48,7 +53,7 @@ def main() -> None:
     from tunelab.training.factory import serving_model
     from tunelab.training.train import train_and_validate
 
-    splits = load_splits("mnist")
+    splits = load_splits(args.dataset)
     base = cnn_run_config(RECIPE, RECIPE_TRAINING.with_epochs(args.epochs))
     precision = args.precision
     updates: dict[str, dict[str, Any]] = {
@@ -56,11 +61,17 @@ def main() -> None:
         "ema": {"weight_averaging": "ema"},
         "swa": {"weight_averaging": "swa"},
         "snapshots": {"snapshot_cycles": args.cycles},
+        "flip": {"augment_flip": True},
+        "cutout": {"augment_cutout": args.cutout},
+        "flip+cutout": {"augment_flip": True, "augment_cutout": args.cutout},
     }
     chosen = args.variants.split(",")
     images, labels = splits.val.x.astype("float32"), splits.val.y
     scores: dict[str, list[float]] = {}
-    print(f"recipe, {args.epochs} epochs, {precision}, seeds 1..{args.seeds}", flush=True)
+    print(
+        f"recipe on {args.dataset}, {args.epochs} epochs, {precision}, seeds 1..{args.seeds}",
+        flush=True,
+    )
     for seed in range(1, args.seeds + 1):
         for name in chosen:
             training = base.training.model_copy(update=updates[name])
