@@ -7,7 +7,8 @@ For every trial and confirmation run of the named MLflow experiments (default: e
 experiment in the store) that kept its trained model, the model is rebuilt in float32 and scored
 on that run's own validation split, reloaded and checked against the recorded data digest, once
 as it is and once averaged over the image and its four shifts by `--pixels`
-(`tunelab.delivery.tta`, what `pipeline.test_time_shifts` exports). Nothing is trained and the
+(`tunelab.delivery.tta`, what `pipeline.test_time_shifts` exports; with the mirrored image and
+its shifts too for a model trained with `augment_flip`, as exported). Nothing is trained and the
 test split is not read (rule 1: only the baseline and exports score it). Prints one row per model
 (accuracy, errors, the change in errors, McNemar's exact p) and the mean change over models with
 its 95 % t-interval.
@@ -59,11 +60,14 @@ def main() -> None:
         model = member_from_run(tracker, run_id, recorded.label).model
         images = eval_dataset(validation)
         plain = _correct(model, images, validation.y)
-        shifted = _correct(with_test_time_shifts(model, args.pixels), images, validation.y)
+        mirrored = recorded.config.training.augment_flip
+        averaged = with_test_time_shifts(model, args.pixels, mirrored=mirrored)
+        shifted = _correct(averaged, images, validation.y)
         change = int((~shifted).sum() - (~plain).sum())
         changes.append(change)
         print(
-            f"| {name} {recorded.label} ({role}) | {plain.mean():.4f} | {shifted.mean():.4f} | "
+            f"| {name} {recorded.label} ({role}{', mirrored too' if mirrored else ''}) | "
+            f"{plain.mean():.4f} | {shifted.mean():.4f} | "
             f"{(~plain).sum()} -> {(~shifted).sum()} | {change:+d} | "
             f"{mcnemar_exact(plain, shifted).p_value:.3g} |",
             flush=True,

@@ -67,18 +67,24 @@ def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
 def test_test_time_shifts_average_the_image_and_its_shifts_in_every_format(
     tiny_splits: Splits, tmp_path: Path
 ) -> None:
+    """Shifts alone, and shifts of the image and of its mirror (a model trained with
+    `augment_flip`): the exported model averages exactly those views, in every format."""
     from tunelab.delivery.formats import FORMATS
-    from tunelab.delivery.tta import SHIFTS, with_test_time_shifts
+    from tunelab.delivery.tta import SHIFTS, views_per_image, with_test_time_shifts
 
     config = flat_config(filters=4, dense_units=8, epochs=1, optimizer="adam")
     model = train_and_validate(config, tiny_splits, seed=1).model
-    tta = with_test_time_shifts(model, 1)
     images = tiny_splits.test.x[:100].astype("float32")
     views = [images] + [shifted(images, down, right) for down, right in SHIFTS]
-    expected = np.mean([np.asarray(model.predict(v, verbose=0)) for v in views], axis=0)
-    got = np.asarray(tta.predict(images, verbose=0))
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    for fmt in FORMATS:
+    mirror = images[:, :, ::-1]
+    views_mirrored = views + [mirror] + [shifted(mirror, down, right) for down, right in SHIFTS]
+    for mirrored, seen in ((False, views), (True, views_mirrored)):
+        assert views_per_image(1, mirrored) == len(seen)
+        tta = with_test_time_shifts(model, 1, mirrored=mirrored)
+        expected = np.mean([np.asarray(model.predict(v, verbose=0)) for v in seen], axis=0)
+        got = np.asarray(tta.predict(images, verbose=0))
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    for fmt in FORMATS:  # the mirrored model holds every kind of view layer
         check = write_and_check(tta, fmt, tmp_path, images, tiny_splits.test.y[:100], got)
         assert check.ok, (fmt, check.problem)
 

@@ -404,7 +404,7 @@ def test_the_time_kept_for_the_export_covers_every_shifted_view_of_the_test_set(
     monkeypatch.setattr(final, "ensemble_size", lambda state: 3)
     champion = cast(RecordedRun, SimpleNamespace(config=flat_config(epochs=15)))
 
-    def reserve(shifts: int) -> float:
+    def reserve(shifts: int, champion: RecordedRun = champion) -> float:
         state = SimpleNamespace(
             spec=SimpleNamespace(pipeline=SimpleNamespace(test_time_shifts=shifts)),
             numerics=SimpleNamespace(flop_rate=1e9),
@@ -417,3 +417,8 @@ def test_the_time_kept_for_the_export_covers_every_shifted_view_of_the_test_set(
     )
     assert passes > 0
     assert reserve(1) - reserve(0) == pytest.approx(len(SHIFTS) * passes)
+    # a champion trained on mirrored images is also shown the mirrored image and its shifts
+    mirrored = cast(RecordedRun, SimpleNamespace(config=flat_config(epochs=15, augment_flip=True)))
+    assert reserve(1, mirrored) - reserve(0, mirrored) == pytest.approx(
+        (2 * (1 + len(SHIFTS)) - 1) * passes
+    )

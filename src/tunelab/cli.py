@@ -422,7 +422,11 @@ def export(
         typer.Option(help="with a run id: the experiment file that names its model factory"),
     ] = None,
     test_time_shifts: Annotated[
-        int, typer.Option(help="average the image and its shifts by this many pixels (0: off)")
+        int,
+        typer.Option(
+            help="average the image and its shifts by this many pixels, mirrored too for a "
+            "model trained with augment_flip (0: off)"
+        ),
     ] = 0,
     snapshot_cycles: Annotated[
         int,

@@ -216,8 +216,8 @@ class PipelineSettings(StrictModel):
     test_time_shifts: NonNegativeInt = Field(
         0,
         le=4,
-        description="delivered models average the image and its shifts by this many pixels "
-        "(0: off)",
+        description="delivered models average the image and its shifts by this many pixels, "
+        "and the mirrored image and its shifts for models trained with augment_flip (0: off)",
     )
 
     @model_validator(mode="after")

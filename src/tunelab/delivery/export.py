@@ -179,7 +179,8 @@ def export_model(
 ) -> ExportResult:
     """Train the source again (refit), then deliver it; see the module doc. With
     `test_time_shifts`, the delivered model averages its image and their shifts by that many
-    pixels (`tunelab.delivery.tta`); with `snapshot_cycles` > 1 the refit's schedule restarts
+    pixels, mirrored views too when the source trained on mirrored images
+    (`tunelab.delivery.tta`); with `snapshot_cycles` > 1 the refit's schedule restarts
     that many times and the result carries the earlier cycles' ends as `snapshots`.
 
     Raises:
@@ -236,7 +237,9 @@ def export_model(
         remove_checkpoints(tracker, run.run_id)
         serving = serving_model(result.model, config, factory_of(config))
         if test_time_shifts:
-            serving = with_test_time_shifts(serving, test_time_shifts)
+            serving = with_test_time_shifts(
+                serving, test_time_shifts, mirrored=config.training.augment_flip
+            )
         train_images = len(splits.train) + (len(splits.val) if refit else 0)
         card = _card_for_source(source, splits, result, refit, formats, train_images)
         snapshots = (
@@ -357,7 +360,8 @@ def export_ensemble(
     with tracker.run(sweep.experiment, name, tags=tags, parent_run_id=sweep.parent_run_id) as run:
         model = ensemble_model(members)
         if test_time_shifts:
-            model = with_test_time_shifts(model, test_time_shifts)
+            mirrored = all(m.config.training.augment_flip for m in members)
+            model = with_test_time_shifts(model, test_time_shifts, mirrored=mirrored)
         run.log_params({"members": len(members), "formats": ",".join(formats)})
         run.log_text(
             json.dumps([{"run_id": m.run_id, **m.config.flat()} for m in members], indent=1),

@@ -118,14 +118,16 @@ def _short(state: PipelineState) -> int | None:
 
 def _reserve(state: PipelineState, champion: RecordedRun, formats: int) -> float:
     """Seconds kept after the refit for testing and exporting (every view of each test image
-    when the delivered models average test-time shifts)."""
+    when the delivered models average test-time shifts, mirrored ones included)."""
     return plan.export_seconds(
         champion.config,
         formats,
         ensemble_size(state),
         state.numerics.flop_rate,
         len(state.full_splits.test),
-        views=views_per_image(state.spec.pipeline.test_time_shifts),
+        views=views_per_image(
+            state.spec.pipeline.test_time_shifts, champion.config.training.augment_flip
+        ),
     )
 
 
