@@ -18,7 +18,7 @@ LOCK ?= requirements/cpu.lock
 # make test's parallel pytest processes (pytest-xdist; tests sharing servers stay in one of them)
 TEST_WORKERS ?= 3
 
-.PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour bench-peers
+.PHONY: help install dev data baseline tune example champion validate ui dashboard compare confirm export serve services services-stop test test-fast lint schema lock clean fixture bench-overhead bench-pruning bench-engines bench-workers bench-hour bench-peers bench-search-value
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -137,6 +137,9 @@ bench-workers: dev ## trials per minute with 1, 2, 4 and 8 workers on PostgreSQL
 
 bench-peers: data ## make tune's sweep vs the KerasTuner and Optuna tutorials at 300 s and 600 s
 	$(BIN)/python benchmarks/peers.py --budgets 300,600
+
+bench-search-value: data ## TPE with screens vs random search vs KerasTuner's Hyperband, 3 seeds of 20 min each (~3.5 h; continues where it stopped)
+	$(BIN)/python benchmarks/search_value.py --budget 20m --seeds 3
 
 bench-hour: install ## `make champion` with a 60-minute budget from a clean store; the README's table
 	$(BIN)/python benchmarks/hour.py --budget 60m
