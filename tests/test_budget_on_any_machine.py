@@ -376,7 +376,7 @@ def test_the_refit_planned_from_a_measured_throughput_fills_its_share_and_ends_i
         SimpleNamespace(metrics={MetricName.IMAGES_PER_SECOND: images / epoch_seconds}),
     )
     per_image = final.refit_seconds_per_image(champion, estimate=1.0)
-    epochs = plan.final_epochs(share, images, per_image, flat_config(epochs=15))
+    epochs = plan.final_epochs(share, images, per_image, 15)
     training = epochs * (epoch_seconds + plan.REFIT_EPOCH_SECONDS)
     assert training <= share
     assert share - training < 300, f"{epochs} epochs of {epoch_seconds} s leave {share - training}"
@@ -391,6 +391,33 @@ def test_models_of_a_search_shortened_a_little_join_the_ensemble_and_screening_m
     assert plan.kept_models_join_the_ensemble(13, 15)
     assert not plan.kept_models_join_the_ensemble(4, 15)  # the cold start's longest screen
     assert not plan.kept_models_join_the_ensemble(2, 4)
+
+
+@pytest.mark.parametrize("cycles", [1, 2, 3])
+def test_after_a_screened_search_the_refit_fills_the_whole_schedule_and_averages_its_own_cycles(
+    cycles: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Screens train 1- and 4-epoch schedules of a 15-epoch space. Their models stay out of the
+    ensemble, but the refit's own cycle ends (`snapshot_cycles`) are averaged, and the refit
+    may run up to ten times the whole schedule, not ten times the screen the champion won."""
+    from dataclasses import replace
+
+    spec = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "mnist_cold.yaml")
+    assert spec.engine.screens == [1, 4]
+    pipeline = spec.pipeline.model_copy(update={"ensemble": 3, "snapshot_cycles": cycles})
+    state = cast(
+        Any,
+        SimpleNamespace(
+            spec=replace(spec, pipeline=pipeline),
+            splits=SimpleNamespace(input_shape=(28, 28, 1), num_classes=10),
+        ),
+    )
+    assert not final.kept_models_join(state)
+    assert final.ensemble_size(state) == {1: 0, 2: 2, 3: 3}[cycles]
+    assert final.full_schedule_epochs(state) == 15
+    # an hour's final share at the recipe's speed holds more than ten 4-epoch screens
+    monkeypatch.setattr(plan, "MAX_FINAL_EPOCHS", 60)  # the product's cap, not the suite's
+    assert plan.final_epochs(1_800.0, 60_000, 1 / 1_600, 15) > 10 * 4
 
 
 def test_the_time_kept_for_the_export_covers_every_shifted_view_of_the_test_set(

@@ -80,13 +80,21 @@ def final(state: PipelineState, deadline: Deadline) -> None:
         _deliver_kept(state, kept, sweep, formats, str(error))
         return
     state.outcome.single = Delivered.of(single)
-    if settings.ensemble >= 2 and not ensemble:
+    with_kept = kept_models_join(state)
+    if settings.ensemble >= 2 and not with_kept:
         state.note(
-            f"ensemble: not built: the search trained shortened {_short(state)}-epoch "
-            "schedules, whose models are weaker than the refit; delivered the single champion"
+            f"ensemble: the search trained shortened {_short(state)}-epoch schedules, whose "
+            "models are weaker than the refit: "
+            + (
+                f"only the refit's {ensemble} cycle ends are averaged"
+                if ensemble
+                else "not built; delivered the single champion"
+            )
         )
     if ensemble >= 2:
-        members = ensemble_members(state.tracker, sweep, champion, single, ensemble)
+        members = ensemble_members(
+            state.tracker, sweep, champion, single, ensemble, with_kept=with_kept
+        )
         if len(members) >= 2:
             state.outcome.ensemble = _export_ensemble(
                 state, sweep, members, formats, "ensemble", single
@@ -99,12 +107,25 @@ def final(state: PipelineState, deadline: Deadline) -> None:
 
 
 def ensemble_size(state: PipelineState) -> int:
-    """How many members the delivered ensemble averages (0: none is built): none when the
-    search's models are screening models, trained much shorter schedules than the refit
-    (`plan.kept_models_join_the_ensemble`)."""
-    full = representative_config(state.spec.with_schedule(None), state.splits)
-    worth = plan.kept_models_join_the_ensemble(_short(state), full.training.epochs)
-    return state.spec.pipeline.ensemble if worth else 0
+    """How many members the delivered ensemble averages (0: none is built). When the search's
+    models are screening models, trained much shorter schedules than the refit
+    (`kept_models_join`), only the refit's own cycle ends (`snapshot_cycles`) count."""
+    settings = state.spec.pipeline
+    if kept_models_join(state):
+        return settings.ensemble
+    own = min(settings.ensemble, settings.snapshot_cycles)
+    return own if own >= 2 else 0
+
+
+def kept_models_join(state: PipelineState) -> bool:
+    """Whether the search's kept models may join the ensemble: not when they are screening
+    models (`plan.kept_models_join_the_ensemble`)."""
+    return plan.kept_models_join_the_ensemble(_short(state), full_schedule_epochs(state))
+
+
+def full_schedule_epochs(state: PipelineState) -> int:
+    """The epochs of the experiment's whole schedule, however short the search's trials were."""
+    return representative_config(state.spec.with_schedule(None), state.splits).training.epochs
 
 
 def _short(state: PipelineState) -> int | None:
@@ -164,7 +185,8 @@ def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadli
     per_image = refit_seconds_per_image(champion, estimate)
     images = len(state.full_splits.train) + len(state.full_splits.val)
     seconds = deadline.remaining() - _reserve(state, champion, len(state.spec.pipeline.formats))
-    epochs = plan.final_epochs(seconds, images, per_image, champion.config)
+    schedule = max(champion.config.training.epochs, full_schedule_epochs(state))
+    epochs = plan.final_epochs(seconds, images, per_image, schedule)
     planned = {
         "champion": champion.run_id,
         "epochs": epochs,

@@ -61,14 +61,22 @@ def _record_candidate(
 
 
 def ensemble_members(
-    tracker: Tracker, sweep: SweepRecord, champion: RecordedRun, single: ExportResult, count: int
+    tracker: Tracker,
+    sweep: SweepRecord,
+    champion: RecordedRun,
+    single: ExportResult,
+    count: int,
+    *,
+    with_kept: bool = True,
 ) -> list[Member]:
     """Up to `count` members: the champion's refit first, then the snapshots its schedule's
-    restarts left (`snapshot_cycles`, newest first), then `kept_members`. Nothing is trained
-    for the ensemble."""
+    restarts left (`snapshot_cycles`, newest first), then (`with_kept`) `kept_members`.
+    Nothing is trained for the ensemble."""
     assert single.config is not None
     members = [Member(single.run_id, f"{champion.label} refit", single.config, single.model)]
     members += list(single.snapshots[: count - 1])
+    if not with_kept:
+        return members
     return members + kept_members(tracker, sweep, champion, count - len(members))
 
 

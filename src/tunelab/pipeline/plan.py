@@ -116,12 +116,15 @@ def minimum_budget(
     return FINAL_SAFETY * refit + export_seconds(cfg, formats, 0, numerics.flop_rate, test_images)
 
 
-def final_epochs(seconds: float, images: int, seconds_per_image: float, cfg: RunConfig) -> int:
-    """Epochs of a refit that end within `seconds` (at least one, at most MAX_FINAL_EPOCHS),
-    with FINAL_SAFETY for this machine's swings in speed."""
+def final_epochs(
+    seconds: float, images: int, seconds_per_image: float, schedule_epochs: int
+) -> int:
+    """Epochs of a refit that end within `seconds` (at least one, at most MAX_FINAL_EPOCHS and
+    ten times `schedule_epochs`, the experiment's whole schedule: not a screen's), with
+    FINAL_SAFETY for this machine's swings in speed."""
     per_epoch = FINAL_SAFETY * (images * seconds_per_image + REFIT_EPOCH_SECONDS)
     fitting = math.floor(max(0.0, seconds - 5.0) / per_epoch)
-    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * cfg.training.epochs))
+    return max(1, min(MAX_FINAL_EPOCHS, fitting, 10 * schedule_epochs))
 
 
 def kept_models_join_the_ensemble(trained_epochs: int | None, schedule_epochs: int) -> bool:
