@@ -82,14 +82,14 @@ def final(state: PipelineState, deadline: Deadline) -> None:
     state.outcome.single = Delivered.of(single)
     with_kept = kept_models_join(state)
     if settings.ensemble >= 2 and not with_kept:
+        weaker = (
+            f"the search trained shortened {_short(state)}-epoch schedules, whose models are "
+            "weaker than the refit"
+        )
         state.note(
-            f"ensemble: the search trained shortened {_short(state)}-epoch schedules, whose "
-            "models are weaker than the refit: "
-            + (
-                f"only the refit's {ensemble} cycle ends are averaged"
-                if ensemble
-                else "not built; delivered the single champion"
-            )
+            f"ensemble: only the refit's {ensemble} cycle ends are averaged: {weaker}"
+            if ensemble
+            else f"ensemble: not built: {weaker}; delivered the single champion"
         )
     if ensemble >= 2:
         members = ensemble_members(
