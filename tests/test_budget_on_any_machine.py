@@ -415,9 +415,19 @@ def test_after_a_screened_search_the_refit_fills_the_whole_schedule_and_averages
     assert not final.kept_models_join(state)
     assert final.ensemble_size(state) == {1: 0, 2: 2, 3: 3}[cycles]
     assert final.full_schedule_epochs(state) == 15
-    # an hour's final share at the recipe's speed holds more than ten 4-epoch screens
+    # the champion won a 4-epoch screen; an hour's final share at the recipe's speed (1,600
+    # images/s) holds more than ten of those, and the refit is planned that long
     monkeypatch.setattr(plan, "MAX_FINAL_EPOCHS", 60)  # the product's cap, not the suite's
-    assert plan.final_epochs(1_800.0, 60_000, 1 / 1_600, 15) > 10 * 4
+    state.full_splits = SimpleNamespace(train=range(50_000), val=range(10_000))
+    state.numerics = SimpleNamespace(seconds_per_image=lambda config: 1 / 1_600)
+    champion = cast(
+        RecordedRun,
+        SimpleNamespace(
+            config=flat_config(epochs=4), metrics={MetricName.IMAGES_PER_SECOND: 1_600.0}
+        ),
+    )
+    epochs, _ = final.refit_epochs(state, champion, 1_800.0)
+    assert epochs > 10 * 4
 
 
 def test_the_time_kept_for_the_export_covers_every_shifted_view_of_the_test_set(

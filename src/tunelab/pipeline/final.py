@@ -174,6 +174,17 @@ def wall_seconds_per_image(run: RecordedRun, estimate: float) -> float:
     return estimate
 
 
+def refit_epochs(state: PipelineState, champion: RecordedRun, seconds: float) -> tuple[int, float]:
+    """The epochs of a refit of `champion` on every training image that fit in `seconds`, and
+    the seconds per image they were planned at. The cap is ten times the experiment's whole
+    schedule, not the shortened one (a screen) the champion may have won with."""
+    estimate = plan.LOOP_OVERHEAD * state.numerics.seconds_per_image(champion.config)
+    per_image = refit_seconds_per_image(champion, estimate)
+    images = len(state.full_splits.train) + len(state.full_splits.val)
+    schedule = max(champion.config.training.epochs, full_schedule_epochs(state))
+    return plan.final_epochs(seconds, images, per_image, schedule), per_image
+
+
 def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadline) -> int:
     """The refit's epochs: planned once from the measured speed, then kept (resumable)."""
     tracker = state.tracker
@@ -181,12 +192,8 @@ def planned_epochs(state: PipelineState, champion: RecordedRun, deadline: Deadli
     stored = json.loads(run.data.tags.get(TagKey.PIPELINE_PLAN, "{}")) if run else {}
     if stored.get("champion") == champion.run_id:
         return int(stored["epochs"])
-    estimate = plan.LOOP_OVERHEAD * state.numerics.seconds_per_image(champion.config)
-    per_image = refit_seconds_per_image(champion, estimate)
-    images = len(state.full_splits.train) + len(state.full_splits.val)
     seconds = deadline.remaining() - _reserve(state, champion, len(state.spec.pipeline.formats))
-    schedule = max(champion.config.training.epochs, full_schedule_epochs(state))
-    epochs = plan.final_epochs(seconds, images, per_image, schedule)
+    epochs, per_image = refit_epochs(state, champion, seconds)
     planned = {
         "champion": champion.run_id,
         "epochs": epochs,
