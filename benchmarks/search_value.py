@@ -27,12 +27,15 @@ Three seeds of three methods at 20 minutes take about three and a half hours, so
 stores and result are kept under `--out` (one folder per method and seed, `result.json` written
 when its search and retraining are done): the same command run again reports the runs recorded
 for the same experiment, budget and retraining and does only the missing ones, so the benchmark
-can be stopped and continued, or grown one seed at a time (`--seeds 1`, later `--seeds 3`).
+can be stopped and continued, or grown one seed at a time (`--seeds 1`, later `--seeds 3`). The
+experiment is known by the text of its file and search space, not by its path, so a later
+checkout in another folder continues the same runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -71,6 +74,14 @@ def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def experiment_identity(base: Path) -> dict[str, str]:
+    """What makes two runs' experiments the same: the file's name and the text of it and of its
+    search space (where the checkout sits does not matter)."""
+    space = (base.parent / yaml.safe_load(base.read_text())["search_space"]).resolve()
+    digest = hashlib.sha256(base.read_bytes() + b"\0" + space.read_bytes()).hexdigest()
+    return {"experiment": base.name, "experiment_sha256": digest[:16]}
 
 
 def search(method: str, seed: int, budget: str, base: Path, folder: Path) -> dict[str, Any]:
@@ -201,7 +212,7 @@ def main() -> None:
     print(f"CPU: {cpu_description()}; {args.experiment}, budget {args.budget} a run", flush=True)
     methods = args.methods.split(",")
     settings = {
-        "experiment": str(args.experiment.resolve()),
+        **experiment_identity(args.experiment.resolve()),
         "budget": args.budget,
         "retrain_epochs": args.retrain_epochs,
         "precision": args.precision,
