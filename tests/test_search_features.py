@@ -111,6 +111,8 @@ def test_warm_start_gives_the_sampler_an_earlier_studys_fitting_trials(
     source = optuna.load_study(study_name="rungs", storage=storage)
     finished = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(copies) == len(finished) >= 1
+    # what the sampler learns from: each copy carries its source's point and score
+    assert [(c.params, c.value) for c in copies] == [(t.params, t.value) for t in finished]
     assert [c.number for c in copies] == list(range(len(copies)))  # before any suggestion
     # the copies use no trial budget and have no MLflow run of this sweep
     assert result.counts["complete"] + result.counts["pruned"] == 1
