@@ -21,7 +21,8 @@ first, then best validation accuracy) and its validation accuracy as found, the 
 and the rank agreement the sweep measured. Because the methods train schedules of different
 lengths, what was found is also judged alike: each crowned configuration is trained once more on a
 complete `--retrain-epochs` schedule, with the same seed for every method (0: skip). Prints one
-row per run, then each method's mean, spread (standard deviation) and 95 % t-interval.
+row per run, then each method's mean, spread (standard deviation) and 95 % t-interval, then the
+first method against each other one seed by seed (paired differences of the retrained accuracy).
 
 Three seeds of three methods at 20 minutes take about three and a half hours, so each run's
 stores and result are kept under `--out` (one folder per method and seed, `result.json` written
@@ -149,17 +150,20 @@ def retrain(found: dict[str, Any], epochs: int, precision: str, base: Path) -> f
     return float(result.history["val_accuracy"][-1])
 
 
-def summary(values: list[float]) -> str:
+def summary(values: list[float], *, signed: bool = False) -> str:
+    """Mean, standard deviation and 95 % t-interval of `values` (signed: differences)."""
     from scipy import stats
 
     if not values:
         return "nothing finished"
+    shown = "{:+.4f}" if signed else "{:.4f}"
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return f"mean {mean:.4f} (one run)"
+        return f"mean {shown.format(mean)} (one run)"
     spread = statistics.stdev(values)
     half = stats.t.ppf(0.975, len(values) - 1) * spread / len(values) ** 0.5
-    return f"mean {mean:.4f}, sd {spread:.4f}, 95 % CI [{mean - half:.4f}, {mean + half:.4f}]"
+    low, high = shown.format(mean - half), shown.format(mean + half)
+    return f"mean {shown.format(mean)}, sd {spread:.4f}, 95 % CI [{low}, {high}]"
 
 
 def recorded(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -241,6 +245,27 @@ def main() -> None:
         if retrained:
             line += f"; retrained alike: {summary(retrained)}"
         print(line, flush=True)
+    for line in paired_differences(results, methods):
+        print(line, flush=True)
+
+
+def paired_differences(results: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """The first method against each other one, seed by seed, on the retrained accuracy (the
+    figure judged alike): the mean difference, its interval and the seeds it won. Seeds share
+    the split and the retraining seed, so pairing removes what they have in common."""
+    retrained = {(r["method"], r["seed"]): r["retrained"] for r in results if "retrained" in r}
+    first, lines = methods[0], []
+    for other in methods[1:]:
+        seeds = sorted(s for m, s in retrained if m == first and (other, s) in retrained)
+        if not seeds:
+            continue
+        gaps = [retrained[(first, s)] - retrained[(other, s)] for s in seeds]
+        won = sum(gap > 0 for gap in gaps)
+        lines.append(
+            f"{first} - {other} (retrained, paired by seed): {summary(gaps, signed=True)}; "
+            f"ahead in {won} of {len(gaps)} seeds"
+        )
+    return lines
 
 
 if __name__ == "__main__":
