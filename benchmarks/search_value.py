@@ -29,8 +29,9 @@ stores and result are kept under `--out` (one folder per method and seed, `resul
 when its search and retraining are done): the same command run again reports the runs recorded
 for the same experiment, budget and retraining and does only the missing ones, so the benchmark
 can be stopped and continued, or grown one seed at a time (`--seeds 1`, later `--seeds 3`). The
-experiment is known by the text of its file and search space, not by its path, so a later
-checkout in another folder continues the same runs.
+experiment is known by what its search reads (the file without its pipeline, enqueued points
+and description, and its space's content), not by its path: a checkout in another folder
+continues the same runs, and a change to the pipeline's settings does not void them.
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+NOT_SEARCHED = ("pipeline", "enqueue", "description")  # nothing enqueued; the search alone
+
+
 def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
     """The experiment file one run searches: `base` with the method's engine and the seed."""
     data = yaml.safe_load(base.read_text())
     data["search_space"] = str((base.parent / data["search_space"]).resolve())
-    for key in ("pipeline", "enqueue", "description"):
+    for key in NOT_SEARCHED:
         data.pop(key, None)
     data["name"] = f"{method}-seed{seed}"
     data["engine"] = METHODS[method]
@@ -78,10 +82,13 @@ def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
 
 
 def experiment_identity(base: Path) -> dict[str, str]:
-    """What makes two runs' experiments the same: the file's name and the text of it and of its
-    search space (where the checkout sits does not matter)."""
-    space = (base.parent / yaml.safe_load(base.read_text())["search_space"]).resolve()
-    digest = hashlib.sha256(base.read_bytes() + b"\0" + space.read_bytes()).hexdigest()
+    """What makes two runs' searches the same: the file's name and what the search reads of it
+    (the experiment without the keys `experiment_for` drops, its search space's content), not
+    where the checkout sits or what the pipeline would do after the search."""
+    data = yaml.safe_load(base.read_text())
+    searched = {key: value for key, value in data.items() if key not in NOT_SEARCHED}
+    searched["search_space"] = yaml.safe_load((base.parent / data["search_space"]).read_text())
+    digest = hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest()
     return {"experiment": base.name, "experiment_sha256": digest[:16]}
 
 
