@@ -22,7 +22,8 @@ and the rank agreement the sweep measured. Because the methods train schedules o
 lengths, what was found is also judged alike: each crowned configuration is trained once more on a
 complete `--retrain-epochs` schedule, with the same seed for every method (0: skip). Prints one
 row per run, then each method's mean, spread (standard deviation) and 95 % t-interval, then the
-first method against each other one seed by seed (paired differences of the retrained accuracy).
+first method against each other one seed by seed (paired differences of the retrained accuracy),
+then each method's rank agreement pooled over its seeds.
 
 Three seeds of three methods at 20 minutes take about three and a half hours, so each run's
 stores and result are kept under `--out` (one folder per method and seed, `result.json` written
@@ -254,6 +255,41 @@ def main() -> None:
         print(line, flush=True)
     for line in paired_differences(results, methods):
         print(line, flush=True)
+    for method in methods:
+        seeds = [r["seed"] for r in results if r["method"] == method]
+        folders = [args.out.resolve() / f"{method}-seed{seed}" for seed in seeds]
+        for line in pooled_agreement(method, folders):
+            print(line, flush=True)
+
+
+def pooled_agreement(method: str, folders: list[Path]) -> list[str]:
+    """Each rung's agreement with the end (or a screen's with the next) pooled over the seeds:
+    Spearman's rho averaged in Fisher's z, each run weighted by n - 3, from the runs that ranked
+    at least 4 configurations there; the total n says how much it rests on."""
+    import math
+
+    from tunelab.engines.agreement import FINAL
+
+    pooled: dict[str, list[tuple[float, int]]] = {}
+    for folder in folders:
+        path = folder / "rank_agreement.json"
+        if not path.exists():
+            continue
+        for item in json.loads(path.read_text()):
+            end = item["second"] == FINAL or item["first"].startswith("screen")
+            if end and item["spearman"] is not None and item["n"] >= 4:
+                label = f"{item['first']} -> {item['second']}"
+                pooled.setdefault(label, []).append((item["spearman"], item["n"]))
+    lines = []
+    for label, pairs in pooled.items():
+        weight = sum(n - 3 for _, n in pairs)
+        z = sum((n - 3) * math.atanh(max(-0.999, min(0.999, rho))) for rho, n in pairs)
+        rho = math.tanh(z / weight)
+        total = sum(n for _, n in pairs)
+        lines.append(
+            f"{method:<13} {label}: Spearman {rho:.2f} pooled over {len(pairs)} runs (n {total})"
+        )
+    return lines
 
 
 def paired_differences(results: list[dict[str, Any]], methods: list[str]) -> list[str]:
