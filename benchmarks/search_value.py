@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -64,15 +65,20 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-NOT_SEARCHED = ("pipeline", "enqueue", "description")  # nothing enqueued; the search alone
+def searched(base: Path) -> dict[str, Any]:
+    """What a run's search reads of `base`: the experiment without its pipeline, enqueued points
+    (nothing is enqueued) and description, its search space as a resolved path."""
+    data: dict[str, Any] = yaml.safe_load(base.read_text())
+    data["search_space"] = str((base.parent / data["search_space"]).resolve())
+    for key in ("pipeline", "enqueue", "description"):
+        data.pop(key, None)
+    return data
 
 
 def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
-    """The experiment file one run searches: `base` with the method's engine and the seed."""
-    data = yaml.safe_load(base.read_text())
-    data["search_space"] = str((base.parent / data["search_space"]).resolve())
-    for key in NOT_SEARCHED:
-        data.pop(key, None)
+    """The experiment file one run searches: `searched(base)` with the method's engine and the
+    seed."""
+    data = searched(base)
     data["name"] = f"{method}-seed{seed}"
     data["engine"] = METHODS[method]
     data["seed"] = seed
@@ -83,19 +89,24 @@ def experiment_for(base: Path, method: str, seed: int, folder: Path) -> Path:
 
 
 def experiment_identity(base: Path) -> dict[str, str]:
-    """What makes two runs' searches the same: the file's name and what the search reads of it
-    (the experiment without the keys `experiment_for` drops, its search space's content), not
-    where the checkout sits or what the pipeline would do after the search."""
-    data = yaml.safe_load(base.read_text())
-    searched = {key: value for key, value in data.items() if key not in NOT_SEARCHED}
-    searched["search_space"] = yaml.safe_load((base.parent / data["search_space"]).read_text())
-    digest = hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest()
+    """What makes two runs' searches the same: the file's name and `searched(base)` with the
+    space's content in place of its path (where the checkout sits does not matter)."""
+    data = searched(base)
+    data["search_space"] = yaml.safe_load(Path(data["search_space"]).read_text())
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return {"experiment": base.name, "experiment_sha256": digest[:16]}
+
+
+def judged(item: dict[str, Any]) -> bool:
+    """A rank-agreement pair this benchmark reports: a rung against the end, or a screen
+    against the next."""
+    from tunelab.engines.agreement import FINAL
+
+    return bool(item["second"] == FINAL or item["first"].startswith("screen"))
 
 
 def search(method: str, seed: int, budget: str, base: Path, folder: Path) -> dict[str, Any]:
     """One `tunelab tune` run in `folder`; what its record says it found."""
-    from tunelab.engines.agreement import FINAL
     from tunelab.record.names import Artifact, MetricName
     from tunelab.record.recorded import completed, finalists, find_sweep
     from tunelab.record.store import Tracker
@@ -127,7 +138,7 @@ def search(method: str, seed: int, budget: str, base: Path, folder: Path) -> dic
     path = tracker.download_artifact(sweep.parent_run_id, Artifact.RANK_AGREEMENT, folder)
     if path is not None:
         for item in json.loads(path.read_text()):
-            if item["second"] == FINAL or item["first"].startswith("screen"):
+            if judged(item):
                 rho = item["spearman"]
                 shown = "-" if rho is None else f"{rho:.2f}"
                 agreements.append(f"{item['first']} -> {item['second']}: {shown} (n {item['n']})")
@@ -266,18 +277,13 @@ def pooled_agreement(method: str, folders: list[Path]) -> list[str]:
     """Each rung's agreement with the end (or a screen's with the next) pooled over the seeds:
     Spearman's rho averaged in Fisher's z, each run weighted by n - 3, from the runs that ranked
     at least 4 configurations there; the total n says how much it rests on."""
-    import math
-
-    from tunelab.engines.agreement import FINAL
-
     pooled: dict[str, list[tuple[float, int]]] = {}
     for folder in folders:
         path = folder / "rank_agreement.json"
         if not path.exists():
             continue
         for item in json.loads(path.read_text()):
-            end = item["second"] == FINAL or item["first"].startswith("screen")
-            if end and item["spearman"] is not None and item["n"] >= 4:
+            if judged(item) and item["spearman"] is not None and item["n"] >= 4:
                 label = f"{item['first']} -> {item['second']}"
                 pooled.setdefault(label, []).append((item["spearman"], item["n"]))
     lines = []
