@@ -33,12 +33,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent / "support"))  # as in the processes tests start
 
 import fixed_speeds
+import lean_imports
 import mlflow_template
 import short_refits
 
 from hosts import Network
 from hosts import unavailable as hosts_unavailable
 from tunelab.define.data import Splits, array_digest, load_npz_splits, read_npz
+
+lean_imports.install()  # before anything imports keras, as in the processes tests start
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...: pytest-xdist's processes
 if WORKER:  # one TensorFlow thread per test process, so the suite's processes share the cores

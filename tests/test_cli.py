@@ -35,10 +35,30 @@ def tunelab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_user_errors_are_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
-    done = tunelab(*args, cwd=tmp_path)
+    """Refused in one line, before any run starts and before TensorFlow loads (seconds)."""
+    done = subprocess.run(
+        [sys.executable, "-c", REPORTS_TENSORFLOW, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == message
+    *said, loaded = done.stderr.strip().splitlines()
+    assert said == [message]
+    assert loaded == "tensorflow loaded: False"
     assert not (tmp_path / "tracking").exists()  # refused before any run started
+
+
+REPORTS_TENSORFLOW = """
+import sys
+from tunelab.cli import main
+try:
+    main()
+finally:
+    print(f"tensorflow loaded: {'tensorflow' in sys.modules}", file=sys.stderr)
+"""
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:

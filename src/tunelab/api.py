@@ -152,16 +152,16 @@ def baseline(
 ) -> BaselineOutcome:
     """Train and record the classic CNN on a dataset: a built-in one, or an experiment's data
     (the seed CNN adapted to its shape and classes). The reference baseline by default."""
+    if epochs is not None and epochs < 1:  # refused before TensorFlow loads (seconds)
+        raise UserError(f"--epochs: must be a positive integer (got {epochs})")
+    if seed < 0:
+        raise UserError(f"--seed: must be zero or positive (got {seed})")
     from tunelab.define.data import load_splits
     from tunelab.record.store import Tracker
     from tunelab.training.baseline import baseline_config, run_baseline
     from tunelab.training.prepare import load_splits_of
     from tunelab.training.progress import no_progress
 
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs: must be a positive integer (got {epochs})")
-    if seed < 0:
-        raise UserError(f"--seed: must be zero or positive (got {seed})")
     if experiment is not None:
         splits = load_splits_of(
             _spec(experiment), data_file=data_file, whole_training_set=True, report=report

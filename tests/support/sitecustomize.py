@@ -2,6 +2,15 @@
 
 import os
 
+import lean_imports
+
+lean_imports.install()
+
+if os.environ.get("TUNELAB_TEST_PROCESS_LOG"):
+    import process_log
+
+    process_log.install()
+
 if os.environ.get("TUNELAB_TEST_MLFLOW_TEMPLATE"):
     import mlflow_template
 
