@@ -228,11 +228,11 @@ def build_model(
     config: RunConfig, steps_per_epoch: int | None, factory: Factory | None = None
 ) -> Any:
     """The compiled model of a run: the factory's, in the run's precision (see the module doc)."""
-    from tunelab.training.model import compile_model
+    from tunelab.training.model import accuracy_metric, compile_model
 
     model = call_factory(config, factory or factory_of(config), config.training.precision)
     if getattr(model, "compiled", False):
-        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[accuracy_metric()])
     else:
         compile_model(model, config.training, steps_per_epoch)
     return model
