@@ -69,6 +69,39 @@ def test_nan_loss_ends_the_training_as_failed_with_its_reason(tiny_splits: Split
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"optimizer": "adam"},
+        {"optimizer": "adamw", "weight_decay": 0.01, "weight_averaging": "ema",
+         "label_smoothing": 0.1, "lr_schedule": "one_cycle", "augment_cutout": 0.3},
+        {"optimizer": "sgd", "momentum": 0.9, "weight_averaging": "swa", "snapshot_cycles": 2,
+         "lr_schedule": "cosine"},
+    ],
+    ids=["adam", "adamw-ema-smoothing", "sgd-swa-restarts"],
+)  # fmt: skip
+def test_no_variable_is_made_inside_a_traced_step(
+    values: dict[str, Any], tiny_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorFlow traces a step that makes variables twice: the optimizer's, the metrics' and
+    the averages' are all made before the first traced step."""
+    from keras.src.backend.tensorflow import core
+
+    made_inside: list[str] = []
+    initialize = core.Variable._initialize
+
+    def watched(variable: Any, value: Any) -> None:
+        if tf.inside_function():
+            made_inside.append(variable.path)
+        initialize(variable, value)
+
+    monkeypatch.setattr(core.Variable, "_initialize", watched)
+    config = flat_config(filters=4, dense_units=8, epochs=2, batch_size=256, **values)
+    assert train_and_validate(config, tiny_splits).ok
+    assert made_inside == []
+
+
+@pytest.mark.slow
 def test_evaluate_test_reports_per_image_predictions(tiny_splits: Splits) -> None:
     result = train_and_validate(SMALL.with_epochs(1), tiny_splits)
     test = evaluate_test(result.model, tiny_splits)

@@ -82,9 +82,9 @@ def accuracy_metric() -> Any:
 
     Labels are class indices and outputs class probabilities, so Keras would resolve the string
     "accuracy" to this very metric, but only while tracing the first training step: a metric
-    whose variables are created there makes TensorFlow trace the whole step a second time
-    (0.37 of a tiny training's 2.4 CPU-s, float32, 2 cores of an AMD EPYC Zen 4 with AVX-512
-    BF16).
+    whose variables are created there makes TensorFlow trace the whole step a second time (a tiny
+    training: 1.90-2.06 instead of 2.38-2.41 CPU-s, `benchmarks/first_step_trace.py`, float32,
+    2 cores of an AMD EPYC Zen 4 with AVX-512 BF16).
     """
     return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
