@@ -1,6 +1,7 @@
-"""With TUNELAB_TEST_PROCESS_LOG set, every Python process the suite starts appends one JSON line
-when it exits: its command, CPU seconds, wall seconds and whether it loaded TensorFlow. What the
-suite's processes cost, beside the per-test figures of TUNELAB_TEST_CPU_LOG."""
+"""With TUNELAB_TEST_PROCESS_LOG set to an absolute path, every Python process the suite starts
+appends one JSON line to it when it exits: its command, CPU seconds, wall seconds and whether it
+loaded TensorFlow (the processes run in folders of their own, so a relative path would scatter the
+lines). What the suite's processes cost, beside the per-test figures of TUNELAB_TEST_CPU_LOG."""
 
 from __future__ import annotations
 
