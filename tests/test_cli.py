@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
+REPORTS_TENSORFLOW = """
+import sys
+from tunelab.cli import main
+try:
+    main()
+finally:
+    print(f"tensorflow loaded: {'tensorflow' in sys.modules}", file=sys.stderr)
+"""
+
 
 def tunelab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`tunelab *args` in `cwd`; its last line on stderr says whether it loaded TensorFlow."""
     return subprocess.run(
-        [sys.executable, "-c", "from tunelab.cli import main; main()", *args],
+        [sys.executable, "-c", REPORTS_TENSORFLOW, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -36,29 +46,12 @@ def tunelab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 )
 def test_user_errors_are_one_line(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
     """Refused in one line, before any run starts and before TensorFlow loads (seconds)."""
-    done = subprocess.run(
-        [sys.executable, "-c", REPORTS_TENSORFLOW, *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = tunelab(*args, cwd=tmp_path)
     assert done.returncode == 2
     *said, loaded = done.stderr.strip().splitlines()
     assert said == [message]
     assert loaded == "tensorflow loaded: False"
     assert not (tmp_path / "tracking").exists()  # refused before any run started
-
-
-REPORTS_TENSORFLOW = """
-import sys
-from tunelab.cli import main
-try:
-    main()
-finally:
-    print(f"tensorflow loaded: {'tensorflow' in sys.modules}", file=sys.stderr)
-"""
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
