@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent / "support"))  # as in the processes tests start
 
 import fixed_speeds
+import fork_server
 import lean_imports
 import mlflow_template
 import short_refits
@@ -91,11 +92,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
     With TUNELAB_TEST_CPU_LOG set, one JSON line per test: the CPU seconds of its pytest
     process and of the processes it started and waited for, its wall time, when it ended and in
-    which of pytest-xdist's processes. On two shared cores a test's wall time says how busy the
+    which of pytest-xdist's processes (children forked by tests/support/fork_server.py count as
+    started). On two shared cores a test's wall time says how busy the
     others were; its CPU says what it costs."""
-    before = os.times()
+    before, forked_before = os.times(), fork_server.forked_cpu_seconds[0]
     yield
-    after = os.times()
+    after, forked = os.times(), fork_server.forked_cpu_seconds[0] - forked_before
     if after.user + after.system - before.user - before.system > SETTLE_AFTER_CPU_SECONDS:
         settle_the_heap()
     if CPU_LOG:
@@ -103,7 +105,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             "test": item.nodeid,
             "own": after.user + after.system - before.user - before.system,
             "started": after.children_user + after.children_system
-            - before.children_user - before.children_system,
+            - before.children_user - before.children_system + forked,
             "wall": after.elapsed - before.elapsed,
             "ended": time.time(),  # when, and in which process: the suite's timeline
             "process": WORKER,
@@ -123,6 +125,13 @@ def _fixed_speeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setenv(fixed_speeds.VARIABLE, "1")
         patch.setenv("TUNELAB_DATA_DIR", str(tmp_path_factory.mktemp("session-cache")))
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_servers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The processes tests start through tests/support/fork_server.py are forked from servers
+    that keep their sockets and logs here."""
+    fork_server.use(tmp_path_factory.mktemp("fork-servers"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -375,7 +384,7 @@ def storage_proxy_process(
     """`tunelab storage-proxy` serving `database` at host:port, as a user starts it: the URL in
     its environment, never on its command line; its stdout and stderr together into `output`."""
     command = [sys.executable, "-m", "tunelab", "storage-proxy", "--host", host]
-    return subprocess.Popen(
+    return fork_server.popen(
         [*command, "--port", str(port)],
         env={**os.environ, "TUNELAB_OPTUNA_STORAGE": database},
         stdout=output,

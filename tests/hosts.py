@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fork_server
+
 NETWORK_PREFIX = "10.213"  # a private range; only the namespaces made here use it
 
 
@@ -51,7 +53,9 @@ class Host:
     ) -> subprocess.Popen[str]:
         """Start `argv` on this host: in its namespace, under its host name, in its folder, with
         only this host's environment (PATH, HOME, its cache) plus `env`, and the suite's own
-        settings for the processes it starts (fixed speeds, short refits: tests/support)."""
+        settings for the processes it starts (fixed speeds, short refits: tests/support).
+        A Python command is forked from a fork server that joins the namespaces itself
+        (tests/support/fork_server.py); anything else goes through `ip netns exec`."""
         suite = {
             name: value
             for name, value in os.environ.items()
@@ -68,6 +72,16 @@ class Host:
             **self.environment,
             **(env or {}),
         }
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kwargs}
+        if fork_server.forkable(argv, options):
+            return fork_server.popen(  # type: ignore[no-any-return]
+                argv,
+                namespace=self.namespace,
+                hostname=self.name,
+                cwd=self.folder,
+                env=environment,
+                **options,
+            )
         command = [
             "ip", "netns", "exec", self.namespace,
             "unshare", "--uts",
@@ -75,13 +89,7 @@ class Host:
             *argv,
         ]  # fmt: skip
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            command,
-            cwd=self.folder,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            **kwargs,
+            command, cwd=self.folder, env=environment, **options
         )
 
     def disconnect(self) -> None:

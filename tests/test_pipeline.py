@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import fork_server
 import optuna
 import pytest
 
@@ -210,7 +211,7 @@ def test_run_killed_in_every_stage_resumes_each_time_and_completes(
     experiment = write(tmp_path)
     uri, storage = stores(tmp_path)
     for role in (Role.TRIAL, Role.CONFIRMATION, Role.EXPORT):
-        process = subprocess.Popen(
+        process = fork_server.popen(
             [sys.executable, "-c", RUNNER, str(experiment), str(tiny_npz), uri, storage],
             cwd=tmp_path,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},

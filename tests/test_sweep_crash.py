@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fork_server
 import optuna
 import pytest
 
@@ -50,7 +51,7 @@ run_sweep(spec, splits=splits, tracking_uri=sys.argv[3], storage_url=sys.argv[4]
 
 def start_worker(script: str, folder: Path, *args: object) -> subprocess.Popen[bytes]:
     """A real worker process running `script` on `folder`/crash.yaml, to be killed."""
-    return subprocess.Popen(
+    return fork_server.popen(
         [sys.executable, "-c", script, str(folder / "crash.yaml"), *map(str, args)],
         cwd=folder,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -285,7 +286,7 @@ def stop_and_resume(
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **store_environment}
     tracker = Tracker(uri)
     for launch, signum in enumerate(signals, start=1):
-        worker = subprocess.Popen(
+        worker = fork_server.popen(
             command, cwd=folder, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
@@ -306,7 +307,7 @@ def stop_and_resume(
         assert len(stopped) == launch  # one trial a launch, failed with its reason
         assert all(r.info.status == "KILLED" for r in stopped)  # MLflow's word for it
     (folder / "crash.yaml").write_text(experiment)  # 2-epoch trials from here: a quick test
-    again = subprocess.run(command, cwd=folder, env=environment, capture_output=True, timeout=300)
+    again = fork_server.run(command, cwd=folder, env=environment, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     states = [t.state for t in optuna.load_study(study_name="crash", storage=storage).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2

@@ -2,7 +2,8 @@
 
 The services are the project's own: `scripts/services.sh start` runs PostgreSQL and `mlflow
 server` (PostgreSQL backend, file artifacts) on free ports under a temporary directory, as
-`make services` does for users. Workers are real processes.
+`make services` does for users. Workers are real processes, forked from a server that has
+loaded the libraries already (tests/support/fork_server.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import fork_server
 import optuna
 import pytest
 
@@ -83,7 +85,7 @@ def start_workers(
         folder = experiment.parent / f"machine_{index}" if separate_folders else experiment.parent
         folder.mkdir(exist_ok=True)
         workers.append(
-            subprocess.Popen(
+            fork_server.popen(
                 [
                     sys.executable,
                     "-c",
@@ -329,7 +331,7 @@ def test_hosts_with_their_own_copy_of_a_user_factory_share_a_study_and_a_changed
     tracking = ["--tracking-uri", services.tracking_uri]
 
     def tune(experiment: Path) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        return fork_server.popen(
             [sys.executable, "-m", "tunelab", "tune", str(experiment), "--quiet", *tracking],
             cwd=experiment.parent,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -455,7 +457,7 @@ def test_a_tracking_server_down_longer_than_its_retries_stops_the_sweep_in_one_l
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     }
     tracker = Tracker(services.tracking_uri)
-    worker = subprocess.Popen(
+    worker = fork_server.popen(
         command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 180
@@ -468,7 +470,7 @@ def test_a_tracking_server_down_longer_than_its_retries_stops_the_sweep_in_one_l
     assert worker.returncode == 2, errors.decode()[-3000:]
     assert "Traceback" not in errors.decode() and services.password not in errors.decode()
     assert lines[-1].startswith("error: ") and "run the same command again" in lines[-1]
-    again = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True)
+    again = fork_server.run(command, cwd=tmp_path, env=environment, capture_output=True)
     assert again.returncode == 0, again.stderr.decode()[-3000:]
     study = optuna.load_study(study_name="trackerdown", storage=storage)
     assert_resumed_exactly(study, tracker, 3)
