@@ -386,7 +386,7 @@ def storage_proxy_process(
     command = [sys.executable, "-m", "tunelab", "storage-proxy", "--host", host]
     return fork_server.popen(
         [*command, "--port", str(port)],
-        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": database},
+        env={**os.environ, "TUNELAB_OPTUNA_STORAGE": database, "TF_CPP_MIN_LOG_LEVEL": "3"},
         stdout=output,
         stderr=subprocess.STDOUT,
     )

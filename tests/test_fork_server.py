@@ -33,7 +33,7 @@ def test_a_forked_command_sees_and_ends_as_in_a_new_interpreter(tmp_path: Path) 
     argv = [sys.executable, "-c", REPORT, "3", "x"]
     options = {
         "cwd": tmp_path,
-        "env": {**os.environ, "PROBE": "seen"},
+        "env": {**os.environ, "PROBE": "seen", "TF_CPP_MIN_LOG_LEVEL": "3"},
         "input": "from stdin",
         "capture_output": True,
         "text": True,
@@ -48,7 +48,8 @@ def test_a_forked_command_sees_and_ends_as_in_a_new_interpreter(tmp_path: Path) 
         real.stderr,
     )
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    with fork_server.popen(argv, cwd=tmp_path, text=True, **pipes) as process:
+    environment = options["env"]
+    with fork_server.popen(argv, cwd=tmp_path, env=environment, text=True, **pipes) as process:
         assert isinstance(process, fork_server.ForkedPopen)  # this test forks, not execs
         process.communicate("again", timeout=60)
         assert process.cpu_seconds is not None and process.cpu_seconds < 5
@@ -63,6 +64,7 @@ def test_a_forked_command_dies_of_the_signal_sent_to_it(tmp_path: Path, signum: 
         process = start(
             [sys.executable, "-c", WAIT],
             cwd=tmp_path,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

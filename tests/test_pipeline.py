@@ -295,7 +295,7 @@ def test_every_stage_ends_within_its_share_of_the_budget(
     )
     (tmp_path / "shares.yaml").write_text(textwrap.dedent(OPEN_ENDED))
     uri, _ = stores(tmp_path)
-    budget = 75.0
+    budget = 50.0
     started = time.time()
     result = go(tmp_path, tiny_splits, "shares", budget=budget, baseline=False)
     ended = time.time()

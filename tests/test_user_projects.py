@@ -4,6 +4,7 @@ run, compare, export, reproduce; and every broken variant refused in one line.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fork_server
 import numpy as np
 import pytest
 from PIL import Image
@@ -223,8 +225,12 @@ again = tl.reproduce({result.best.run_id!r}, experiment={str(path)!r},
                      tracking_uri={stores(tmp_path)["tracking_uri"]!r})
 print("reproduced", again.best_val_accuracy is not None)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False
+    done = fork_server.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     lines = done.stdout.splitlines()
     assert lines[0].startswith("FactoryError") and "name the experiment file" in lines[0], done
@@ -454,12 +460,12 @@ def test_output_to_a_log_file_has_whole_lines_and_no_terminal_decorations(
 
     path = project(tmp_path, tiny_splits)
     with open(tmp_path / "tune.log", "w") as log:
-        done = subprocess.run(
+        done = fork_server.run(
             [sys.executable, "-m", "tunelab", "tune", str(path), "--timeout", "10m"],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
-            check=False,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
     text = (tmp_path / "tune.log").read_text()
     assert done.returncode == 0, text[-2000:]

@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 # read by the preloaded libraries (or the suite's sitecustomize) while they load: a command
-# whose environment differs from a server's in any of them gets a server of its own
+# whose environment differs from a server's in any of them gets a server of its own (MLflow's
+# log level is read then too, but each child sets it again: `_configure_libraries`)
 IMPORT_TIME = (
     "PYTHONPATH",
     "PYTHONHASHSEED",
     "PYTHONWARNINGS",
     "TF_CPP_MIN_LOG_LEVEL",
     "TF_ENABLE_ONEDNN_OPTS",
-    "MLFLOW_LOGGING_LEVEL",
     "KERAS_BACKEND",
     "KERAS_HOME",
 )
@@ -109,10 +109,15 @@ def popen(argv: Sequence[Any], **options: Any) -> subprocess.Popen[Any]:
         if namespace is not None:
             raise ValueError("a command in a namespace must be forkable here")
         return subprocess.Popen(argv, **options)
-    environment = dict(options.get("env") or os.environ)
-    server = _servers.for_environment(_import_environment([str(a) for a in argv], environment))
+    args = [str(a) for a in argv]
+    loading = _import_environment(args, dict(options.get("env") or os.environ))
     return ForkedPopen(
-        [str(a) for a in argv], server=server, namespace=namespace, hostname=hostname, **options
+        args,
+        server=_servers.for_environment(loading),
+        loading=loading,
+        namespace=namespace,
+        hostname=hostname,
+        **options,
     )
 
 
@@ -169,11 +174,13 @@ class ForkedPopen(subprocess.Popen):  # type: ignore[type-arg]
         args: list[str],
         *,
         server: _Server,
+        loading: dict[str, str],
         namespace: str | None,
         hostname: str | None,
         **options: Any,
     ) -> None:
-        self._server, self._namespace, self._hostname = server, namespace, hostname
+        self._server, self._loading = server, loading
+        self._namespace, self._hostname = namespace, hostname
         self._connection: socket.socket | None = None
         self.cpu_seconds: float | None = None
         super().__init__(args, **options)
@@ -213,6 +220,7 @@ class ForkedPopen(subprocess.Popen):  # type: ignore[type-arg]
             "argv": list(args),
             "cwd": os.fspath(cwd) if cwd is not None else os.getcwd(),
             "env": dict(env if env is not None else os.environ),
+            "loading": self._loading,
             "session": bool(start_new_session),
             "group": process_group if process_group not in (None, -1) else None,
             "namespace": self._namespace,
@@ -433,6 +441,7 @@ def _run_child(libc: Any, request: dict[str, Any], streams: list[int]) -> None:
     if request["namespace"]:
         _enter_namespace(libc, request["namespace"], request["hostname"])
     os.chdir(request["cwd"])
+    _configure_libraries(request["loading"])
     os.environ.clear()
     os.environ.update(request["env"])
     if os.environ.get("PYTHONUNBUFFERED") or os.isatty(1):
@@ -453,6 +462,16 @@ def _run_child(libc: Any, request: dict[str, Any], streams: list[int]) -> None:
         sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
         code = 1
     _exit(code)
+
+
+def _configure_libraries(loading: dict[str, str]) -> None:
+    """What the preloaded libraries set from the environment as they load and can set again:
+    MLflow's log level (`tunelab` raises it to WARNING before loading MLflow)."""
+    from mlflow.utils.logging_utils import _configure_mlflow_loggers
+
+    os.environ.clear()
+    os.environ.update(loading)
+    _configure_mlflow_loggers(root_module_name="mlflow")
 
 
 def _enter_namespace(libc: Any, namespace: str, hostname: str | None) -> None:
