@@ -271,6 +271,9 @@ def start_services(
         "TUNELAB_PG_PORT": str(free_port()),
         "TUNELAB_MLFLOW_PORT": str(free_port()),
         "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
+        # one web process, not the script's two: each loads MLflow's server (~4 CPU-s) at every
+        # start and restart, and one serves the suite's few workers
+        "TUNELAB_MLFLOW_WORKERS": "1",
         **({"TUNELAB_SERVICES_HOST": host} if host else {}),
         **({"TUNELAB_SERVICES_CLIENTS": clients} if clients else {}),
     }
