@@ -93,8 +93,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     With TUNELAB_TEST_CPU_LOG set, one JSON line per test: the CPU seconds of its pytest
     process and of the processes it started and waited for, its wall time, when it ended and in
     which of pytest-xdist's processes (children forked by tests/support/fork_server.py count as
-    started). On two shared cores a test's wall time says how busy the
-    others were; its CPU says what it costs."""
+    started). On two shared cores a test's wall time says how busy the others were; its CPU
+    says what it costs."""
     before, forked_before = os.times(), fork_server.forked_cpu_seconds[0]
     yield
     after, forked = os.times(), fork_server.forked_cpu_seconds[0] - forked_before
@@ -271,8 +271,8 @@ def start_services(
         "TUNELAB_PG_PORT": str(free_port()),
         "TUNELAB_MLFLOW_PORT": str(free_port()),
         "TUNELAB_VENV_BIN": str(Path(sys.executable).parent),
-        # one web process, not the script's two: each loads MLflow's server (~4 CPU-s) at every
-        # start and restart, and one serves the suite's few workers
+        # one web process, not the script's two: each loads MLflow's server at every start and
+        # restart (3.5-3.9 CPU-s on 2 cores of an AMD EPYC Zen 4), and one serves the suite
         "TUNELAB_MLFLOW_WORKERS": "1",
         **({"TUNELAB_SERVICES_HOST": host} if host else {}),
         **({"TUNELAB_SERVICES_CLIENTS": clients} if clients else {}),

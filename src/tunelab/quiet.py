@@ -38,6 +38,9 @@ NOISE = re.compile(
     r"|rebuild TensorFlow with the appropriate compiler flags|absl::InitializeLog"
 )
 TENSORFLOW_MODULES = ("tensorflow", "keras")  # whichever is imported first loads TensorFlow
+# read by MLflow and TensorFlow as they load, so set (unless the user set them) before they do;
+# MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's
+LOAD_TIME_DEFAULTS = {"MLFLOW_LOGGING_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def verbose() -> bool:
@@ -49,10 +52,9 @@ def quiet_environment(*, verbose: bool = False) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         return
-    # MLflow's own INFO lines ("Creating initial MLflow database tables...") are not the user's
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name, value in LOAD_TIME_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # with a tracking server MLflow prints "View run ... at" on stdout, where tables go
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -2,8 +2,9 @@
 MLflow, instead of new interpreters that load them again.
 
 A `python -m tunelab tune ...` or `python -c WORKER ...` process that a test starts spends about
-5 CPU seconds importing those libraries before it does anything the test is about; the fault and
-worker tests start about forty of them, on two cores shared by the whole suite. A fork server
+5 CPU seconds importing those libraries before it does anything the test is about (2 cores of an
+AMD EPYC Zen 4 with AVX-512 BF16); the fault and worker tests start about forty of them, on two
+cores shared by the whole suite. A fork server
 imports the libraries once (per pytest process and per import-time environment, see
 `IMPORT_TIME`); `popen` asks it for a child, which takes the command's standard streams, working
 folder, environment, session and, for tests/hosts.py, network namespace and host name, and then
@@ -39,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import process_log
+
 # read by the preloaded libraries (or the suite's sitecustomize) while they load: a command
 # whose environment differs from a server's in any of them gets a server of its own (MLflow's
 # log level is read then too, but each child sets it again: `_configure_libraries`)
@@ -51,17 +54,14 @@ IMPORT_TIME = (
     "KERAS_BACKEND",
     "KERAS_HOME",
 )
-PER_PROCESS = ("TUNELAB_TEST_PROCESS_LOG",)  # the suite's settings each child applies itself
-# what `tunelab`'s command line sets before it loads the libraries (tunelab/quiet.py), so that a
-# `-m tunelab` child finds them loaded as its own start would have loaded them
-COMMAND_LINE_DEFAULTS = {"MLFLOW_LOGGING_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
+PER_PROCESS = (process_log.VARIABLE,)  # the suite's settings each child applies itself
 PRELOAD = (
     "numpy",
     "tensorflow",
     "keras",
     "optuna",
     "optuna.storages",
-    "optuna.importance",  # scikit-learn, for the study's plots at a sweep's end (~1 CPU-s)
+    "optuna.importance",  # scikit-learn, for the study's plots at a sweep's end (1.1 CPU-s)
     "optuna.visualization.matplotlib",
     "mlflow",
     "mlflow.tracking",
@@ -151,9 +151,12 @@ def run(
 
 
 def _import_environment(argv: list[str], environment: Mapping[str, str]) -> dict[str, str]:
-    """The environment the libraries would load under in a new interpreter running `argv`."""
-    verbose = environment.get("TUNELAB_VERBOSE") == "1" or "--verbose" in argv
-    defaults = COMMAND_LINE_DEFAULTS if argv[1] == "-m" and not verbose else {}
+    """The environment the libraries would load under in a new interpreter running `argv`: a
+    `-m tunelab` command sets `quiet.LOAD_TIME_DEFAULTS` before it loads them, unless verbose."""
+    from tunelab import quiet
+
+    verbose = environment.get(quiet.VERBOSE_ENV) == "1" or "--verbose" in argv
+    defaults = quiet.LOAD_TIME_DEFAULTS if argv[1] == "-m" and not verbose else {}
     return {**defaults, **environment}
 
 
@@ -446,11 +449,10 @@ def _run_child(libc: Any, request: dict[str, Any], streams: list[int]) -> None:
     _configure_libraries(request["loading"])
     os.environ.clear()
     os.environ.update(request["env"])
-    if os.environ.get("PYTHONUNBUFFERED") or os.isatty(1):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    if "TUNELAB_TEST_PROCESS_LOG" in os.environ:
-        import process_log
-
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    if unbuffered or os.isatty(1):
+        sys.stdout.reconfigure(line_buffering=True, write_through=unbuffered)  # type: ignore[union-attr]
+    if process_log.VARIABLE in os.environ:
         process_log.install()
     code: int | str = 0
     try:
